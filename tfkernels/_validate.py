@@ -1,0 +1,106 @@
+"""Input checks run in Python before any compiled code.
+
+Each check raises ``TypeError`` or ``ValueError`` whose message names the argument,
+the offending value and, where there is one, the fix.
+"""
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(name, dtype):
+    """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"`{name}` must be float32 or float64, got {dtype!r}") from err
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(
+            f"`{name}` must be float32 or float64, got {dt}. "
+            "Convert with `.astype(np.float64)` or `.astype(np.float32)`."
+        )
+    return dt
+
+
+def check_array(name, a, *, ndim=None, dtype=None, finite=True):
+    """Check an array argument and return it C-contiguous.
+
+    Parameters
+    ----------
+    name : str
+        Argument name used in error messages.
+    a : array_like
+        The value to check.
+    ndim : int or tuple of int, optional
+        Allowed numbers of dimensions.
+    dtype : numpy.dtype, optional
+        Required dtype. When None the array must be float32 or float64.
+    finite : bool
+        Reject NaN and inf.
+    """
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(a)
+    if a.dtype.kind not in "f":
+        raise TypeError(
+            f"`{name}` must be a float32 or float64 array, got dtype {a.dtype}. "
+            "Convert with `.astype(np.float64)`."
+        )
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(
+            f"`{name}` has dtype {a.dtype} but {dtype} is required here "
+            f"(all arrays of one call share a dtype); use `.astype(np.{dtype})`."
+        )
+    check_dtype(name, a.dtype)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if a.ndim not in allowed:
+            raise ValueError(
+                f"`{name}` must have {' or '.join(map(str, allowed))} dimensions, "
+                f"got shape {a.shape}"
+            )
+    if finite and not np.all(np.isfinite(a)):
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(
+            f"`{name}` contains NaN or inf (first at index {tuple(int(i) for i in bad)})"
+        )
+    return np.ascontiguousarray(a)
+
+
+def check_int(name, value, *, minimum=None):
+    """Return ``int(value)`` if it is an integer ``>= minimum``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise TypeError(f"`{name}` must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return value
+
+
+def check_float(name, value, *, minimum=None, strict=False):
+    """Return ``float(value)`` if it is a finite real ``>= minimum`` (``>`` if strict)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value}")
+    if minimum is not None:
+        if strict and value <= minimum:
+            raise ValueError(f"`{name}` must be > {minimum}, got {value}")
+        if not strict and value < minimum:
+            raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(name, value, choices):
+    """Return the integer code of ``value`` in the registry ``choices``."""
+    if value not in choices:
+        raise ValueError(
+            f"unknown `{name}` {value!r}; choose one of {', '.join(map(repr, choices))}"
+        )
+    return choices[value]

@@ -1,0 +1,32 @@
+"""Numba flags and tunables of tfkernels, all in one place.
+
+Every ``@njit`` in the package takes its flags from here; ``tests/test_config.py``
+fails the build if a decorator hard-codes ``fastmath=``, ``cache=`` or ``parallel=``.
+"""
+
+#: Fast-math flags for every kernel. ``nnan`` and ``ninf`` are left out on purpose:
+#: the kernels test states for NaN/inf to report trajectories that blow up, and
+#: those checks must not be optimised away. Reassociation and contraction (FMA) are
+#: allowed; they change the last bits, so kernel-versus-reference tests use
+#: tolerances, and only kernel-versus-kernel reproducibility tests compare bitwise.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+#: Compiled kernels are cached on disk (``__pycache__`` beside the source), so only
+#: the first import on a machine pays the compile time.
+CACHE = True
+
+#: The drivers run ``prange`` over blocks of trajectories.
+PARALLEL = True
+
+#: Trajectories per ``prange`` block inside one kernel call. Each block allocates its
+#: scratch once; any value gives bit-identical per-trajectory results because
+#: trajectories never interact. Small enough that B = 2·threads still balances.
+BLOCK = 8
+
+#: Default number of trajectories per chunk in the Monte Carlo drivers (bounds memory).
+CHUNK_SIZE = 65_536
+
+#: Relative tolerances of kernel-versus-reference tests, per dtype. float64 kernels
+#: differ from the float64 reference only by summation order (reassociation) and
+#: FMA contraction; float32 kernels by float32 rounding of O(d) term sums.
+RTOL = {"float64": 1e-12, "float32": 1e-5}

@@ -1,0 +1,300 @@
+"""The weights of the transformer vector field, validated on construction."""
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from . import _validate as v
+from .methods import ACTIVATIONS
+
+_MATRICES = ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2", "linear")
+
+
+@dataclass(frozen=True, eq=False)
+class TransformerParams:
+    """Weights and settings of ``f(X) = g(X) + h(X) − γ·X + X·A``.
+
+    Rows of ``X`` are tokens; weights multiply on the right (``Q = X @ wq``). Every
+    weight may carry a leading axis of length ``n_layers`` (per-layer weights, a
+    non-autonomous ODE in which layer n uses set n); either all present weights have
+    it or none does.
+
+    Parameters
+    ----------
+    wq, wk, wv, wo : ndarray, shape (d, d) or (L, d, d), or None
+        Attention projections; all four or none (attention off).
+    w1 : ndarray, shape (d, m) or (L, d, m), or None
+    b1 : ndarray, shape (m,) or (L, m), or None
+    w2 : ndarray, shape (m, d) or (L, m, d), or None
+    b2 : ndarray, shape (d,) or (L, d), or None
+        Feed-forward weights; all four or none (FFN off).
+    linear : ndarray, shape (d, d) or (L, d, d), or None
+        The linear term ``A`` in ``X·A``.
+    n_heads : int
+        Number of attention heads H; must divide d.
+    beta : float
+        Inverse temperature of the softmax (> 0).
+    causal : bool
+        Mask attention to tokens ``j <= i``.
+    damping : float
+        γ ≥ 0.
+    activation : str
+        One of ``gelu``, ``gelu_tanh``, ``relu``, ``tanh``, ``identity``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a wrong shape, dtype, a non-finite weight or an out-of-range setting,
+        naming the argument.
+
+    Examples
+    --------
+    >>> import numpy as np, tfkernels as tfk
+    >>> p = tfk.TransformerParams.random(d=8, n_heads=2, damping=1.0, seed=0)
+    >>> p.d, p.d_ff, p.n_heads, p.dtype
+    (8, 32, 2, dtype('float64'))
+    """
+
+    wq: np.ndarray = None
+    wk: np.ndarray = None
+    wv: np.ndarray = None
+    wo: np.ndarray = None
+    w1: np.ndarray = None
+    b1: np.ndarray = None
+    w2: np.ndarray = None
+    b2: np.ndarray = None
+    linear: np.ndarray = None
+    n_heads: int = 1
+    beta: float = 1.0
+    causal: bool = False
+    damping: float = 0.0
+    activation: str = "gelu"
+
+    def __post_init__(self):
+        set_ = lambda k, val: object.__setattr__(self, k, val)  # noqa: E731 (frozen)
+        present = [k for k in _MATRICES if getattr(self, k) is not None]
+        if not present:
+            raise ValueError(
+                "TransformerParams needs at least one of attention (wq, wk, wv, wo), "
+                "FFN (w1, b1, w2, b2) or `linear`"
+            )
+        for group in (("wq", "wk", "wv", "wo"), ("w1", "b1", "w2", "b2")):
+            given = [k for k in group if getattr(self, k) is not None]
+            if given and len(given) != len(group):
+                missing = [k for k in group if k not in given]
+                raise ValueError(f"{', '.join(given)} given but {', '.join(missing)} missing")
+        dtype = np.asarray(getattr(self, present[0])).dtype
+        for k in present:
+            a = v.check_array(k, getattr(self, k), dtype=dtype)
+            a = a.copy()
+            a.setflags(write=False)
+            set_(k, a)
+        # Per-layer weights: the vectors b1, b2 have one axis, matrices two, plus one.
+        per_layer = {k: getattr(self, k).ndim == (2 if k in ("b1", "b2") else 3) for k in present}
+        for k in present:
+            base = 1 if k in ("b1", "b2") else 2
+            if getattr(self, k).ndim not in (base, base + 1):
+                raise ValueError(
+                    f"`{k}` must have {base} dimensions (or {base + 1} with a leading "
+                    f"layer axis), got shape {getattr(self, k).shape}"
+                )
+        if len(set(per_layer.values())) > 1:
+            raise ValueError(
+                "either every weight has a leading layer axis or none does; "
+                f"per-layer: {[k for k, p in per_layer.items() if p]}, "
+                f"shared: {[k for k, p in per_layer.items() if not p]}"
+            )
+        n_sets = getattr(self, present[0]).shape[0] if per_layer[present[0]] else None
+        lead = () if n_sets is None else (n_sets,)
+        ref = getattr(self, present[0])
+        d = ref.shape[-1] if present[0] not in ("w1", "b1") else self.w2.shape[-1]
+        m = None if self.w1 is None else self.w1.shape[-1]
+        expect = {
+            "wq": (d, d), "wk": (d, d), "wv": (d, d), "wo": (d, d),
+            "w1": (d, m), "b1": (m,), "w2": (m, d), "b2": (d,), "linear": (d, d),
+        }
+        for k in present:
+            if getattr(self, k).shape != lead + expect[k]:
+                raise ValueError(
+                    f"`{k}` must have shape {lead + expect[k]} (d={d}"
+                    f"{'' if m is None else f', d_ff={m}'}), got {getattr(self, k).shape}"
+                )
+        n_heads = v.check_int("n_heads", self.n_heads, minimum=1)
+        if d % n_heads:
+            raise ValueError(f"`n_heads`={n_heads} must divide the width d={d}")
+        set_("n_heads", n_heads)
+        set_("beta", v.check_float("beta", self.beta, minimum=0.0, strict=True))
+        set_("damping", v.check_float("damping", self.damping, minimum=0.0))
+        set_("causal", bool(self.causal))
+        v.check_choice("activation", self.activation, ACTIVATIONS)
+
+    # ---------------------------------------------------------------- derived
+    @property
+    def dtype(self):
+        """The dtype shared by every weight."""
+        return next(getattr(self, k) for k in _MATRICES if getattr(self, k) is not None).dtype
+
+    @property
+    def d(self):
+        """Token width d."""
+        for k in ("wq", "linear", "w2"):
+            if getattr(self, k) is not None:
+                return getattr(self, k).shape[-1]
+
+    @property
+    def d_ff(self):
+        """Hidden width m of the FFN (None when the FFN is off)."""
+        return None if self.w1 is None else self.w1.shape[-1]
+
+    @property
+    def attention(self):
+        """Whether the attention term is on."""
+        return self.wq is not None
+
+    @property
+    def ffn(self):
+        """Whether the feed-forward term is on."""
+        return self.w1 is not None
+
+    @property
+    def n_sets(self):
+        """Number of per-layer weight sets, or None for shared (autonomous) weights."""
+        for k in _MATRICES:
+            a = getattr(self, k)
+            if a is not None:
+                base = 1 if k in ("b1", "b2") else 2
+                return a.shape[0] if a.ndim == base + 1 else None
+
+    def layer(self, n):
+        """Return the shared-weight parameters that layer ``n`` uses."""
+        if self.n_sets is None:
+            return self
+        return self.replace(**{k: getattr(self, k)[n] for k in _MATRICES if getattr(self, k) is not None})
+
+    def replace(self, **changes):
+        """Return a copy with some fields replaced (validated again)."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        kw.update(changes)
+        return TransformerParams(**kw)
+
+    def astype(self, dtype):
+        """Return a copy with every weight cast to ``dtype`` (float32 or float64)."""
+        dtype = v.check_dtype("dtype", dtype)
+        return self.replace(
+            **{k: getattr(self, k).astype(dtype) for k in _MATRICES if getattr(self, k) is not None}
+        )
+
+    def __repr__(self):
+        terms = [t for t, on in (("attention", self.attention), ("ffn", self.ffn),
+                                 ("linear", self.linear is not None)) if on]
+        return (
+            f"TransformerParams(d={self.d}, n_heads={self.n_heads}, d_ff={self.d_ff}, "
+            f"terms={'+'.join(terms)}, activation={self.activation!r}, beta={self.beta}, "
+            f"causal={self.causal}, damping={self.damping}, n_sets={self.n_sets}, "
+            f"dtype={self.dtype})"
+        )
+
+    # ----------------------------------------------------------- constructors
+    @classmethod
+    def random(cls, d, n_heads, d_ff=None, *, damping=0.0, beta=1.0, activation="gelu",
+               causal=False, attention=True, ffn=True, linear=False, n_layers=None,
+               seed=0, dtype=np.float64, weight_scale=1.0):
+        """Draw random weights with variance ``weight_scale² / fan_in``.
+
+        Parameters
+        ----------
+        d : int
+            Token width.
+        n_heads : int
+            Attention heads; must divide d.
+        d_ff : int, optional
+            FFN hidden width m (default 4d).
+        damping, beta, activation, causal
+            As in the class.
+        attention, ffn, linear : bool
+            Which terms to include (``linear`` draws a d×d matrix ``A``).
+        n_layers : int, optional
+            Draw one independent weight set per layer (non-autonomous ODE).
+        seed : int
+            Seed of the NumPy generator the weights are drawn from.
+        dtype : float32 or float64
+        weight_scale : float
+            Scale of every weight (> 0).
+
+        Returns
+        -------
+        TransformerParams
+        """
+        d = v.check_int("d", d, minimum=1)
+        d_ff = 4 * d if d_ff is None else v.check_int("d_ff", d_ff, minimum=1)
+        dtype = v.check_dtype("dtype", dtype)
+        scale = v.check_float("weight_scale", weight_scale, minimum=0.0, strict=True)
+        lead = () if n_layers is None else (v.check_int("n_layers", n_layers, minimum=1),)
+        rng = np.random.default_rng(seed)
+
+        def draw(shape, fan_in):
+            return (rng.standard_normal(lead + shape) * (scale / np.sqrt(fan_in))).astype(dtype)
+
+        kw = {}
+        if attention:
+            kw.update(wq=draw((d, d), d), wk=draw((d, d), d), wv=draw((d, d), d), wo=draw((d, d), d))
+        if ffn:
+            kw.update(w1=draw((d, d_ff), d), b1=draw((d_ff,), d), w2=draw((d_ff, d), d_ff),
+                      b2=draw((d,), d_ff))
+        if linear:
+            kw.update(linear=draw((d, d), d))
+        return cls(n_heads=n_heads, beta=beta, causal=causal, damping=damping,
+                   activation=activation, **kw)
+
+    @classmethod
+    def _linear(cls, A, damping=0.0):
+        """Return the linear system ``f(X) = X·A − γX`` (attention and FFN off).
+
+        Called as ``TransformerParams.linear(A)``; on an instance, ``params.linear``
+        is the matrix A itself (or None).
+
+        Parameters
+        ----------
+        A : ndarray, shape (d, d) or (L, d, d)
+        damping : float
+            γ ≥ 0.
+
+        Examples
+        --------
+        >>> import numpy as np, tfkernels as tfk
+        >>> p = tfk.TransformerParams.linear(-np.eye(3))
+        >>> p.linear.shape, p.attention, p.ffn
+        ((3, 3), False, False)
+        """
+        return cls(linear=A, damping=damping)
+
+    # ---------------------------------------------------------------- storage
+    def save(self, path):
+        """Write the parameters to ``path`` as ``.npz``."""
+        arrays = {k: getattr(self, k) for k in _MATRICES if getattr(self, k) is not None}
+        np.savez(path, n_heads=self.n_heads, beta=self.beta, causal=self.causal,
+                 damping=self.damping, activation=self.activation, **arrays)
+
+    @classmethod
+    def load(cls, path):
+        """Read parameters written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            kw = {k: z[k] for k in _MATRICES if k in z.files}
+            return cls(n_heads=int(z["n_heads"]), beta=float(z["beta"]),
+                       causal=bool(z["causal"]), damping=float(z["damping"]),
+                       activation=str(z["activation"]), **kw)
+
+
+class _ConstructorOnClass:
+    """``TransformerParams.linear`` is the constructor; ``params.linear`` the matrix.
+
+    A non-data descriptor: attribute lookup on an instance finds the field value in the
+    instance ``__dict__`` first, so only lookups on the class reach ``__get__``.
+    """
+
+    def __get__(self, obj, cls):
+        return cls._linear
+
+
+# Installed after @dataclass has read the field default (None) for ``linear``.
+TransformerParams.linear = _ConstructorOnClass()

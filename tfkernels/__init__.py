@@ -1,0 +1,22 @@
+"""tfkernels: transformer layers as a continuous dynamical system, on fused Numba kernels.
+
+A stack of N residual layers ``X ← X + Δt·f(X)`` is forward Euler on ``dX/dt = f(X)``;
+tfkernels runs that flow (and its Runge–Kutta and averaged variants) for very many
+trajectories at once and measures what the theory predicts.
+"""
+
+from .api import integrate, random_states, vector_field
+from .methods import ACTIVATIONS, METHODS
+from .params import TransformerParams
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "METHODS",
+    "TransformerParams",
+    "integrate",
+    "random_states",
+    "vector_field",
+    "__version__",
+]

@@ -1,0 +1,277 @@
+"""The public API: validate in Python, then call one fused kernel."""
+
+import contextlib
+
+import numba
+import numpy as np
+
+from . import _validate as v
+from . import kernels, rng
+from .methods import METHODS, tableau
+from .params import TransformerParams
+
+
+@contextlib.contextmanager
+def threads(n_threads):
+    """Run the body with ``n_threads`` Numba threads, restoring the old count after."""
+    if n_threads is None:
+        yield
+        return
+    n = v.check_int("n_threads", n_threads, minimum=1)
+    if n > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(
+            f"`n_threads`={n} exceeds the {numba.config.NUMBA_NUM_THREADS} threads Numba "
+            "started with (set NUMBA_NUM_THREADS before importing numba to raise it)"
+        )
+    old = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
+def check_params(params):
+    """Raise TypeError unless ``params`` is a TransformerParams."""
+    if not isinstance(params, TransformerParams):
+        raise TypeError(
+            f"`params` must be a tfkernels.TransformerParams, got {type(params).__name__}"
+        )
+    return params
+
+
+def check_states(name, X, params):
+    """Check a batch of states ``(B, T, d)`` against ``params``; return it C-contiguous."""
+    X = v.check_array(name, X, ndim=3)
+    if X.dtype != params.dtype:
+        raise TypeError(
+            f"`{name}` has dtype {X.dtype} but `params` has {params.dtype}; convert one "
+            f"with `.astype(...)` or `params.astype(...)`"
+        )
+    if X.shape[2] != params.d:
+        raise ValueError(f"`{name}` has width {X.shape[2]} but `params` has d={params.d}")
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"`{name}` must have at least one trajectory and one token, got {X.shape}")
+    return X
+
+
+def random_states(batch, seq_len, d, *, seed=0, start=0, dtype=np.float64, scale=1.0):
+    """Draw standard normal initial states from the counter-based generator.
+
+    Trajectory ``start + i`` gets the same state whatever batch it is drawn in.
+
+    Parameters
+    ----------
+    batch, seq_len, d : int
+        Shape ``(B, T, d)`` of the result.
+    seed : int
+        Non-negative seed.
+    start : int
+        Global index of the first trajectory.
+    dtype : float32 or float64
+    scale : float
+        Standard deviation of every entry.
+
+    Returns
+    -------
+    ndarray, shape (batch, seq_len, d)
+
+    Examples
+    --------
+    >>> import numpy as np, tfkernels as tfk
+    >>> a = tfk.random_states(4, 2, 3, seed=1)
+    >>> b = tfk.random_states(2, 2, 3, seed=1, start=2)
+    >>> bool(np.array_equal(a[2:], b))
+    True
+    """
+    shape = tuple(v.check_int(k, x, minimum=1) for k, x in
+                  (("batch", batch), ("seq_len", seq_len), ("d", d)))
+    seed = v.check_int("seed", seed, minimum=0)
+    start = v.check_int("start", start, minimum=0)
+    dtype = v.check_dtype("dtype", dtype)
+    scale = v.check_float("scale", scale, minimum=0.0)
+    out = np.empty(shape, dtype=dtype)
+    rng._normal_batch(seed, rng.STREAM_STATE, start, scale, out)
+    return out
+
+
+def vector_field(params, X, *, layer=0, n_threads=None):
+    """Evaluate ``f(X)`` for every trajectory of a batch.
+
+    Parameters
+    ----------
+    params : TransformerParams
+    X : ndarray, shape (B, T, d)
+        States, same dtype as ``params``.
+    layer : int
+        Weight set to use when ``params`` has per-layer weights.
+    n_threads : int, optional
+        Numba threads for this call.
+
+    Returns
+    -------
+    ndarray, shape (B, T, d)
+    """
+    check_params(params)
+    X = check_states("X", X, params)
+    layer = v.check_int("layer", layer, minimum=0)
+    if layer >= (params.n_sets or 1):
+        raise ValueError(f"`layer`={layer} but `params` has {params.n_sets or 1} weight set(s)")
+    W, fp, ip = kernels.pack_params(params)
+    out = np.empty_like(X)
+    with threads(n_threads):
+        kernels.vector_field_kernel(X, W, fp, ip, layer, out)
+    return out
+
+
+def alpha_schedule(alpha, n_layers, dt):
+    """Return the float64 step weights ``α_n`` of the averaged update.
+
+    ``None`` means Δt, a float a constant, ``"accelerated"`` ``2/(n+2)``, and an
+    array of length ``n_layers`` is taken as is; every α_n must lie in (0, 1].
+    """
+    if alpha is None:
+        a = np.full(n_layers, dt)
+    elif isinstance(alpha, str):
+        if alpha != "accelerated":
+            raise ValueError(f"unknown `alpha` {alpha!r}; use None, a float, 'accelerated' "
+                             "or an array of length n_layers")
+        a = 2.0 / (np.arange(n_layers) + 2.0)
+    elif np.ndim(alpha) == 0:
+        a = np.full(n_layers, v.check_float("alpha", alpha))
+    else:
+        a = np.asarray(v.check_array("alpha", np.asarray(alpha, dtype=np.float64), ndim=1))
+        if a.shape != (n_layers,):
+            raise ValueError(f"`alpha` must have length n_layers={n_layers}, got {a.shape[0]}")
+    if np.any(a <= 0) or np.any(a > 1):
+        raise ValueError(f"`alpha` values must lie in (0, 1], got min {a.min()}, max {a.max()}")
+    return a
+
+
+def noise_schedule(noise, n_layers):
+    """Return the float64 noise scales ``σ_n`` (scalar or length ``n_layers``, ≥ 0)."""
+    if np.ndim(noise) == 0:
+        return np.full(n_layers, v.check_float("noise", noise, minimum=0.0))
+    s = v.check_array("noise", np.asarray(noise, dtype=np.float64), ndim=1)
+    if s.shape != (n_layers,):
+        raise ValueError(f"`noise` must be a scalar or have length n_layers={n_layers}, "
+                         f"got {s.shape[0]}")
+    if np.any(s < 0):
+        raise ValueError("`noise` scales must be >= 0")
+    return s
+
+
+def prepare_run(params, n_layers, method, t_final, alpha, c, noise):
+    """Validate the integration settings and return the kernel's step arguments.
+
+    Returns
+    -------
+    a, b, h, σ : ndarray in ``params.dtype``
+        Tableau, per-layer step sizes and noise scales.
+    """
+    check_params(params)
+    n_layers = v.check_int("n_layers", n_layers, minimum=1)
+    v.check_choice("method", method, METHODS)
+    t_final = v.check_float("t_final", t_final, minimum=0.0, strict=True)
+    c = v.check_float("c", c, minimum=0.0, strict=True)
+    if params.n_sets is not None and params.n_sets != n_layers:
+        raise ValueError(f"`params` has {params.n_sets} per-layer weight sets but "
+                         f"`n_layers`={n_layers}; they must match")
+    dt = t_final / n_layers
+    if method == "averaged":
+        h = alpha_schedule(alpha, n_layers, dt) * c
+    else:
+        if alpha is not None:
+            raise ValueError(f"`alpha` applies to method='averaged' only, not {method!r}")
+        h = np.full(n_layers, dt)
+    σ = noise_schedule(noise, n_layers)
+    a, b, _ = tableau(method).arrays
+    dtype = params.dtype
+    return a.astype(dtype), b.astype(dtype), h.astype(dtype), σ.astype(dtype)
+
+
+def raise_on_status(status, start=0):
+    """Raise FloatingPointError naming the first trajectory that became non-finite."""
+    bad = np.flatnonzero(status != kernels.STATUS_OK)
+    if bad.size:
+        i = bad[0]
+        raise FloatingPointError(
+            f"{bad.size} trajectorie(s) became non-finite; the first is trajectory "
+            f"{start + i} at layer {status[i]}. Reduce Δt (more layers), the weight "
+            "scale, or pass throw=False to get NaN for those trajectories instead."
+        )
+
+
+def integrate(params, x0, n_layers, *, method="euler", t_final=1.0, save_every=None,
+              alpha=None, c=1.0, noise=0.0, seed=0, start=0, throw=True, n_threads=None):
+    """Run ``n_layers`` residual layers (steps of ``dX/dt = f(X)``) on every trajectory.
+
+    Parameters
+    ----------
+    params : TransformerParams
+    x0 : ndarray, shape (B, T, d)
+        Initial states, same dtype as ``params``.
+    n_layers : int
+        Number of layers N ≥ 1; ``Δt = t_final / N``.
+    method : {"euler", "heun", "rk4", "averaged"}
+        Update rule of one layer.
+    t_final : float
+        Length of the time interval.
+    save_every : int, optional
+        Return the states at layers 0, k, 2k, …, N (N must be a multiple of k).
+    alpha : None, float, "accelerated" or array of length N
+        Step weights of ``method="averaged"``: ``X_{n+1} = X_n + α_n c f(X_n) + η_n``.
+        None means Δt (so ``c=1`` gives Euler back).
+    c : float
+        Scale of the averaged operator ``T(X) = X + c f(X)``.
+    noise : float or array of length N
+        σ_n of the Gaussian noise η_n ~ N(0, σ_n² I) added after each layer
+        (any method), keyed by ``(seed, start + b, n)``.
+    seed, start : int
+        Noise seed and global index of the first trajectory.
+    throw : bool
+        Raise FloatingPointError if a trajectory becomes non-finite; with False its
+        states are NaN from that layer on.
+    n_threads : int, optional
+        Numba threads for this call (results do not depend on it).
+
+    Returns
+    -------
+    ndarray
+        ``(B, T, d)`` final states, or ``(B, N//k + 1, T, d)`` with ``save_every=k``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On invalid arguments, naming the argument.
+    FloatingPointError
+        If ``throw`` and a trajectory became non-finite.
+
+    Examples
+    --------
+    >>> import numpy as np, tfkernels as tfk
+    >>> p = tfk.TransformerParams.random(d=8, n_heads=2, damping=1.0, seed=0)
+    >>> x0 = tfk.random_states(16, 4, 8, seed=1)
+    >>> tfk.integrate(p, x0, n_layers=8, method="rk4", save_every=4).shape
+    (16, 3, 4, 8)
+    """
+    a, b, h, σ = prepare_run(params, n_layers, method, t_final, alpha, c, noise)
+    x0 = check_states("x0", x0, params)
+    seed = v.check_int("seed", seed, minimum=0)
+    start = v.check_int("start", start, minimum=0)
+    if save_every is None:
+        k, first, n_out = n_layers, 1, 1
+    else:
+        k = v.check_int("save_every", save_every, minimum=1)
+        if n_layers % k:
+            raise ValueError(f"`save_every`={k} must divide `n_layers`={n_layers}")
+        first, n_out = 0, n_layers // k + 1
+    W, fp, ip = kernels.pack_params(params)
+    B, T, d = x0.shape
+    out = np.empty((B, n_out, T, d), dtype=x0.dtype)
+    status = np.empty(B, dtype=np.int64)
+    with threads(n_threads):
+        kernels.integrate_kernel(x0, W, fp, ip, a, b, h, σ, seed, start, k, first, out, status)
+    if throw:
+        raise_on_status(status, start)
+    return out[:, 0] if save_every is None else out

@@ -60,11 +60,13 @@ def pack_params(params):
     ip : ndarray of int64
         ``[n_heads, causal, activation, has_attention, has_ffn, has_linear]``.
     """
-    dt, d = params.dtype, params.d
+    dt = params.dtype
     lead = (1,) if params.n_sets is None else ()
 
     def layered(a):
-        return np.ascontiguousarray(a.reshape(lead + a.shape))
+        # A fresh writable copy: Numba types read-only arrays (the params' weights are
+        # frozen) differently, and mixing the two would multiply the specializations.
+        return np.array(a.reshape(lead + a.shape), dtype=dt, order="C", copy=True)
 
     def empty(ndim):
         return np.zeros((1,) + (0,) * (ndim - 1), dtype=dt)
@@ -82,7 +84,6 @@ def pack_params(params):
     fp = np.array([params.beta, params.damping], dtype=dt)
     ip = np.array([params.n_heads, params.causal, ACTIVATIONS[params.activation],
                    params.attention, params.ffn, params.linear is not None], dtype=np.int64)
-    del d
     return (wqkv, wo, w1, b1, w2, b2, A), fp, ip
 
 

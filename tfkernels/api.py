@@ -196,7 +196,7 @@ def raise_on_status(status, start=0):
     if bad.size:
         i = bad[0]
         raise FloatingPointError(
-            f"{bad.size} trajectorie(s) became non-finite; the first is trajectory "
+            f"{bad.size} trajectory(ies) became non-finite; the first is trajectory "
             f"{start + i} at layer {status[i]}. Reduce Δt (more layers), the weight "
             "scale, or pass throw=False to get NaN for those trajectories instead."
         )

@@ -47,8 +47,12 @@ def key(seed, stream, trajectory):
 
 @njit(cache=config.CACHE, fastmath=config.FASTMATH)
 def uniform(k, counter):
-    """Uniform float64 in the open interval (0, 1) for ``(key, counter)``."""
-    bits = mix64(k ^ mix64(uint64(counter) + _GOLDEN))
+    """Uniform float64 in the open interval (0, 1) for ``(key, counter)``.
+
+    ``k`` is cast to uint64 first: a key that crossed into Python comes back as an
+    int (typed int64 by Numba), and int64 ^ uint64 would not be a bitwise xor.
+    """
+    bits = mix64(uint64(k) ^ mix64(uint64(counter) + _GOLDEN))
     return ((bits >> uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
 
 

@@ -6,6 +6,7 @@ trajectories at once and measures what the theory predicts.
 """
 
 from .api import integrate, random_states, vector_field
+from .decay import DecayResult, perturbation_decay
 from .methods import ACTIVATIONS, METHODS
 from .params import TransformerParams
 
@@ -13,9 +14,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "DecayResult",
     "METHODS",
     "TransformerParams",
     "integrate",
+    "perturbation_decay",
     "random_states",
     "vector_field",
     "__version__",

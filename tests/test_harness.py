@@ -1,0 +1,244 @@
+"""The benchmark harness, the FLOP model, the peers and the paper's experiments.
+
+Nothing here asserts a wall-clock time: benchmarks are not tests. The sweep test runs
+the ``ci`` preset (a few seconds) and checks that every output and every JSON field
+is there.
+"""
+
+import argparse
+import io
+import json
+import os
+import pickle
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import tfkernels as tfk
+from tfkernels import flops, harness, paper, peers
+
+
+# --------------------------------------------------------------------- the sweep
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    settings = replace(harness.PRESETS["ci"], threads=harness.default_threads())
+    doc = harness.run_sweep(settings, str(out), progress=False, plots=True)
+    return out, doc
+
+
+def test_ci_sweep_writes_every_output(ci_run):
+    out, doc = ci_run
+    for name in ("bench-ci.json", "bench-ci.csv", "README.md", *doc["plots"]):
+        assert (out / name).is_file(), name
+    assert len(doc["plots"]) == 4
+    readme = (out / "README.md").read_text()
+    assert "Preset `ci`" in readme and "do not edit by hand" in readme
+    rows = (out / "bench-ci.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(harness.CSV_FIELDS) and len(rows) > 10
+
+
+def test_ci_sweep_json_has_every_field(ci_run):
+    out, _ = ci_run
+    doc = json.loads((out / "bench-ci.json").read_text())
+    for key in ("preset", "created", "command", "settings", "machine", "compile",
+                "throughput", "scaling", "errors", "elapsed_s", "plots"):
+        assert key in doc, key
+    m = doc["machine"]
+    assert m["peak"]["gflops"]["float32"] > 0 and "peak =" in m["peak"]["explanation"]
+    assert set(m["gemm_gflops"]) == {"float32", "float64"}
+    assert {"python", "numpy", "numba", "scipy", "tfkernels", "torch", "jax"} <= \
+        set(m["versions"])
+    assert "first_call_s" in doc["compile"]["float32"]["in_process"]
+    for p in doc["throughput"]:
+        for key in ("config", "dtype", "B", "N", "T", "d", "heads", "flops_per_traj_layer",
+                    "peak_gflops", "best_peer"):
+            assert key in p, key
+        for key in ("median_s", "times_s", "n_inner", "traj_layers_per_s", "gflops",
+                    "frac_peak", "first_call_s"):
+            assert key in p["ours"], key
+        assert len(p["ours"]["times_s"]) == doc["settings"]["repeats"]
+        numpy_peer = p["peers"]["numpy"]
+        assert numpy_peer["status"] == "ok", numpy_peer
+        for key in ("best_variant", "speedup", "traj_layers_per_s", "max_rel_diff",
+                    "variants"):
+            assert key in numpy_peer, key
+    for axis in ("B", "N", "T", "d"):
+        assert doc["scaling"][axis]["exponent"] is not None
+    threads = doc["scaling"]["threads"]["points"]
+    assert threads[0]["speedup"] == 1.0 and "efficiency" in threads[-1]
+    for system in ("linear", "transformer"):
+        methods = doc["errors"][system]["methods"]
+        assert set(methods) == {"euler", "heun", "rk4", "averaged"}
+        assert all(r["order"] is not None for r in methods.values())
+
+
+def test_error_scaling_orders_are_close_to_theory(ci_run):
+    _, doc = ci_run
+    for system in ("linear", "transformer"):
+        for m, r in doc["errors"][system]["methods"].items():
+            assert abs(r["order"] - r["expected_order"]) < 0.35, (system, m, r["order"])
+
+
+# ---------------------------------------------------------------- the FLOP model
+def test_flop_model_matches_a_hand_count():
+    # T = 8 tokens, d = 16, H = 2 heads (d_h = 8), m = 64, GELU, damping on.
+    T, d, H, m = 8, 16, 2, 64
+    hand = {
+        "projections": 4 * (2 * 8 * 16 * 16),     # Q, K, V, O: 4 x 4096
+        "scores": 2 * 8 * 8 * 16,                 # H heads x 2·T²·d_h = 2·T²·d
+        "weighted_values": 2 * 8 * 8 * 16,
+        "softmax": 15 * 2 * 8 * 8,                # 15 flops x H·T² scores
+        "ffn_matmuls": 2 * 8 * 16 * 64 * 2,       # X W1 and σ W2
+        "ffn_biases": 8 * 64 + 8 * 16,
+        "activation": 20 * 8 * 64,                # 20 flops per GELU
+        "damping": 8 * 16,
+        "sum_terms": 2 * 8 * 16,                  # three terms summed: two adds
+    }
+    got = flops.flops_per_eval(flops.FlowConfig(seq_len=T, d=d, n_heads=H, d_ff=m))
+    assert {k: v for k, v in got.items() if k != "total"} == hand
+    assert got["total"] == sum(hand.values()) == 66_432
+    cfg = flops.FlowConfig(seq_len=T, d=d, n_heads=H)
+    assert flops.flops_per_layer(cfg, "euler") == 66_432 + 2 * T * d
+    assert flops.flops_per_layer(cfg, "averaged") == 66_432 + 2 * T * d
+    # RK4: four evaluations, three a_ij and four b_i multiply-adds.
+    assert flops.flops_per_layer(cfg, "rk4") == 4 * 66_432 + 7 * 2 * T * d
+
+
+def test_flop_model_counts_causal_pairs_only():
+    full = flops.flops_per_eval(flops.FlowConfig(seq_len=8, d=16, n_heads=2))
+    causal = flops.flops_per_eval(flops.FlowConfig(seq_len=8, d=16, n_heads=2, causal=True))
+    assert causal["scores"] == 2 * 36 * 16 and full["scores"] == 2 * 64 * 16
+
+
+def test_flow_config_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="n_heads"):
+        flops.FlowConfig(seq_len=4, d=6, n_heads=4)
+    with pytest.raises(ValueError, match="activation"):
+        flops.FlowConfig(seq_len=4, d=8, activation="swish")
+
+
+@pytest.mark.parametrize("flags, vendor, family, expect", [
+    ("sse2 avx avx2 fma", "GenuineIntel", 6, 32),
+    ("sse2 avx avx2 fma avx512f", "GenuineIntel", 6, 64),
+    ("sse2 avx avx2 fma avx512f", "AuthenticAMD", 25, 32),   # Zen 4: 256-bit datapaths
+    ("sse2 avx avx2 fma avx512f", "AuthenticAMD", 26, 64),   # Zen 5: full 512-bit
+    ("sse2", "GenuineIntel", 6, 8),
+])
+def test_machine_peak_from_cpu_flags(flags, vendor, family, expect):
+    info = {"flags": flags, "vendor_id": vendor, "cpu family": str(family),
+            "cpu MHz": "2450.000"}
+    p = flops.machine_peak(cpuinfo=info, cores=2)
+    assert p.flop_per_cycle == {"float32": expect, "float64": expect // 2}
+    assert p.gflops["float32"] == pytest.approx(2 * p.clock_ghz * expect)
+    assert "peak = 2 cores" in p.explanation
+
+
+def test_machine_peak_of_this_machine_is_positive():
+    p = flops.machine_peak()
+    assert p.cores >= 1 and p.clock_ghz > 0 and p.gflops["float64"] > 0
+    assert p.peak_gflops("float32", threads=1) == pytest.approx(p.gflops["float32"] / p.cores)
+
+
+# -------------------------------------------------------------------------- peers
+@pytest.mark.parametrize("kw", [
+    dict(activation="gelu"),
+    dict(activation="relu", causal=True, linear=True),
+    dict(activation="gelu_tanh", attention=False),
+    dict(activation="tanh", ffn=False, beta=0.5),
+])
+def test_numpy_peer_vector_field_matches_tfkernels(kw):
+    p = tfk.TransformerParams.random(8, 2, damping=0.7, seed=4, **kw)
+    X = tfk.random_states(5, 6, 8, seed=1)
+    f = peers.numpy_vector_field(peers.flow_spec(p, 4))
+    np.testing.assert_allclose(f(X), tfk.vector_field(p, X), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_numpy_peer_flow_matches_tfkernels(method):
+    p = tfk.TransformerParams.random(8, 2, damping=1.0, seed=2)
+    x0 = tfk.random_states(9, 4, 8, seed=3)
+    flow = peers.build("numpy", peers.flow_spec(p, 6, method), threads=2, py_threads=2)
+    flow.load(x0)
+    flow.run()
+    np.testing.assert_allclose(flow.result(), tfk.integrate(p, x0, 6, method=method),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_missing_peer_is_reported_unavailable(monkeypatch):
+    def missing(name):
+        raise peers.PeerUnavailable(f"{name} is not installed")
+
+    monkeypatch.setattr(peers, "library_version", missing)
+    out = io.BytesIO()
+    peers.serve("torch", 1, {}, io.BytesIO(), out)
+    out.seek(0)
+    assert pickle.load(out) == ("unavailable", "torch is not installed")
+
+
+class _WrongPeer:
+    status, message = "ok", ""
+
+    def setup(self, spec, x0):
+        return x0 + 1.0, 0.01
+
+
+def test_disagreeing_peer_is_reported_and_not_timed():
+    x0 = np.ones((2, 3, 4))
+    check = harness.check_peer(_WrongPeer(), None, x0, x0, "float64")
+    assert check["status"] == "mismatch" and "not timed" in check["message"]
+
+
+def test_peer_flow_spec_rejects_per_layer_weights_and_averaged():
+    p = tfk.TransformerParams.random(4, 2, n_layers=3)
+    with pytest.raises(ValueError, match="per-layer"):
+        peers.flow_spec(p, 3)
+    with pytest.raises(ValueError, match="method"):
+        peers.flow_spec(tfk.TransformerParams.random(4, 2), 3, "averaged")
+
+
+# ------------------------------------------------------------------ CLI settings
+def _args(*argv):
+    parser = argparse.ArgumentParser()
+    harness.configure_parser(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_settings_grid_from_command_line():
+    s = harness.settings_from_args(_args("--n", "8,32", "--d", "16,64", "--seq-len", "16",
+                                         "--dtype", "float32", "--peers", "none"))
+    assert s.preset == "custom" and s.n_layers == (8, 32) and s.peers == ()
+    assert [(c.seq_len, c.d, c.heads) for c in s.configs] == [(16, 16, 4), (16, 64, 4)]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (("--d", "6", "--heads", "4"), "--heads"),
+    (("--peers", "numpy,tensorflow"), "--peers"),
+    (("--n", "8,x"), "--n"),
+    (("--dtype", "float16"), "--dtype"),
+])
+def test_settings_errors_name_the_option(argv, match):
+    with pytest.raises(ValueError, match=match):
+        harness.settings_from_args(_args(*argv))
+
+
+# -------------------------------------------------------------------------- paper
+def test_paper_figure1_euler_order_is_one():
+    fig1 = paper.figure1()
+    assert abs(fig1["slope"] + 1.0) <= 0.15
+
+
+def test_paper_writes_every_figure_and_field(tmp_path):
+    doc = paper.run_paper(str(tmp_path), fig2_trajectories=64, fig3_iterations=2000)
+    saved = json.loads((tmp_path / "paper.json").read_text())
+    for fig, key in (("figure1", "slope"), ("figure2", "rate"), ("figure2", "lambda"),
+                     ("figure3", "slope_standard"), ("figure3", "slope_accelerated")):
+        assert np.isfinite(saved[fig][key]), (fig, key)
+    assert sorted(os.listdir(tmp_path)) == ["figure1.png", "figure2.png", "figure3.png",
+                                            "paper.json"]
+    assert doc["figure2"]["lambda"] == pytest.approx(-1.0)
+    assert doc["figure2"]["bound_holds"]
+    # The linear problem's theory: accelerated error ~ t^(-2 mu_min).
+    assert doc["figure3"]["slope_accelerated"] == pytest.approx(
+        doc["figure3"]["theory_accelerated"], abs=0.15)

@@ -1,0 +1,394 @@
+"""The FLOP model of the transformer flow, and this machine's peak FLOP rate.
+
+Both are the yardstick of the benchmark harness (:mod:`tfkernels.harness`): a measured
+time becomes GFLOP/s through :func:`flops_per_layer`, and GFLOP/s becomes a fraction of
+the machine through :func:`machine_peak`.
+
+The FLOP model
+--------------
+One evaluation of ``f(X) = g(X) + h(X) − γ·X + X·A`` on a state ``X`` of shape
+``(T, d)`` with H heads of width ``d_h = d/H`` and FFN width m costs
+
+=====================  ==============================================  =============
+term                   count                                           T=8, d=16, H=2
+=====================  ==============================================  =============
+Q, K, V, O projections ``4 · 2·T·d·d``                                 16 384
+scores ``Q_h K_hᵀ``    ``2·P·d`` (all heads; P = T² pairs, T(T+1)/2     2 048
+                       when causal)
+``P_h V_h``            ``2·P·d``                                       2 048
+softmax                ``SOFTMAX_FLOPS · H·P`` (scale, max, subtract,  1 920
+                       exp, sum, normalise per score)
+FFN matmuls            ``2·T·d·m + 2·T·m·d``                           32 768
+FFN biases             ``T·m + T·d``                                   640
+activation             ``ACTIVATION_FLOPS[σ] · T·m``                   10 240 (gelu)
+linear term ``X·A``    ``2·T·d·d``                                     —
+damping ``−γX``        ``T·d``                                         128
+summing the terms      ``T·d`` per term after the first                256
+=====================  ==============================================  =============
+
+(the last column is the hand count of ``tests/test_harness.py``, m = 4d = 64, no linear
+term: 66 432 flops per evaluation). A matmul of ``(a×b)·(b×c)`` counts ``2·a·b·c``
+(one multiply and one add per term). Transcendentals count as the polynomial and
+range-reduction work a vectorized implementation does, not as one flop:
+``EXP_FLOPS = 10`` per ``exp``, and ``erf``/``tanh`` about the same; the constants
+are conventions, written down so that every GFLOP/s figure can be recomputed.
+
+An explicit Runge–Kutta step with s stages costs s evaluations plus its vector
+combinations: ``2·T·d`` per non-zero tableau coefficient (``a_ij`` forming the stage
+inputs ``X + h Σ a_ij k_j``, ``b_i`` forming the update ``X + h Σ b_i k_i``; one
+multiply-add per element with the scalar ``h·a_ij`` or ``h·b_i``). Euler (and the
+averaged update ``X + α_n c f(X)``) is one evaluation plus
+``2·T·d``. Additive noise is not counted.
+
+With m = 4d the total per Euler layer is ``24·T·d² + 4·T²·d + 15·H·T² + 20·T·m + …``,
+the formula of issue 5.
+
+The machine peak
+----------------
+``peak = cores × clock × flop/cycle``, with ``flop/cycle = lanes × FMA units × 2``
+(a fused multiply-add is two flops), read from what the machine reports; see
+:func:`machine_peak`.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .methods import tableau
+
+#: Flops per ``exp`` (range reduction + degree-5/6 polynomial + scaling, vectorized).
+EXP_FLOPS = 10
+
+#: Flops per softmax score: the β/√d_h scale (1), running max (1), subtract (1),
+#: exp (EXP_FLOPS), row sum (1), normalisation multiply (1).
+SOFTMAX_FLOPS = 5 + EXP_FLOPS
+
+#: Flops per activation element. GELU (erf form, ``0.5·z·(1 + erf(z/√2))``): erf as a
+#: rational/exp approximation ≈ 16, plus scale, add 1, two multiplies = 20.
+#: gelu_tanh: cubic (4) + tanh via one exp (EXP_FLOPS + 3) + 3 = 20.
+ACTIVATION_FLOPS = {"gelu": 20, "gelu_tanh": 20, "relu": 1, "tanh": 13, "identity": 0}
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """The shape of the flow whose flops are counted.
+
+    Parameters
+    ----------
+    seq_len : int
+        T, tokens per trajectory.
+    d : int
+        Token width.
+    n_heads : int
+        H; must divide d.
+    d_ff : int, optional
+        FFN width m (default 4d).
+    attention, ffn, linear, damping : bool
+        Which terms of ``f`` are present (``damping``: γ ≠ 0).
+    causal : bool
+        Causal mask (only ``T(T+1)/2`` scores computed).
+    activation : str
+        FFN activation, a key of :data:`ACTIVATION_FLOPS`.
+    """
+
+    seq_len: int
+    d: int
+    n_heads: int = 1
+    d_ff: int = None
+    attention: bool = True
+    ffn: bool = True
+    linear: bool = False
+    damping: bool = True
+    causal: bool = False
+    activation: str = "gelu"
+
+    def __post_init__(self):
+        for name in ("seq_len", "d", "n_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        if self.d % self.n_heads:
+            raise ValueError(f"`n_heads`={self.n_heads} must divide `d`={self.d}")
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", 4 * self.d)
+        if self.activation not in ACTIVATION_FLOPS:
+            raise ValueError(f"`activation` must be one of {sorted(ACTIVATION_FLOPS)}, "
+                             f"got {self.activation!r}")
+
+    @classmethod
+    def from_params(cls, params, seq_len):
+        """Describe the flow of a :class:`~tfkernels.TransformerParams` on T tokens."""
+        return cls(seq_len=seq_len, d=params.d, n_heads=params.n_heads,
+                   d_ff=params.d_ff or 4 * params.d, attention=params.attention,
+                   ffn=params.ffn, linear=params.linear is not None,
+                   damping=params.damping != 0, causal=params.causal,
+                   activation=params.activation)
+
+
+def score_pairs(seq_len, causal):
+    """Number P of (query, key) pairs per head: ``T²``, or ``T(T+1)/2`` when causal."""
+    return seq_len * (seq_len + 1) // 2 if causal else seq_len * seq_len
+
+
+def flops_per_eval(cfg):
+    """Flops of one evaluation of ``f`` on one trajectory, by term.
+
+    Parameters
+    ----------
+    cfg : FlowConfig
+
+    Returns
+    -------
+    dict
+        Term name → flops, and ``"total"``.
+    """
+    T, d, m, H = cfg.seq_len, cfg.d, cfg.d_ff, cfg.n_heads
+    terms = {}
+    if cfg.attention:
+        P = score_pairs(T, cfg.causal)
+        terms["projections"] = 4 * 2 * T * d * d
+        terms["scores"] = 2 * P * d
+        terms["weighted_values"] = 2 * P * d
+        terms["softmax"] = SOFTMAX_FLOPS * H * P
+    if cfg.ffn:
+        terms["ffn_matmuls"] = 2 * T * d * m + 2 * T * m * d
+        terms["ffn_biases"] = T * m + T * d
+        terms["activation"] = ACTIVATION_FLOPS[cfg.activation] * T * m
+    if cfg.linear:
+        terms["linear"] = 2 * T * d * d
+    if cfg.damping:
+        terms["damping"] = T * d
+    n_terms = sum((cfg.attention, cfg.ffn, cfg.linear, cfg.damping))
+    terms["sum_terms"] = max(n_terms - 1, 0) * T * d
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def stage_combination_flops(method, seq_len, d):
+    """Flops of a Runge–Kutta step's vector work (stage inputs, weights, the update).
+
+    Parameters
+    ----------
+    method : {"euler", "heun", "rk4", "averaged"}
+    seq_len, d : int
+
+    Returns
+    -------
+    int
+    """
+    a, b, _ = tableau(method).arrays
+    n_coeffs = int(np.count_nonzero(a) + np.count_nonzero(b))
+    # One multiply-add per element and coefficient (h·a_ij and h·b_i are scalars).
+    return 2 * seq_len * d * n_coeffs
+
+
+def flops_per_layer(cfg, method="euler"):
+    """Flops of one layer (one step) of one trajectory: a *trajectory-layer*.
+
+    Parameters
+    ----------
+    cfg : FlowConfig
+    method : {"euler", "heun", "rk4", "averaged"}
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> flops_per_layer(FlowConfig(seq_len=8, d=16, n_heads=2))
+    66688
+    """
+    n_stages = len(tableau(method).b)
+    return n_stages * flops_per_eval(cfg)["total"] + stage_combination_flops(
+        method, cfg.seq_len, cfg.d)
+
+
+# ------------------------------------------------------------------- machine peak
+#: (vendor, family) whose 512-bit instructions run on 256-bit datapaths (AMD Zen 4):
+#: AVX-512 is supported but the FMA throughput is that of AVX2.
+HALF_RATE_AVX512 = {("AuthenticAMD", 25)}
+
+
+@dataclass(frozen=True)
+class MachinePeak:
+    """Peak FLOP rate of this machine, with how it was obtained.
+
+    Attributes
+    ----------
+    cores : int
+        Physical cores this process may run on.
+    clock_ghz : float
+    vector_bits : int
+        Width of the FMA datapath used for the peak.
+    fma_units : int
+        FMA (or, without FMA, add + multiply) pipes per core.
+    flop_per_cycle : dict
+        ``{"float32": ..., "float64": ...}`` per core.
+    gflops : dict
+        ``{"float32": ..., "float64": ...}`` for all ``cores``.
+    explanation : str
+        How every number was obtained, for printing.
+    sources : dict
+        Where cores, clock and SIMD features were read.
+    """
+
+    cores: int
+    clock_ghz: float
+    vector_bits: int
+    fma_units: int
+    flop_per_cycle: dict
+    gflops: dict
+    explanation: str
+    sources: dict = field(default_factory=dict)
+
+    def peak_gflops(self, dtype, threads=None):
+        """Peak GFLOP/s for ``dtype`` on ``threads`` cores (default all)."""
+        key = np.dtype(dtype).name
+        if key not in self.flop_per_cycle:
+            raise ValueError(f"`dtype` must be float32 or float64, got {key}")
+        n = self.cores if threads is None else min(int(threads), self.cores)
+        return n * self.clock_ghz * self.flop_per_cycle[key]
+
+    def as_dict(self):
+        """A JSON-ready dict of every field."""
+        return {"cores": self.cores, "clock_ghz": self.clock_ghz,
+                "vector_bits": self.vector_bits, "fma_units": self.fma_units,
+                "flop_per_cycle": dict(self.flop_per_cycle), "gflops": dict(self.gflops),
+                "explanation": self.explanation, "sources": dict(self.sources)}
+
+
+def read_cpuinfo(path="/proc/cpuinfo"):
+    """Return the first processor block of ``/proc/cpuinfo`` as a dict (empty if absent)."""
+    info = {}
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if not line.strip():
+                    if info:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return info
+
+
+def read_clock_ghz(cpuinfo, sysfs="/sys/devices/system/cpu/cpu0/cpufreq"):
+    """Return ``(GHz, source)``: sysfs base or max frequency, else ``cpu MHz``.
+
+    sysfs ``base_frequency`` (the nominal clock) is preferred over
+    ``cpuinfo_max_freq`` (the highest boost, not sustained on all cores); in a
+    virtual machine neither exists and ``/proc/cpuinfo`` ``cpu MHz`` is the clock the
+    hypervisor reports.
+    """
+    for name in ("base_frequency", "cpuinfo_max_freq"):
+        try:
+            with open(os.path.join(sysfs, name)) as fh:
+                return int(fh.read().strip()) / 1e6, f"{sysfs}/{name}"
+        except (OSError, ValueError):
+            continue
+    if "cpu MHz" in cpuinfo:
+        return float(cpuinfo["cpu MHz"]) / 1e3, "/proc/cpuinfo 'cpu MHz'"
+    return 2.0, "unknown (assumed 2.0 GHz)"
+
+
+def count_cores(cpuinfo):
+    """Return ``(physical cores usable by this process, source)``.
+
+    The affinity mask counts logical CPUs; with SMT (``siblings > cpu cores`` in
+    ``/proc/cpuinfo``) two logical CPUs share one core's FMA units.
+    """
+    try:
+        logical = len(os.sched_getaffinity(0))
+        source = "os.sched_getaffinity"
+    except AttributeError:
+        logical, source = os.cpu_count() or 1, "os.cpu_count"
+    try:
+        smt = max(int(cpuinfo["siblings"]) // int(cpuinfo["cpu cores"]), 1)
+    except (KeyError, ValueError, ZeroDivisionError):
+        smt = 1
+    if smt > 1:
+        source += f" / {smt} threads per core"
+    return max(logical // smt, 1), source
+
+
+def simd_features(cpuinfo):
+    """Return ``(vector bits, has FMA, note)`` from the CPU flags."""
+    flags = set(cpuinfo.get("flags", cpuinfo.get("Features", "")).split())
+    fma = "fma" in flags or "asimd" in flags  # AArch64 NEON always has FMA
+    if "avx512f" in flags:
+        vendor = cpuinfo.get("vendor_id", "")
+        family = int(cpuinfo.get("cpu family", "0") or 0)
+        if (vendor, family) in HALF_RATE_AVX512:
+            return 256, fma, f"avx512f on {vendor} family {family}: 256-bit datapaths"
+        return 512, fma, "avx512f"
+    for flag, bits in (("avx2", 256), ("avx", 256), ("asimd", 128), ("sse2", 128)):
+        if flag in flags:
+            return bits, fma, flag
+    return 64, fma, "no SIMD flag found (scalar)"
+
+
+def machine_peak(cores=None, clock_ghz=None, flop_per_cycle32=None, cpuinfo=None):
+    """Compute this machine's peak FLOP rate from what it reports.
+
+    ``peak = cores × clock × flop/cycle``; ``flop/cycle = lanes × units × 2`` where
+    lanes are the float32 (float64) elements of the widest vector register
+    (avx512f: 16 (8); avx2: 8 (4); SSE/NEON: 4 (2)), units are 2 FMA pipes when the
+    ``fma`` flag is present (× 2 flops per fused multiply-add), else one add and one
+    multiply pipe.
+
+    Parameters
+    ----------
+    cores, clock_ghz, flop_per_cycle32 : optional
+        Overrides of the detected values (float64 is always half of float32).
+    cpuinfo : dict, optional
+        A parsed ``/proc/cpuinfo`` block (for tests); read from the machine by default.
+
+    Returns
+    -------
+    MachinePeak
+
+    Examples
+    --------
+    >>> p = machine_peak(cores=2, clock_ghz=2.45, flop_per_cycle32=32)
+    >>> round(p.gflops["float32"], 1), round(p.gflops["float64"], 1)
+    (156.8, 78.4)
+    """
+    info = read_cpuinfo() if cpuinfo is None else cpuinfo
+    n_cores, core_src = count_cores(info)
+    clock, clock_src = read_clock_ghz(info)
+    bits, fma, simd_note = simd_features(info)
+    # With FMA: 2 FMA pipes x 2 flops. Without: one add pipe + one multiply pipe.
+    units = 2
+    f32 = (bits // 32) * (units * 2 if fma else 2)
+    srcs = {"cores": core_src, "clock": clock_src, "simd": simd_note, "fma": fma}
+    if cores is not None:
+        n_cores, srcs["cores"] = int(cores), "given"
+    if clock_ghz is not None:
+        clock, srcs["clock"] = float(clock_ghz), "given"
+    if flop_per_cycle32 is not None:
+        f32, srcs["simd"] = int(flop_per_cycle32), "given"
+    fpc = {"float32": f32, "float64": f32 // 2}
+    gflops = {k: n_cores * clock * v for k, v in fpc.items()}
+    pipes = f"{units} FMA units x 2 flops" if fma else "1 add + 1 mul unit"
+    text = (
+        f"peak = {n_cores} cores ({srcs['cores']}) x {clock:.3f} GHz ({srcs['clock']}) x "
+        f"{fpc['float32']} float32 flop/cycle [{bits}-bit vectors ({srcs['simd']}): "
+        f"{bits // 32} float32 lanes x {pipes}] = {gflops['float32']:.1f} GFLOP/s float32, "
+        f"{gflops['float64']:.1f} GFLOP/s float64 ({fpc['float64']} flop/cycle)"
+    )
+    return MachinePeak(cores=n_cores, clock_ghz=clock, vector_bits=bits, fma_units=units,
+                       flop_per_cycle=fpc, gflops=gflops, explanation=text, sources=srcs)
+
+
+def cpu_model(cpuinfo=None):
+    """The CPU model name, vendor and family as one string."""
+    info = read_cpuinfo() if cpuinfo is None else cpuinfo
+    parts = [info.get("model name", "unknown CPU"), info.get("vendor_id", "")]
+    if "cpu family" in info:
+        parts.append(f"family {info['cpu family']} model {info.get('model', '?')}")
+    return re.sub(r"\s+", " ", ", ".join(p for p in parts if p))

@@ -15,6 +15,12 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 #: the first import on a machine pays the compile time.
 CACHE = True
 
+#: Division by zero gives inf/NaN as in NumPy instead of raising ZeroDivisionError.
+#: The Python error model puts a branch before every float division, and that branch
+#: stops LLVM from vectorizing loops that divide (the GELU's erfc); non-finite
+#: results are caught by the kernels' finiteness checks anyway.
+ERROR_MODEL = "numpy"
+
 #: The drivers run ``prange`` over blocks of trajectories.
 PARALLEL = True
 

@@ -20,7 +20,10 @@ specialization of each kernel, whatever the configuration.
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
 
 from . import config, rng
 from .methods import ACTIVATIONS
@@ -38,8 +41,14 @@ STATUS_OK = -1
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
-_jit = njit(cache=config.CACHE, fastmath=config.FASTMATH)
-_pjit = njit(cache=config.CACHE, fastmath=config.FASTMATH, parallel=config.PARALLEL)
+_jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
+#: Scalar helpers called inside hot loops are inlined at the Numba-IR level, so
+#: that LLVM sees one straight-line loop body to vectorize (its own inliner gives
+#: up on a body as large as the erfc's).
+_ijit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
+             inline="always")
+_pjit = njit(cache=config.CACHE, fastmath=config.FASTMATH, parallel=config.PARALLEL,
+             error_model=config.ERROR_MODEL)
 
 
 def pack_params(params):
@@ -52,9 +61,12 @@ def pack_params(params):
     Returns
     -------
     W : tuple of ndarray
-        ``(wqkv, wo, w1, b1, w2, b2, A)`` with a leading layer axis; ``wqkv`` is
-        ``[wq | wk | wv]`` of shape ``(L, d, 3d)`` so that Q, K and V come out of one
-        pass over X. Absent terms are empty arrays.
+        ``(wqkv, wo, w1, b1, w2, b2, A, wqkv_t, wo_t, w1_t, w2_t, A_t)`` with a leading
+        layer axis; ``wqkv`` is ``[wq | wk | wv]`` of shape ``(L, d, 3d)`` so that Q, K
+        and V come out of one pass over X. The last five are the same matrices
+        transposed once here (``wqkv_t (L, 3d, d)``, ``wo_t (L, d, d)``,
+        ``w1_t (L, m, d)``, ``w2_t (L, d, m)``, ``A_t (L, d, d)``): :func:`dense` reads
+        each output column's weights contiguously. Absent terms are empty arrays.
     fp : ndarray of params.dtype
         ``[beta, damping]``.
     ip : ndarray of int64
@@ -84,7 +96,9 @@ def pack_params(params):
     fp = np.array([params.beta, params.damping], dtype=dt)
     ip = np.array([params.n_heads, params.causal, ACTIVATIONS[params.activation],
                    params.attention, params.ffn, params.linear is not None], dtype=np.int64)
-    return (wqkv, wo, w1, b1, w2, b2, A), fp, ip
+    wqkv_t, wo_t, w1_t, w2_t, A_t = (np.ascontiguousarray(w.transpose(0, 2, 1))
+                                     for w in (wqkv, wo, w1, w2, A))
+    return (wqkv, wo, w1, b1, w2, b2, A, wqkv_t, wo_t, w1_t, w2_t, A_t), fp, ip
 
 
 def n_sets(W):
@@ -177,37 +191,396 @@ def ffn(X, w1, b1, w2, b2, act, hidden, out):
             out[i, j] += b2[j]
 
 
+# ------------------------------------------------------------ fast-path workers
+# Everything below is written so that LLVM vectorizes it in the state dtype: every
+# constant is cast with ``dt = X.dtype.type`` (a bare Python float would be float64
+# and turn float32 arithmetic into float64), accumulators start from ``dt(0)``, and
+# exp/erfc are branch-free polynomials instead of scalar libm calls.
+
+@intrinsic
+def exp2i(typingctx, n):
+    """``2**n`` for a float ``n`` holding an integer in the normal exponent range,
+    built from the exponent bits (``n`` float32: [-126, 127], float64: [-1022, 1023])."""
+    if not isinstance(n, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        (x,) = args
+        width, bias, shift = (32, 127, 23) if n.bitwidth == 32 else (64, 1023, 52)
+        ity = ir.IntType(width)
+        i = builder.fptosi(x, ity)
+        i = builder.shl(builder.add(i, ir.Constant(ity, bias)), ir.Constant(ity, shift))
+        return builder.bitcast(i, x.type)
+
+    return n(n), codegen
+
+
+#: Lower clamp of :func:`exp_neg`'s argument, one value for both dtypes: 2**n must
+#: stay a normal float32 (n >= -126). e^-87 ≈ 1.6e-38 stands in for anything
+#: smaller; a softmax weight or erfc that small is far below either tolerance.
+EXP_LO = -87.0
+
+_LN2_HI = 0.693145751953125          # 17 significant bits: n·_LN2_HI is exact
+_LN2_LO = math.log(2.0) - _LN2_HI    # exact in float64 (Sterbenz)
+
+
+@_ijit
+def exp_neg(x, dt, lo, short=False):
+    """``exp(x)`` for ``x <= 0`` (and moderately positive x) in the dtype ``dt``.
+
+    Cody–Waite reduction ``x = n·ln2 + r``, ``|r| <= ln2/2``, degree-12 Taylor
+    polynomial of ``e^r`` (truncation < 2e-16; with ``short`` degree 7, truncation
+    < 6e-9, enough for float32) and ``2**n`` from the exponent bits.
+    Measured max relative error: float64 ≈ 3e-16 for |x| ≤ 1 and ≈ |x|·4e-17 beyond
+    (the conditioning of exp itself), float32 ≈ 3e-7. ``x`` below ``lo``
+    (``EXP_LO``) is clamped, giving e^lo instead of a smaller number or 0; NaN
+    propagates (the clamp compares false).
+    """
+    if x < lo:
+        x = lo
+    n = np.floor(x * dt(1.4426950408889634) + dt(0.5))
+    r = x - n * dt(_LN2_HI) - n * dt(_LN2_LO)
+    p = dt(0.0)
+    if not short:
+        p = dt(1.0 / 479001600.0)
+        p = p * r + dt(1.0 / 39916800.0)
+        p = p * r + dt(1.0 / 3628800.0)
+        p = p * r + dt(1.0 / 362880.0)
+        p = p * r + dt(1.0 / 40320.0)
+    p = p * r + dt(1.0 / 5040.0)
+    p = p * r + dt(1.0 / 720.0)
+    p = p * r + dt(1.0 / 120.0)
+    p = p * r + dt(1.0 / 24.0)
+    p = p * r + dt(1.0 / 6.0)
+    p = p * r + dt(0.5)
+    p = p * r + dt(1.0)
+    p = p * r + dt(1.0)
+    return p * exp2i(n)
+
+
+#: Chebyshev coefficients of ``F(t) = ln(erfc(x)/t) + x²`` with ``t = 2/(2+x)`` on
+#: ``x ∈ [0, 6]`` (t ∈ [1/4, 1], mapped to y ∈ [-1, 1]); computed with mpmath at 50
+#: digits (Chebyshev interpolation on 40 nodes). Terms beyond index 23 are < 5e-19.
+#: ``erfc(x) = t·exp(-x² + F(t))``, as in Numerical Recipes (3rd ed., §6.2.2).
+_ERFC_CHEB = (
+    -0.4985502230126517, 0.5003364655513497, 0.002907954374873043,
+    -0.004807433804460357, 1.4741810740729065e-05, 0.00010698213450336889,
+    -6.275656652474683e-06, -2.6555862047786477e-06, 4.14616364109913e-07,
+    4.7388983956557695e-08, -1.8774034558626204e-08, 4.5312073358856027e-10,
+    5.9934889163061e-10, -8.983766959581827e-11, -9.488744811443404e-12,
+    4.40703888430635e-12, -2.726952501786936e-13, -1.1336459307085183e-13,
+    2.5365165661713203e-14, 1.0028323407250651e-16, -8.330478547927849e-16,
+    1.1800447425838173e-16, 7.815467303883168e-18, -4.4310710601765106e-18,
+)
+_ERFC_XMAX = 6.0
+
+
+@_ijit
+def erfc_pos(x, dt, lo, short=False):
+    """``erfc(x)`` for ``0 <= x <= 6`` (callers clamp), branch-free.
+
+    Clenshaw sum of the 24 Chebyshev terms of ``_ERFC_CHEB`` (relative error ~1e-16,
+    float64), or with ``short`` (a literal, for float32) of the first 13 (truncation
+    < 1e-10) and the short exp. Written out term by term so that LLVM sees straight-line code and vectorizes
+    the caller's loop; equivalent to
+    ``for k in range(n - 1, 0, -1): b2, b1 = b1, 2y·b1 − b2 + c_k``.
+    """
+    t = dt(2.0) / (dt(2.0) + x)
+    # y = (2t - (1 + t0)) / (1 - t0) with t0 = 1/4
+    y = t * dt(8.0 / 3.0) - dt(5.0 / 3.0)
+    y2 = y + y
+    b1 = dt(0.0)
+    b2 = dt(0.0)
+    if not short:
+        b2, b1 = b1, y2 * b1 - b2 + dt(-4.4310710601765106e-18)
+        b2, b1 = b1, y2 * b1 - b2 + dt(7.815467303883168e-18)
+        b2, b1 = b1, y2 * b1 - b2 + dt(1.1800447425838173e-16)
+        b2, b1 = b1, y2 * b1 - b2 + dt(-8.330478547927849e-16)
+        b2, b1 = b1, y2 * b1 - b2 + dt(1.0028323407250651e-16)
+        b2, b1 = b1, y2 * b1 - b2 + dt(2.5365165661713203e-14)
+        b2, b1 = b1, y2 * b1 - b2 + dt(-1.1336459307085183e-13)
+        b2, b1 = b1, y2 * b1 - b2 + dt(-2.726952501786936e-13)
+        b2, b1 = b1, y2 * b1 - b2 + dt(4.40703888430635e-12)
+        b2, b1 = b1, y2 * b1 - b2 + dt(-9.488744811443404e-12)
+        b2, b1 = b1, y2 * b1 - b2 + dt(-8.983766959581827e-11)
+    b2, b1 = b1, y2 * b1 - b2 + dt(5.9934889163061e-10)
+    b2, b1 = b1, y2 * b1 - b2 + dt(4.5312073358856027e-10)
+    b2, b1 = b1, y2 * b1 - b2 + dt(-1.8774034558626204e-08)
+    b2, b1 = b1, y2 * b1 - b2 + dt(4.7388983956557695e-08)
+    b2, b1 = b1, y2 * b1 - b2 + dt(4.14616364109913e-07)
+    b2, b1 = b1, y2 * b1 - b2 + dt(-2.6555862047786477e-06)
+    b2, b1 = b1, y2 * b1 - b2 + dt(-6.275656652474683e-06)
+    b2, b1 = b1, y2 * b1 - b2 + dt(0.00010698213450336889)
+    b2, b1 = b1, y2 * b1 - b2 + dt(1.4741810740729065e-05)
+    b2, b1 = b1, y2 * b1 - b2 + dt(-0.004807433804460357)
+    b2, b1 = b1, y2 * b1 - b2 + dt(0.002907954374873043)
+    b2, b1 = b1, y2 * b1 - b2 + dt(0.5003364655513497)
+    F = y * b1 - b2 + dt(-0.4985502230126517)
+    return t * exp_neg(F - x * x, dt, lo, short)
+
+
+@_ijit
+def gelu_bias(H, b, dt, short):
+    """``H[i, j] = GELU(H[i, j] + b[j])`` in place (see :func:`bias_activate`)."""
+    T, m = H.shape
+    lo = dt(EXP_LO)
+    for i in range(T):
+        for j in range(m):
+            z = H[i, j] + b[j]
+            x = z * dt(_SQRT_HALF)
+            ax = abs(x)
+            if ax > dt(_ERFC_XMAX):
+                ax = dt(_ERFC_XMAX)
+            e = erfc_pos(ax, dt, lo, short)
+            g = e if x < dt(0.0) else dt(2.0) - e
+            H[i, j] = dt(0.5) * z * g
+
+
+@_jit
+def bias_activate(H, b, act):
+    """``H[i, j] = σ(H[i, j] + b[j])`` in place.
+
+    GELU (erf form) is ``z·Φ(z) = ½z(1 + erf(z/√2))``, evaluated branch-free as
+    ``½z·(2 − erfc(x))`` for ``x = z/√2 >= 0`` and ``½z·erfc(|x|)`` below, with
+    ``erfc`` from :func:`erfc_pos` (|x| clamped at 6, where erfc < 2.2e-17).
+    float32 takes the short polynomials. The dtype test sits outside the loop and
+    each branch inlines :func:`gelu_bias` with a literal flag, which LLVM folds
+    (``itemsize`` is read at run time, so a test inside the loop would stop
+    vectorization). Other activations use :func:`activate`.
+    """
+    dt = H.dtype.type
+    if act == GELU:
+        if H.itemsize == 4:
+            gelu_bias(H, b, dt, True)
+        else:
+            gelu_bias(H, b, dt, False)
+    else:
+        T, m = H.shape
+        for i in range(T):
+            for j in range(m):
+                H[i, j] = dt(activate(H[i, j] + b[j], act))
+
+
+@_jit
+def dense(X, Wt, out, accumulate):
+    """``out (+)= X @ Wt.T`` for ``X (R, K)``, ``Wt (n, K)``, ``out (R, n)``.
+
+    Register-blocked: each block of 2 rows × 4 columns keeps 8 dot products in
+    registers while the inner loop runs over the contiguous ``K`` axis (LLVM
+    vectorizes it as 8 vector reductions, FMA). Every ``out[i, j]`` is one dot
+    product of row i with column j whose order depends only on (R, K, n), never on
+    other data — so results do not depend on batch composition.
+    Equivalent to ``out[:] (+)= X @ Wt.T``, left for reference.
+    """
+    R, K = X.shape
+    n = Wt.shape[0]
+    z = X.dtype.type(0)
+    i = 0
+    while i + 1 < R:
+        j = 0
+        while j + 3 < n:
+            s00 = z
+            s01 = z
+            s02 = z
+            s03 = z
+            s10 = z
+            s11 = z
+            s12 = z
+            s13 = z
+            for k in range(K):
+                a0 = X[i, k]
+                a1 = X[i + 1, k]
+                w0 = Wt[j, k]
+                w1 = Wt[j + 1, k]
+                w2 = Wt[j + 2, k]
+                w3 = Wt[j + 3, k]
+                s00 += a0 * w0
+                s01 += a0 * w1
+                s02 += a0 * w2
+                s03 += a0 * w3
+                s10 += a1 * w0
+                s11 += a1 * w1
+                s12 += a1 * w2
+                s13 += a1 * w3
+            if accumulate:
+                s00 += out[i, j]
+                s01 += out[i, j + 1]
+                s02 += out[i, j + 2]
+                s03 += out[i, j + 3]
+                s10 += out[i + 1, j]
+                s11 += out[i + 1, j + 1]
+                s12 += out[i + 1, j + 2]
+                s13 += out[i + 1, j + 3]
+            out[i, j] = s00
+            out[i, j + 1] = s01
+            out[i, j + 2] = s02
+            out[i, j + 3] = s03
+            out[i + 1, j] = s10
+            out[i + 1, j + 1] = s11
+            out[i + 1, j + 2] = s12
+            out[i + 1, j + 3] = s13
+            j += 4
+        while j < n:
+            s00 = z
+            s10 = z
+            for k in range(K):
+                w0 = Wt[j, k]
+                s00 += X[i, k] * w0
+                s10 += X[i + 1, k] * w0
+            if accumulate:
+                s00 += out[i, j]
+                s10 += out[i + 1, j]
+            out[i, j] = s00
+            out[i + 1, j] = s10
+            j += 1
+        i += 2
+    if i < R:
+        j = 0
+        while j + 3 < n:
+            s00 = z
+            s01 = z
+            s02 = z
+            s03 = z
+            for k in range(K):
+                a0 = X[i, k]
+                s00 += a0 * Wt[j, k]
+                s01 += a0 * Wt[j + 1, k]
+                s02 += a0 * Wt[j + 2, k]
+                s03 += a0 * Wt[j + 3, k]
+            if accumulate:
+                s00 += out[i, j]
+                s01 += out[i, j + 1]
+                s02 += out[i, j + 2]
+                s03 += out[i, j + 3]
+            out[i, j] = s00
+            out[i, j + 1] = s01
+            out[i, j + 2] = s02
+            out[i, j + 3] = s03
+            j += 4
+        while j < n:
+            s00 = z
+            for k in range(K):
+                s00 += X[i, k] * Wt[j, k]
+            if accumulate:
+                s00 += out[i, j]
+            out[i, j] = s00
+            j += 1
+
+
+@_jit
+def softmax_rows(P, causal):
+    """Row-wise stable softmax of the scores ``P (T, T)`` in place; with ``causal``
+    row i keeps keys ``j <= i`` and the rest are set to 0."""
+    T = P.shape[0]
+    dt = P.dtype.type
+    lo = dt(EXP_LO)
+    for i in range(T):
+        n_keys = i + 1 if causal else T
+        m = P[i, 0]
+        for j in range(1, n_keys):
+            if P[i, j] > m:
+                m = P[i, j]
+        total = dt(0.0)
+        for j in range(n_keys):
+            e = exp_neg(P[i, j] - m, dt, lo)
+            P[i, j] = e
+            total += e
+        inv = dt(1.0) / total
+        for j in range(n_keys):
+            P[i, j] *= inv
+        for j in range(n_keys, T):
+            P[i, j] = dt(0.0)
+
+
+@_jit
+def attention_packed(X, wqkv_t, wo_t, n_heads, beta, causal, qkv, heads, qk, vt, P, oh,
+                     out):
+    """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o`` with transposed weights.
+
+    ``qkv (T, 3d)`` gets ``X [Wq|Wk|Wv]``; Q (scaled by β/√d_h) and K are repacked
+    head-major into ``qk (2, T·d)`` and V transposed per head into ``vt (T·d,)`` so
+    that scores ``Q_h K_hᵀ`` and ``P V_h`` are :func:`dense` products of contiguous
+    blocks. ``P (T, T)`` holds one head's scores/probabilities, ``oh (T·d,)`` one
+    head's output before it is placed into ``heads (T, d)``.
+    """
+    T, d = X.shape
+    dh = d // n_heads
+    dt = X.dtype.type
+    scale = dt(beta / math.sqrt(dh))
+    dense(X, wqkv_t, qkv, False)
+    for h in range(n_heads):
+        base = h * T * dh
+        for i in range(T):
+            for c in range(dh):
+                qk[0, base + i * dh + c] = qkv[i, h * dh + c] * scale
+                qk[1, base + i * dh + c] = qkv[i, d + h * dh + c]
+                vt[base + c * T + i] = qkv[i, 2 * d + h * dh + c]
+    for h in range(n_heads):
+        base = h * T * dh
+        q = qk[0, base:base + T * dh].reshape(T, dh)
+        k = qk[1, base:base + T * dh].reshape(T, dh)
+        dense(q, k, P, False)
+        softmax_rows(P, causal)
+        o = oh[:T * dh].reshape(T, dh)
+        dense(P, vt[base:base + T * dh].reshape(dh, T), o, False)
+        for i in range(T):
+            for c in range(dh):
+                heads[i, h * dh + c] = o[i, c]
+    dense(heads, wo_t, out, True)
+
+
+@_jit
+def ffn_packed(X, w1_t, b1, w2_t, b2, act, hidden, out):
+    """``out += σ(X W_1 + b_1) W_2 + b_2`` with transposed weights; ``hidden (T, m)``."""
+    T, d = X.shape
+    dense(X, w1_t, hidden, False)
+    bias_activate(hidden, b1, act)
+    dense(hidden, w2_t, out, True)
+    for i in range(T):
+        for j in range(d):
+            out[i, j] += b2[j]
+
+
 @_jit
 def rhs(X, W, fp, ip, layer, out, scratch):
     """``out = f(X) = g(X) + h(X) − γX + X·A`` with weight set ``layer``.
 
-    ``scratch`` is ``(qkv, heads, row, hidden)`` from :func:`make_scratch`.
+    ``W`` from :func:`pack_params` (the transposed weights are used); ``scratch``
+    from :func:`make_scratch`.
     """
-    wqkv, wo, w1, b1, w2, b2, A = W
-    qkv, heads, row, hidden = scratch
+    A_t = W[11]
+    qkv, heads, row, hidden, qk, vt, P, oh = scratch
     γ = fp[FP_DAMPING]
     T, d = X.shape
     for i in range(T):
         for j in range(d):
             out[i, j] = -γ * X[i, j]
     if ip[IP_LIN]:
-        matmul(X, A[layer], out, True)
+        dense(X, A_t[layer], out, True)
     if ip[IP_ATTN]:
-        attention(X, wqkv[layer], wo[layer], ip[IP_HEADS], fp[FP_BETA], ip[IP_CAUSAL],
-                  qkv, heads, row, out)
+        attention_packed(X, W[7][layer], W[8][layer], ip[IP_HEADS], fp[FP_BETA],
+                         ip[IP_CAUSAL], qkv, heads, qk, vt, P, oh, out)
     if ip[IP_FFN]:
-        ffn(X, w1[layer], b1[layer], w2[layer], b2[layer], ip[IP_ACT], hidden, out)
+        ffn_packed(X, W[9][layer], W[3][layer], W[10][layer], W[5][layer], ip[IP_ACT],
+                   hidden, out)
 
 
 @_jit
 def make_scratch(W, T, d, n_stages, dtype_like):
-    """Allocate one trajectory's scratch: RK stages, stage input and ``rhs`` buffers."""
+    """Allocate one trajectory's scratch: RK stages, stage input and ``rhs`` buffers.
+
+    ``rhs`` buffers: ``(qkv (T, 3d), heads (T, d), row (T,), hidden (T, m),
+    qk (2, T·d), vt (T·d,), P (T, T), oh (T·d,))``; the first four are what the
+    plain :func:`attention`/:func:`ffn` take.
+    """
     m = W[2].shape[2]
     dt = dtype_like.dtype
     stages = np.empty((n_stages, T, d), dtype=dt)
     xs = np.empty((T, d), dtype=dt)
     rs = (np.empty((T, 3 * d), dtype=dt), np.empty((T, d), dtype=dt),
-          np.empty(T, dtype=dt), np.empty((T, m), dtype=dt))
+          np.empty(T, dtype=dt), np.empty((T, m), dtype=dt),
+          np.empty((2, T * d), dtype=dt), np.empty(T * d, dtype=dt),
+          np.empty((T, T), dtype=dt), np.empty(T * d, dtype=dt))
     return stages, xs, rs
 
 
@@ -231,9 +604,10 @@ def rk_step(X, W, fp, ip, layer, a, b, h, stages, xs, scratch):
                     acc += h * a[i, j] * stages[j, r, col]
                 xs[r, col] = acc
         rhs(xs, W, fp, ip, layer, stages[i], scratch)
+    z = X.dtype.type(0)
     for r in range(T):
         for col in range(d):
-            acc = 0.0 * X[r, col]
+            acc = z
             for i in range(s):
                 acc += b[i] * stages[i, r, col]
             X[r, col] += h * acc
@@ -249,11 +623,17 @@ def add_noise(X, σ, noise_key, n):
 
 @_jit
 def all_finite(X):
-    """True when no entry of ``X`` is NaN or ±inf (fastmath keeps these checks)."""
+    """True when no entry of ``X`` is NaN or ±inf (fastmath keeps these checks).
+
+    Branch-free so that it vectorizes: ``Σ x·0`` is 0 unless some x is NaN or ±inf
+    (``x·0`` cannot be folded to 0 because ``nnan``/``ninf`` are not in FASTMATH).
+    Equivalent to ``all(np.isfinite(X))``, left for reference.
+    """
+    z = X.dtype.type(0)
+    acc = z
     for i in range(X.size):
-        if not np.isfinite(X.flat[i]):
-            return False
-    return True
+        acc += X.flat[i] * z
+    return acc == z
 
 
 @_jit

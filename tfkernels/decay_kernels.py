@@ -177,7 +177,7 @@ def ffn_jvp(X, V, w1, b1, w2, act, js, out):
 @_jit
 def rhs_jvp(X, V, W, fp, ip, layer, out, js):
     """``out = f'(X)·V`` with weight set ``layer``; ``js`` from :func:`make_jvp_scratch`."""
-    wqkv, wo, w1, b1, w2, b2, A = W
+    wqkv, wo, w1, b1, w2, b2, A = W[0], W[1], W[2], W[3], W[4], W[5], W[6]
     γ = fp[FP_DAMPING]
     T, d = X.shape
     for i in range(T):
@@ -291,7 +291,7 @@ def ffn_vjp(X, G, w1, b1, w2, act, vs, out):
 @_jit
 def rhs_vjp(X, G, W, fp, ip, layer, out, vs):
     """``out = f'(X)ᵀ·G`` with weight set ``layer``; ``vs`` from :func:`make_vjp_scratch`."""
-    wqkv, wo, w1, b1, w2, b2, A = W
+    wqkv, wo, w1, b1, w2, b2, A = W[0], W[1], W[2], W[3], W[4], W[5], W[6]
     γ = fp[FP_DAMPING]
     T, d = X.shape
     for i in range(T):

@@ -703,9 +703,8 @@ def _check_args(params, n_trajectories, seq_len, n_layers, method, t_final, alph
     bound_rtol = (DEFAULT_BOUND_RTOL[dt_name] if bound_rtol is None
                   else v.check_float("bound_rtol", bound_rtol, minimum=0.0))
     if client is not None:
-        raise NotImplementedError(
-            "`client` (running chunks on a Dask cluster) is not available yet; "
-            "pass client=None to run locally")
+        from . import distributed      # imports no dask: checks the client's type
+        distributed.check_client(client)
     return dict(a=a, b=b, h=h, sigma=sigma, n_trajectories=n_trajectories, seq_len=seq_len,
                 mode=mode_code, eps=eps, seed=seed, chunk_size=chunk_size,
                 lambda_samples=lambda_samples, bound_rtol=bound_rtol)
@@ -824,7 +823,8 @@ def perturbation_decay(params, n_trajectories, seq_len, n_layers, *, method="eul
         to about ``chunk_size × (N + 1) × 40`` bytes. Does not change any
         per-trajectory value.
     n_threads : int, optional
-        Numba threads; results do not depend on it.
+        Numba threads; results do not depend on it. With ``client``, also the Numba
+        threads of each chunk on a worker (capped at the worker's).
     progress : bool
         Show a tqdm progress bar over chunks.
     lambda_samples : int
@@ -832,8 +832,13 @@ def perturbation_decay(params, n_trajectories, seq_len, n_layers, *, method="eul
     bound_rtol : float, optional
         A trajectory is above the bound when ``r_n > exp(λ̂ t_n)·(1 + bound_rtol)``
         for some n (default 1e-6 for float64, 1e-2 for float32).
-    client : None
-        Reserved for running chunks on a Dask cluster.
+    client : dask.distributed.Client, optional
+        Run the chunks as tasks on this Dask cluster (see :mod:`tfkernels.distributed`):
+        the parameters are scattered once, each chunk runs :func:`decay_chunk` on a
+        worker (with ``n_threads`` or the worker's thread count as Numba threads), and
+        the results are merged on the client in chunk order, so the statistics are
+        bit-identical to the local run with the same seed and chunk size. None (the
+        default) runs locally and does not import dask.
 
     Returns
     -------
@@ -843,6 +848,8 @@ def perturbation_decay(params, n_trajectories, seq_len, n_layers, *, method="eul
     ------
     TypeError, ValueError
         On invalid arguments, naming the argument, before any kernel runs.
+    NotImplementedError
+        ``client`` is not a ``dask.distributed.Client``.
 
     Notes
     -----
@@ -874,9 +881,18 @@ def perturbation_decay(params, n_trajectories, seq_len, n_layers, *, method="eul
                                              run=run)
         cfg = _chunk_config(params, k, lam)
         packed = kernels.pack_params(params)
-        stats, loop_time = _run_chunks(packed, cfg, k["n_trajectories"], k["chunk_size"],
-                                       progress)
+        if client is None:
+            stats, loop_time = _run_chunks(packed, cfg, k["n_trajectories"],
+                                           k["chunk_size"], progress)
+        else:
+            from . import distributed
+
+            stats, loop_time, cluster = distributed.run_chunks(
+                client, packed, cfg, k["n_trajectories"], k["chunk_size"], progress,
+                n_threads)
         env = _environment()                # inside: records the thread count used
+        if client is not None:
+            env["cluster"] = cluster
     wall = time.perf_counter() - t_begin
     return _make_result(params, k, run, n_layers, stats, cfg, (lam, lip, linfo), env,
                         (wall, loop_time))
@@ -976,6 +992,10 @@ def configure_parser(parser):
     r.add_argument("--chunk-size", type=int, default=config.CHUNK_SIZE,
                    help="trajectories per kernel call (bounds memory)")
     r.add_argument("--threads", type=int, default=None, help="Numba threads (None: all)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the chunks on the Dask cluster of this scheduler, e.g. "
+                        "tcp://scheduler:8786 (needs tfkernels[dask]); without it the "
+                        "study runs locally")
     r.add_argument("--out", default=os.path.join("results", "decay"),
                    help="output folder for decay.json, decay.csv and decay.png")
 
@@ -984,17 +1004,25 @@ def run_cli(args):
     """Run ``tfkernels decay``: the study, a summary table, JSON + CSV + PNG."""
     from .params import TransformerParams
 
+    client = None
     try:
         params = TransformerParams.random(d=args.d, n_heads=args.heads, d_ff=args.d_ff,
                                           damping=args.damping, activation=args.activation,
                                           seed=args.seed, dtype=args.dtype)
+        if getattr(args, "scheduler", None):
+            from . import distributed
+
+            client = distributed.connect(args.scheduler)
         res = perturbation_decay(params, args.trajectories, args.seq_len, args.layers,
                                  method=args.method, eps=args.eps, mode=args.mode,
                                  seed=args.seed, chunk_size=args.chunk_size,
-                                 n_threads=args.threads, progress=True)
-    except (TypeError, ValueError) as err:
+                                 n_threads=args.threads, progress=True, client=client)
+    except (TypeError, ValueError, ImportError, OSError) as err:
         print(f"tfkernels decay: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if client is not None:
+            client.close()
     os.makedirs(args.out, exist_ok=True)
     paths = [os.path.join(args.out, f"decay.{ext}") for ext in ("json", "csv", "png")]
     res.to_json(paths[0])

@@ -1003,7 +1003,7 @@ def run_sweep(settings, out_dir="results", progress=True, plots=True):
 
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
-    doc = {"preset": settings.preset, "created": _now(), "command": " ".join(sys.argv),
+    doc = {"preset": settings.preset, "created": _now(), "command": " ".join(["tfkernels", *sys.argv[1:]]),
            "settings": _settings_dict(settings)}
     monitor = CpuMonitor()
     doc["machine"] = machine_section(settings)

@@ -11,18 +11,26 @@ from .methods import METHODS, tableau
 from .params import TransformerParams
 
 
-@contextlib.contextmanager
-def threads(n_threads):
-    """Run the body with ``n_threads`` Numba threads, restoring the old count after."""
+def check_n_threads(n_threads):
+    """Return ``n_threads`` as an int in ``[1, NUMBA_NUM_THREADS]`` (None stays None)."""
     if n_threads is None:
-        yield
-        return
+        return None
     n = v.check_int("n_threads", n_threads, minimum=1)
     if n > numba.config.NUMBA_NUM_THREADS:
         raise ValueError(
             f"`n_threads`={n} exceeds the {numba.config.NUMBA_NUM_THREADS} threads Numba "
             "started with (set NUMBA_NUM_THREADS before importing numba to raise it)"
         )
+    return n
+
+
+@contextlib.contextmanager
+def threads(n_threads):
+    """Run the body with ``n_threads`` Numba threads, restoring the old count after."""
+    n = check_n_threads(n_threads)
+    if n is None:
+        yield
+        return
     old = numba.get_num_threads()
     numba.set_num_threads(n)
     try:

@@ -694,9 +694,7 @@ def _check_args(params, n_trajectories, seq_len, n_layers, method, t_final, alph
     seed = v.check_int("seed", seed, minimum=0)
     chunk_size = config.CHUNK_SIZE if chunk_size is None else v.check_int(
         "chunk_size", chunk_size, minimum=1)
-    if n_threads is not None:
-        with api.threads(n_threads):   # validates the count now, before any kernel
-            pass
+    api.check_n_threads(n_threads)
     if not isinstance(progress, bool):
         raise TypeError(f"`progress` must be True or False, got {progress!r}")
     lambda_samples = v.check_int("lambda_samples", lambda_samples, minimum=1)

@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config, kernels, rng
+from .kernels import dense
 from .kernels import (FP_BETA, FP_DAMPING, GELU, GELU_TANH, IP_ACT, IP_ATTN, IP_CAUSAL,
                       IP_FFN, IP_HEADS, IP_LIN, RELU, STATUS_OK, TANH, matmul)
 
@@ -37,21 +38,6 @@ _pjit = njit(cache=config.CACHE, fastmath=config.FASTMATH, parallel=config.PARAL
 
 
 # --------------------------------------------------------------------- helpers
-@_jit
-def matmul_bt(X, W, out, accumulate):
-    """``out (+)= X @ W.T`` for small row-major matrices (a dot product per entry)."""
-    T, K = X.shape
-    n = W.shape[0]
-    if not accumulate:
-        out[:, :] = 0
-    for i in range(T):
-        for k in range(n):
-            acc = 0.0
-            for j in range(K):
-                acc += X[i, j] * W[k, j]
-            out[i, k] += acc
-
-
 @_jit
 def activate_prime(z, act):
     """σ'(z) for the activation code ``act`` (relu'(0) = 0)."""
@@ -234,7 +220,7 @@ def attention_vjp(X, G, wqkv, wo, n_heads, beta, causal, vs, out):
     dh = d // n_heads
     scale = beta / math.sqrt(dh)
     matmul(X, wqkv, qkv, False)
-    matmul_bt(G, wo, go, False)          # gradient w.r.t. the concatenated heads
+    dense(G, wo, go, False)          # gradient w.r.t. the concatenated heads
     dqkv[:, :] = 0
     for hd in range(n_heads):
         q0, k0, v0 = hd * dh, d + hd * dh, 2 * d + hd * dh
@@ -273,7 +259,7 @@ def attention_vjp(X, G, wqkv, wo, n_heads, beta, causal, vs, out):
                     dqkv[j, v0 + c] += pij * go[i, q0 + c]
                     dqkv[i, q0 + c] += sij * qkv[j, k0 + c]
                     dqkv[j, k0 + c] += sij * qkv[i, q0 + c]
-    matmul_bt(dqkv, wqkv, out, True)
+    dense(dqkv, wqkv, out, True)
 
 
 @_jit
@@ -281,11 +267,11 @@ def ffn_vjp(X, G, w1, b1, w2, act, vs, out):
     """``out += W_1 ((G W_2ᵀ) ⊙ σ'(X W_1 + b_1))`` in row form."""
     hidden, gh = vs[5], vs[6]
     matmul(X, w1, hidden, False)
-    matmul_bt(G, w2, gh, False)
+    dense(G, w2, gh, False)
     for i in range(X.shape[0]):
         for j in range(hidden.shape[1]):
             gh[i, j] *= activate_prime(hidden[i, j] + b1[j], act)
-    matmul_bt(gh, w1, out, True)
+    dense(gh, w1, out, True)
 
 
 @_jit
@@ -298,7 +284,7 @@ def rhs_vjp(X, G, W, fp, ip, layer, out, vs):
         for j in range(d):
             out[i, j] = -γ * G[i, j]
     if ip[IP_LIN]:
-        matmul_bt(G, A[layer], out, True)
+        dense(G, A[layer], out, True)
     if ip[IP_ATTN]:
         attention_vjp(X, G, wqkv[layer], wo[layer], ip[IP_HEADS], fp[FP_BETA],
                       ip[IP_CAUSAL], vs, out)

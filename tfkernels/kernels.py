@@ -101,11 +101,6 @@ def pack_params(params):
     return (wqkv, wo, w1, b1, w2, b2, A, wqkv_t, wo_t, w1_t, w2_t, A_t), fp, ip
 
 
-def n_sets(W):
-    """Number of weight sets L in packed weights."""
-    return max(w.shape[0] for w in W)
-
-
 # --------------------------------------------------------------------- workers
 @_jit
 def matmul(X, W, out, accumulate):
@@ -138,64 +133,6 @@ def activate(z, act):
         return math.tanh(z)
     return z
 
-
-@_jit
-def attention(X, wqkv, wo, n_heads, beta, causal, qkv, heads, row, out):
-    """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o`` for one state ``X``.
-
-    Scratch: ``qkv (T, 3d)``, ``heads (T, d)``, ``row (T,)``. The softmax is computed
-    one row at a time, stably (row max subtracted); with ``causal`` row i sees
-    tokens ``j <= i`` only.
-    """
-    T, d = X.shape
-    dh = d // n_heads
-    scale = beta / math.sqrt(dh)
-    matmul(X, wqkv, qkv, False)
-    heads[:, :] = 0
-    for h in range(n_heads):
-        q0, k0, v0 = h * dh, d + h * dh, 2 * d + h * dh
-        for i in range(T):
-            n_keys = i + 1 if causal else T
-            m = -np.inf
-            for j in range(n_keys):
-                s = 0.0
-                for c in range(dh):
-                    s += qkv[i, q0 + c] * qkv[j, k0 + c]
-                s *= scale
-                row[j] = s
-                m = max(m, s)
-            total = 0.0
-            for j in range(n_keys):
-                e = math.exp(row[j] - m)
-                row[j] = e
-                total += e
-            inv = 1.0 / total
-            for j in range(n_keys):
-                w = row[j] * inv
-                for c in range(dh):
-                    heads[i, q0 + c] += w * qkv[j, v0 + c]
-    matmul(heads, wo, out, True)
-
-
-@_jit
-def ffn(X, w1, b1, w2, b2, act, hidden, out):
-    """``out += σ(X W_1 + b_1) W_2 + b_2``. Scratch: ``hidden (T, m)``."""
-    T = X.shape[0]
-    matmul(X, w1, hidden, False)
-    for i in range(T):
-        for j in range(hidden.shape[1]):
-            hidden[i, j] = activate(hidden[i, j] + b1[j], act)
-    matmul(hidden, w2, out, True)
-    for i in range(T):
-        for j in range(out.shape[1]):
-            out[i, j] += b2[j]
-
-
-# ------------------------------------------------------------ fast-path workers
-# Everything below is written so that LLVM vectorizes it in the state dtype: every
-# constant is cast with ``dt = X.dtype.type`` (a bare Python float would be float64
-# and turn float32 arithmetic into float64), accumulators start from ``dt(0)``, and
-# exp/erfc are branch-free polynomials instead of scalar libm calls.
 
 @intrinsic
 def exp2i(typingctx, n):
@@ -549,7 +486,7 @@ def rhs(X, W, fp, ip, layer, out, scratch):
     from :func:`make_scratch`.
     """
     A_t = W[11]
-    qkv, heads, row, hidden, qk, vt, P, oh = scratch
+    qkv, heads, hidden, qk, vt, P, oh = scratch
     γ = fp[FP_DAMPING]
     T, d = X.shape
     for i in range(T):
@@ -569,16 +506,15 @@ def rhs(X, W, fp, ip, layer, out, scratch):
 def make_scratch(W, T, d, n_stages, dtype_like):
     """Allocate one trajectory's scratch: RK stages, stage input and ``rhs`` buffers.
 
-    ``rhs`` buffers: ``(qkv (T, 3d), heads (T, d), row (T,), hidden (T, m),
-    qk (2, T·d), vt (T·d,), P (T, T), oh (T·d,))``; the first four are what the
-    plain :func:`attention`/:func:`ffn` take.
+    ``rhs`` buffers: ``(qkv (T, 3d), heads (T, d), hidden (T, m), qk (2, T·d),
+    vt (T·d,), P (T, T), oh (T·d,))``.
     """
     m = W[2].shape[2]
     dt = dtype_like.dtype
     stages = np.empty((n_stages, T, d), dtype=dt)
     xs = np.empty((T, d), dtype=dt)
     rs = (np.empty((T, 3 * d), dtype=dt), np.empty((T, d), dtype=dt),
-          np.empty(T, dtype=dt), np.empty((T, m), dtype=dt),
+          np.empty((T, m), dtype=dt),
           np.empty((2, T * d), dtype=dt), np.empty(T * d, dtype=dt),
           np.empty((T, T), dtype=dt), np.empty(T * d, dtype=dt))
     return stages, xs, rs

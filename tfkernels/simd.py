@@ -1,0 +1,350 @@
+"""Explicit SIMD vectors for Numba kernels, and the register-tiled GEMM built on them.
+
+Numba has no vector type, and LLVM's auto-vectorizer cannot keep a tile of
+accumulators in registers across the contraction loop of a small matrix product (it
+vectorizes the contraction instead and pays a horizontal sum per output). This module
+adds one: :class:`VecType` is a fixed-width LLVM vector (``<16 x float>`` /
+``<8 x double>``, 64 bytes: one AVX-512 register, two AVX2 registers — LLVM legalizes
+the width to whatever the host has) that Numba carries as an ordinary SSA value, so a
+kernel written with it keeps its accumulators in registers.
+
+Intrinsics (all take arrays through their flat, C-order element offset):
+
+* :func:`vload` / :func:`vstore` — unaligned load / store of ``LANES`` consecutive
+  elements;
+* :func:`vsplat` — a vector with every lane equal to a scalar;
+* :func:`vfma` — lane-wise ``a·b + c`` with one rounding (``llvm.fma``);
+* :func:`lanes` — the lane count for an array's dtype (a compile-time constant).
+
+:func:`gemm` is the micro-kernel the transformer kernels use for every projection:
+``out (+)= X @ W`` with ``W`` in its natural ``(K, n)`` layout.
+"""
+
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import njit
+from numba.core import cgutils, types
+from numba.extending import intrinsic, models, register_model
+
+from . import config
+
+def _vector_bytes():
+    """64 (one zmm register) where the host has AVX-512, else 32 (one ymm register)."""
+    features = llvm.get_host_cpu_features()
+    return 64 if features.get("avx512f", False) else 32
+
+
+#: Bytes per vector: the host's widest register. A 4 × 2 tile of accumulators then
+#: takes 8 of the 32 zmm (AVX-512) or 8 of the 16 ymm (AVX2) registers. The value
+#: is baked into the compiled code; Numba's cache is keyed by the host CPU, so a
+#: cache built on another CPU is not reused.
+VECTOR_BYTES = _vector_bytes()
+
+
+class VecType(types.Type):
+    """Numba type of a vector of ``count`` lanes of the float type ``dtype``."""
+
+    def __init__(self, dtype, count):
+        self.dtype = dtype
+        self.count = count
+        super().__init__(name=f"Vec({dtype}, {count})")
+
+
+@register_model(VecType)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        be_type = ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), fe_type.count)
+        super().__init__(dmm, fe_type, be_type)
+
+
+def _vec_of(dtype):
+    return VecType(dtype, VECTOR_BYTES // (dtype.bitwidth // 8))
+
+
+def _is_float_array(a):
+    """A C-contiguous float array: the intrinsics address it by flat offset."""
+    return isinstance(a, types.Array) and isinstance(a.dtype, types.Float) and a.layout == "C"
+
+
+def _vector_ptr(context, builder, arrty, arr, offset):
+    """Pointer to element ``offset`` of ``arr``, typed as a pointer to its vector."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    eltype = context.get_data_type(arrty.dtype)
+    ptr = builder.gep(ary.data, [offset], source_etype=eltype)
+    vty = context.get_value_type(_vec_of(arrty.dtype))
+    return builder.bitcast(ptr, vty.as_pointer())
+
+
+@intrinsic
+def lanes(typingctx, a):
+    """Number of lanes of the full-width vector for ``a``'s dtype (an array, or a
+    vector's own count): 16 float32 / 8 float64 with AVX-512, half that with AVX2."""
+    if isinstance(a, VecType):
+        count = a.count
+    elif _is_float_array(a):
+        count = _vec_of(a.dtype).count
+    else:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, count)
+
+    return types.intp(a), codegen
+
+
+def _zero_codegen(vt):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(vt), None)
+    return codegen
+
+
+@intrinsic
+def vzero(typingctx, a):
+    """Full-width vector of zeros in ``a``'s dtype."""
+    if not _is_float_array(a):
+        return None
+    vt = _vec_of(a.dtype)
+    return vt(a), _zero_codegen(vt)
+
+
+@intrinsic
+def vzero_half(typingctx, a):
+    """Half-width vector of zeros in ``a``'s dtype (for rows narrower than a vector)."""
+    if not _is_float_array(a):
+        return None
+    vt = _vec_of(a.dtype)
+    vt = VecType(vt.dtype, vt.count // 2)
+    return vt(a), _zero_codegen(vt)
+
+
+def _element_ptr(context, builder, arrty, arr, offset, offty):
+    """Pointer to the element at flat offset ``offset`` of the C-contiguous ``arr``."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    off = context.cast(builder, offset, offty, types.intp)
+    return builder.gep(ary.data, [off], source_etype=context.get_data_type(arrty.dtype))
+
+
+@intrinsic
+def vload(typingctx, a, offset, like):
+    """``a.flat[offset : offset + n]`` as a vector of ``like``'s type (n lanes)."""
+    if (not _is_float_array(a) or not isinstance(offset, types.Integer)
+            or not isinstance(like, VecType) or like.dtype != a.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        ptr = builder.bitcast(ptr, context.get_value_type(like).as_pointer())
+        return builder.load(ptr, align=a.dtype.bitwidth // 8)
+
+    return like(a, offset, like), codegen
+
+
+@intrinsic
+def vstore(typingctx, a, offset, v):
+    """``a.flat[offset : offset + n] = v`` for a vector ``v`` of n lanes."""
+    if (not _is_float_array(a) or not isinstance(offset, types.Integer)
+            or not isinstance(v, VecType) or v.dtype != a.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        ptr = builder.bitcast(ptr, context.get_value_type(v).as_pointer())
+        builder.store(args[2], ptr, align=a.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(a, offset, v), codegen
+
+
+@intrinsic
+def sload(typingctx, a, offset):
+    """The scalar ``a.flat[offset]`` of the C-contiguous ``a`` (any ndim)."""
+    if not _is_float_array(a) or not isinstance(offset, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1],
+                                         sig.args[1]))
+
+    return a.dtype(a, offset), codegen
+
+
+@intrinsic
+def sstore(typingctx, a, offset, x):
+    """``a.flat[offset] = x`` for the C-contiguous ``a`` (any ndim)."""
+    if (not _is_float_array(a) or not isinstance(offset, types.Integer)
+            or x != a.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _element_ptr(context, builder, sig.args[0], args[0],
+                                            args[1], sig.args[1]))
+        return context.get_dummy_value()
+
+    return types.none(a, offset, x), codegen
+
+
+@intrinsic
+def vsplat(typingctx, x, like):
+    """A vector of ``like``'s type with every lane equal to the float ``x``."""
+    if not isinstance(like, VecType) or x != like.dtype:
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(like)
+        undef = ir.Constant(vty, ir.Undefined)
+        one = builder.insert_element(undef, args[0], ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), like.count), [0] * like.count)
+        return builder.shuffle_vector(one, undef, mask)
+
+    return like(x, like), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """Lane-wise ``a·b + c`` with a single rounding (``llvm.fma``)."""
+    if not (isinstance(a, VecType) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(a)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty] * 3),
+            f"llvm.fma.v{a.count}f{a.dtype.bitwidth}")
+        return builder.call(fn, args)
+
+    return a(a, b, c), codegen
+
+
+#: Serial workers: no reference counting (``config.WORKER_NRT``), they allocate nothing.
+_jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
+            _nrt=config.WORKER_NRT)
+
+
+@_jit
+def _vector_columns(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, j0, j1, accumulate, z):
+    """Columns ``j0 … j1`` (a multiple of the width of ``z``) of :func:`gemm_ld`.
+
+    ``z`` is a zero vector whose type sets the width ``L``. Tiles of 4 rows × 2
+    vectors: per k two vector loads of row k of ``W``, four broadcasts of
+    ``X[i, k]`` and eight FMAs into accumulators that stay in registers through the
+    whole k loop; then a 4 × 1 tile for an odd vector column and 1 × 1 tiles for the
+    last ``R mod 4`` rows.
+    """
+    L = lanes(z)
+    i = 0
+    while i + 3 < R:
+        x0 = xo + i * ldx
+        j = j0
+        while j + 2 * L <= j1:
+            o = oo + i * ldo + j
+            if accumulate:
+                c00 = vload(out, o, z)
+                c01 = vload(out, o + L, z)
+                c10 = vload(out, o + ldo, z)
+                c11 = vload(out, o + ldo + L, z)
+                c20 = vload(out, o + 2 * ldo, z)
+                c21 = vload(out, o + 2 * ldo + L, z)
+                c30 = vload(out, o + 3 * ldo, z)
+                c31 = vload(out, o + 3 * ldo + L, z)
+            else:
+                c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
+            for k in range(K):
+                w0 = vload(W, wo + k * ldw + j, z)
+                w1 = vload(W, wo + k * ldw + j + L, z)
+                a = vsplat(sload(X, x0 + k), z)
+                c00 = vfma(a, w0, c00)
+                c01 = vfma(a, w1, c01)
+                a = vsplat(sload(X, x0 + ldx + k), z)
+                c10 = vfma(a, w0, c10)
+                c11 = vfma(a, w1, c11)
+                a = vsplat(sload(X, x0 + 2 * ldx + k), z)
+                c20 = vfma(a, w0, c20)
+                c21 = vfma(a, w1, c21)
+                a = vsplat(sload(X, x0 + 3 * ldx + k), z)
+                c30 = vfma(a, w0, c30)
+                c31 = vfma(a, w1, c31)
+            vstore(out, o, c00)
+            vstore(out, o + L, c01)
+            vstore(out, o + ldo, c10)
+            vstore(out, o + ldo + L, c11)
+            vstore(out, o + 2 * ldo, c20)
+            vstore(out, o + 2 * ldo + L, c21)
+            vstore(out, o + 3 * ldo, c30)
+            vstore(out, o + 3 * ldo + L, c31)
+            j += 2 * L
+        if j < j1:
+            o = oo + i * ldo + j
+            if accumulate:
+                c00 = vload(out, o, z)
+                c10 = vload(out, o + ldo, z)
+                c20 = vload(out, o + 2 * ldo, z)
+                c30 = vload(out, o + 3 * ldo, z)
+            else:
+                c00 = c10 = c20 = c30 = z
+            for k in range(K):
+                w0 = vload(W, wo + k * ldw + j, z)
+                c00 = vfma(vsplat(sload(X, x0 + k), z), w0, c00)
+                c10 = vfma(vsplat(sload(X, x0 + ldx + k), z), w0, c10)
+                c20 = vfma(vsplat(sload(X, x0 + 2 * ldx + k), z), w0, c20)
+                c30 = vfma(vsplat(sload(X, x0 + 3 * ldx + k), z), w0, c30)
+            vstore(out, o, c00)
+            vstore(out, o + ldo, c10)
+            vstore(out, o + 2 * ldo, c20)
+            vstore(out, o + 3 * ldo, c30)
+        i += 4
+    while i < R:
+        x0 = xo + i * ldx
+        for j in range(j0, j1, L):
+            o = oo + i * ldo + j
+            c00 = vload(out, o, z) if accumulate else z
+            for k in range(K):
+                c00 = vfma(vsplat(sload(X, x0 + k), z), vload(W, wo + k * ldw + j, z), c00)
+            vstore(out, o, c00)
+        i += 1
+
+
+@_jit
+def gemm_ld(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
+    """``out (+)= X @ W`` on sub-matrices of flat C-contiguous buffers (BLAS style).
+
+    ``X`` is the ``R × K`` matrix at flat offset ``xo`` with row stride ``ldx``,
+    ``W`` the ``K × n`` one at ``wo``/``ldw``, ``out`` the ``R × n`` one at
+    ``oo``/``ldo``; elements of a row are contiguous. Columns are covered by
+    full-width vector tiles (:func:`_vector_columns`), then one half-width vector
+    column where at least ``L/2`` columns remain (the attention's ``d_h``- and
+    ``T``-wide products), then a scalar loop.
+
+    Every ``out[i, j]`` is the chain ``((out|0) + x_0 w_0) + x_1 w_1 + …`` in k
+    order, fused multiply-adds throughout, whatever path it takes: the result depends
+    on the shapes only, never on batch composition or thread count.
+    """
+    L = lanes(W)
+    nv = n - n % L
+    if nv > 0:
+        _vector_columns(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, 0, nv, accumulate,
+                        vzero(W))
+    j = nv
+    if n - j >= L // 2:
+        _vector_columns(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, j, j + L // 2,
+                        accumulate, vzero_half(W))
+        j += L // 2
+    if j < n:
+        zero = X.dtype.type(0)
+        for i in range(R):
+            for jj in range(j, n):
+                s = sload(out, oo + i * ldo + jj) if accumulate else zero
+                for k in range(K):
+                    s = s + sload(X, xo + i * ldx + k) * sload(W, wo + k * ldw + jj)
+                sstore(out, oo + i * ldo + jj, s)
+
+
+@_jit
+def gemm(X, W, out, accumulate):
+    """``out (+)= X @ W`` for C-contiguous ``X (R, K)``, ``W (K, n)``, ``out (R, n)``.
+
+    :func:`gemm_ld` on whole matrices. Equivalent to ``out[:] (+)= X @ W``, left for
+    reference.
+    """
+    R, K = X.shape
+    n = W.shape[1]
+    gemm_ld(X, 0, K, W, 0, n, out, 0, n, R, K, n, accumulate)

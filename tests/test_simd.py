@@ -1,0 +1,104 @@
+"""The SIMD micro-kernel and the vectorized elementary functions, element by element.
+
+``gemm_ld`` is checked against a float64 product for every path it has (4 × 2 and
+4 × 1 full-width tiles, the half-width column, the scalar tail, leftover rows) and for
+sub-matrices addressed by offset and row stride; ``exp_neg`` and ``erfc_pos`` against
+``math.exp`` / ``math.erfc`` with the error bounds their docstrings state.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from tfkernels import config, kernels, simd
+
+TOL = {np.float32: 2e-6, np.float64: 1e-14}
+
+
+@njit(cache=config.CACHE)
+def _lanes(a):
+    return simd.lanes(a)
+
+
+@settings(max_examples=60, deadline=None)
+@given(R=st.integers(1, 13), K=st.integers(1, 40), n=st.integers(1, 70),
+       pad=st.integers(0, 5), accumulate=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_gemm_ld_matches_float64_product(R, K, n, pad, accumulate, dtype, seed):
+    g = np.random.default_rng(seed)
+    # sub-matrices inside larger buffers: offsets and row strides beyond the widths
+    ldx, ldw, ldo = K + pad, n + pad, n + 2 * pad
+    xo, wo, oo = pad, 2 * pad, 3 * pad
+    X = g.standard_normal(xo + R * ldx).astype(dtype)
+    W = g.standard_normal((wo + K * ldw + 1,)).astype(dtype)
+    out = g.standard_normal(oo + R * ldo).astype(dtype)
+    before = out.copy()
+    Xm = X[xo:xo + R * ldx].reshape(R, ldx)[:, :K].astype(np.float64)
+    Wm = W[wo:wo + K * ldw].reshape(K, ldw)[:, :n].astype(np.float64)
+    Om = before[oo:oo + R * ldo].reshape(R, ldo)[:, :n].astype(np.float64)
+    want = Xm @ Wm + (Om if accumulate else 0.0)
+    simd.gemm_ld(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate)
+    got = out[oo:oo + R * ldo].reshape(R, ldo)
+    scale = np.abs(Xm) @ np.abs(Wm) + (np.abs(Om) if accumulate else 0.0)
+    assert np.all(np.abs(got[:, :n] - want) <= TOL[dtype] * (scale + 1e-30))
+    # nothing outside the R × n block is written
+    mask = np.ones(out.shape, bool)
+    mask[oo:oo + R * ldo].reshape(R, ldo)[:, :n] = False
+    assert np.array_equal(out[mask], before[mask])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_covers_every_tile_path(dtype):
+    """Widths around 0.5, 1, 2 and 3 vectors and row counts around the 4-row tile."""
+    L = _lanes(np.zeros(1, dtype))
+    g = np.random.default_rng(0)
+    for R in (1, 3, 4, 5, 8, 9):
+        for n in sorted({1, L // 2 - 1, L // 2, L // 2 + 1, L - 1, L, L + L // 2,
+                         2 * L, 2 * L + 1, 3 * L, 3 * L + L // 2 + 1}):
+            X = g.standard_normal((R, 7)).astype(dtype)
+            W = g.standard_normal((7, n)).astype(dtype)
+            out = np.empty((R, n), dtype)
+            simd.gemm(X, W, out, False)
+            want = X.astype(np.float64) @ W.astype(np.float64)
+            scale = np.abs(X.astype(np.float64)) @ np.abs(W.astype(np.float64))
+            assert np.all(np.abs(out - want) <= TOL[dtype] * scale), (R, n)
+
+
+@njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
+def _elementary(x, short):
+    dt = x.dtype.type
+    lo = dt(kernels.EXP_LO)
+    e = np.empty_like(x)
+    f = np.empty_like(x)
+    for i in range(x.size):
+        if short:
+            e[i] = kernels.exp_neg(-x[i], dt, lo, True)
+            f[i] = kernels.erfc_pos(x[i], dt, lo, True)
+        else:
+            e[i] = kernels.exp_neg(-x[i], dt, lo, False)
+            f[i] = kernels.erfc_pos(x[i], dt, lo, False)
+    return e, f
+
+
+@pytest.mark.parametrize("dtype, short, exp_tol, erfc_tol", [
+    # float64: exp to a few ulp (relative error grows like |x|·eps: exp's conditioning);
+    # erfc relative error ≤ ~40 eps at x = 6, where x² = 36 carries the rounding.
+    (np.float64, False, 1e-15, 3e-14),
+    # float32: the short polynomials, same story at float32 precision.
+    (np.float32, True, 5e-7, 1e-5),
+])
+def test_exp_and_erfc_error_bounds(dtype, short, exp_tol, erfc_tol):
+    x = np.linspace(0.0, 6.0, 6001).astype(dtype)
+    e, f = _elementary(x, short)
+    xd = x.astype(np.float64)
+    exact_e = np.exp(-xd)
+    exact_f = np.array([math.erfc(v) for v in xd])
+    assert np.max(np.abs(e / exact_e - 1)) <= exp_tol
+    assert np.max(np.abs(f / exact_f - 1)) <= erfc_tol
+    # near 0 the bound is much tighter (small arguments carry no conditioning)
+    small = xd <= 1.0
+    assert np.max(np.abs(f[small] / exact_f[small] - 1)) <= erfc_tol / 10

@@ -26,22 +26,30 @@ def _lanes(a):
 
 @settings(max_examples=60, deadline=None)
 @given(R=st.integers(1, 13), K=st.integers(1, 40), n=st.integers(1, 70),
-       pad=st.integers(0, 5), accumulate=st.booleans(),
+       pad=st.integers(0, 5), accumulate=st.booleans(), x_transposed=st.booleans(),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
-def test_gemm_ld_matches_float64_product(R, K, n, pad, accumulate, dtype, seed):
+def test_gemm_ld_matches_float64_product(R, K, n, pad, accumulate, x_transposed, dtype,
+                                         seed):
     g = np.random.default_rng(seed)
-    # sub-matrices inside larger buffers: offsets and row strides beyond the widths
-    ldx, ldw, ldo = K + pad, n + pad, n + 2 * pad
+    # sub-matrices inside larger buffers: offsets and row strides beyond the widths;
+    # X stored either row-major (R × ldx) or transposed (K × ldx', read with cx)
+    ldw, ldo = n + pad, n + 2 * pad
     xo, wo, oo = pad, 2 * pad, 3 * pad
-    X = g.standard_normal(xo + R * ldx).astype(dtype)
+    if x_transposed:
+        ldx, cx = 1, R + pad
+        X = g.standard_normal(xo + K * cx).astype(dtype)
+        Xm = X[xo:xo + K * cx].reshape(K, cx)[:, :R].T.astype(np.float64)
+    else:
+        ldx, cx = K + pad, 1
+        X = g.standard_normal(xo + R * ldx).astype(dtype)
+        Xm = X[xo:xo + R * ldx].reshape(R, ldx)[:, :K].astype(np.float64)
     W = g.standard_normal((wo + K * ldw + 1,)).astype(dtype)
     out = g.standard_normal(oo + R * ldo).astype(dtype)
     before = out.copy()
-    Xm = X[xo:xo + R * ldx].reshape(R, ldx)[:, :K].astype(np.float64)
     Wm = W[wo:wo + K * ldw].reshape(K, ldw)[:, :n].astype(np.float64)
     Om = before[oo:oo + R * ldo].reshape(R, ldo)[:, :n].astype(np.float64)
     want = Xm @ Wm + (Om if accumulate else 0.0)
-    simd.gemm_ld(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate)
+    simd.gemm_ld(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate)
     got = out[oo:oo + R * ldo].reshape(R, ldo)
     scale = np.abs(Xm) @ np.abs(Wm) + (np.abs(Om) if accumulate else 0.0)
     assert np.all(np.abs(got[:, :n] - want) <= TOL[dtype] * (scale + 1e-30))

@@ -424,40 +424,53 @@ def dense(X, Wt, out, accumulate):
 
 
 @_jit
-def softmax_rows(P, causal):
-    """Row-wise stable softmax of the scores ``P (T, T)`` in place; with ``causal``
-    row i keeps keys ``j <= i`` and the rest are set to 0."""
+def softmax_columns(P, causal, m, total):
+    """Softmax over each *column* of the transposed scores ``P (T keys, T queries)``
+    in place; with ``causal``, query i keeps keys ``j <= i`` and the rest are 0.
+
+    Column i holds query i's scores, so the running maximum, the exponentials and
+    their sums are element-wise operations along contiguous rows (``m``, ``total``:
+    scratch of length ≥ T) and vectorize with no horizontal reduction. The maximum
+    uses ``>`` (a NaN score is skipped there) but NaN still reaches the column
+    through ``exp(s − m)``. Equivalent to a stable ``softmax(Pᵀ, axis=-1)ᵀ``.
+    """
     T = P.shape[0]
     dt = P.dtype.type
     lo = dt(EXP_LO)
+    every = not causal
     for i in range(T):
-        n_keys = i + 1 if causal else T
-        m = P[i, 0]
-        for j in range(1, n_keys):
-            if P[i, j] > m:
-                m = P[i, j]
-        total = dt(0.0)
-        for j in range(n_keys):
-            e = exp_neg(P[i, j] - m, dt, lo)
-            P[i, j] = e
-            total += e
-        inv = dt(1.0) / total
-        for j in range(n_keys):
-            P[i, j] *= inv
-        for j in range(n_keys, T):
-            P[i, j] = dt(0.0)
+        m[i] = P[0, i]
+        total[i] = dt(0.0)
+    # Full-length rows with the causal mask as a select: a loop starting at j ran
+    # 4x slower (short, misaligned trip counts); masked entries are computed, unused.
+    for j in range(1, T):
+        for i in range(T):
+            x = P[j, i]
+            m[i] = x if (x > m[i]) & ((i >= j) | every) else m[i]
+    for j in range(T):
+        for i in range(T):
+            e = exp_neg(P[j, i] - m[i], dt, lo)
+            e = e if (i >= j) | every else dt(0.0)
+            P[j, i] = e
+            total[i] += e
+    for i in range(T):
+        m[i] = dt(1.0) / total[i]
+    for j in range(T):
+        for i in range(T):
+            P[j, i] *= m[i]
 
 
 @_jit
-def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, kt, P, out):
+def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, qt, P, mt, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o``.
 
-    ``qkv (T, 3d)`` gets ``X [Wq|Wk|Wv]`` in one product. Per head, ``kt (T·d,)``
-    takes ``(β/√d_h)·K_hᵀ`` as a ``(d_h, T)`` block, so that the scores
-    ``P = Q_h kt`` and the output ``P V_h`` are :func:`~tfkernels.simd.gemm_ld`
-    products reading Q_h and V_h in place from ``qkv``, the latter writing straight
-    into head h's columns of ``heads (T, d)``. ``P (T, T)`` holds one head's scores,
-    then its probabilities.
+    ``qkv (T, 3d)`` gets ``X [Wq|Wk|Wv]`` in one product. Per head, ``qt (T·d,)``
+    takes ``(β/√d_h)·Q_hᵀ`` as a ``(d_h, T)`` block; the transposed scores
+    ``P = K_h qt (keys × queries)`` are a :func:`~tfkernels.simd.gemm_ld` product
+    reading K_h in place from ``qkv``; :func:`softmax_columns` normalizes each
+    query's column; ``Pᵀ V_h`` is a second product (``P`` read transposed, V_h in
+    place) written straight into head h's columns of ``heads (T, d)``. ``mt (2, ≥T)``
+    is the softmax's scratch.
     """
     T, d = X.shape
     dh = d // n_heads
@@ -466,10 +479,10 @@ def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, kt, P, out)
     for h in range(n_heads):
         for i in range(T):
             for c in range(dh):
-                kt[c * T + i] = qkv[i, d + h * dh + c] * scale
-        gemm_ld(qkv, h * dh, 3 * d, kt, 0, T, P, 0, T, T, dh, T, False)
-        softmax_rows(P, causal)
-        gemm_ld(P, 0, T, qkv, 2 * d + h * dh, 3 * d, heads, h * dh, d, T, T, dh, False)
+                qt[c * T + i] = qkv[i, h * dh + c] * scale
+        gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, 0, T, P, 0, T, T, dh, T, False)
+        softmax_columns(P, causal, mt[0], mt[1])
+        gemm_ld(P, 0, 1, T, qkv, 2 * d + h * dh, 3 * d, heads, h * dh, d, T, T, dh, False)
     gemm(heads, wo, out, True)
 
 
@@ -503,7 +516,7 @@ def rhs(X, W, fp, ip, layer, out, scratch):
         gemm(X, A[layer], out, True)
     if ip[IP_ATTN]:
         attention_packed(X, W[0][layer], W[1][layer], ip[IP_HEADS], fp[FP_BETA],
-                         ip[IP_CAUSAL], qkv, heads, vt, P, out)
+                         ip[IP_CAUSAL], qkv, heads, vt, P, qk, out)
     if ip[IP_FFN]:
         ffn_packed(X, W[2][layer], W[3][layer], W[4][layer], W[5][layer], ip[IP_ACT],
                    hidden, out)

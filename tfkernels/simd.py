@@ -220,59 +220,132 @@ _jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERR
             _nrt=config.WORKER_NRT)
 
 
+#: With 32 vector registers (AVX-512) the 2-vector column panels also take tiles of
+#: 8 rows (16 accumulators): half the loads of ``W`` per FMA, which matters once a
+#: weight matrix no longer fits L1 (medium and large). AVX2 has 16 registers.
+TALL_TILES = VECTOR_BYTES == 64
+
+
 @_jit
-def _vector_columns(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, j0, j1, accumulate, z):
+def _tile_8x2(X, x0, ldx, cx, W, wo, ldw, out, o, ldo, K, j, accumulate, z):
+    """One 8-row × 2-vector tile of :func:`_vector_columns` (see there)."""
+    L = lanes(z)
+    if accumulate:
+        c00 = vload(out, o, z)
+        c01 = vload(out, o + L, z)
+        c10 = vload(out, o + ldo, z)
+        c11 = vload(out, o + ldo + L, z)
+        c20 = vload(out, o + 2 * ldo, z)
+        c21 = vload(out, o + 2 * ldo + L, z)
+        c30 = vload(out, o + 3 * ldo, z)
+        c31 = vload(out, o + 3 * ldo + L, z)
+        c40 = vload(out, o + 4 * ldo, z)
+        c41 = vload(out, o + 4 * ldo + L, z)
+        c50 = vload(out, o + 5 * ldo, z)
+        c51 = vload(out, o + 5 * ldo + L, z)
+        c60 = vload(out, o + 6 * ldo, z)
+        c61 = vload(out, o + 6 * ldo + L, z)
+        c70 = vload(out, o + 7 * ldo, z)
+        c71 = vload(out, o + 7 * ldo + L, z)
+    else:
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
+        c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = z
+    for k in range(K):
+        w0 = vload(W, wo + k * ldw + j, z)
+        w1 = vload(W, wo + k * ldw + j + L, z)
+        xk = x0 + k * cx
+        a = vsplat(sload(X, xk), z)
+        c00 = vfma(a, w0, c00)
+        c01 = vfma(a, w1, c01)
+        a = vsplat(sload(X, xk + ldx), z)
+        c10 = vfma(a, w0, c10)
+        c11 = vfma(a, w1, c11)
+        a = vsplat(sload(X, xk + 2 * ldx), z)
+        c20 = vfma(a, w0, c20)
+        c21 = vfma(a, w1, c21)
+        a = vsplat(sload(X, xk + 3 * ldx), z)
+        c30 = vfma(a, w0, c30)
+        c31 = vfma(a, w1, c31)
+        a = vsplat(sload(X, xk + 4 * ldx), z)
+        c40 = vfma(a, w0, c40)
+        c41 = vfma(a, w1, c41)
+        a = vsplat(sload(X, xk + 5 * ldx), z)
+        c50 = vfma(a, w0, c50)
+        c51 = vfma(a, w1, c51)
+        a = vsplat(sload(X, xk + 6 * ldx), z)
+        c60 = vfma(a, w0, c60)
+        c61 = vfma(a, w1, c61)
+        a = vsplat(sload(X, xk + 7 * ldx), z)
+        c70 = vfma(a, w0, c70)
+        c71 = vfma(a, w1, c71)
+    vstore(out, o, c00)
+    vstore(out, o + L, c01)
+    vstore(out, o + ldo, c10)
+    vstore(out, o + ldo + L, c11)
+    vstore(out, o + 2 * ldo, c20)
+    vstore(out, o + 2 * ldo + L, c21)
+    vstore(out, o + 3 * ldo, c30)
+    vstore(out, o + 3 * ldo + L, c31)
+    vstore(out, o + 4 * ldo, c40)
+    vstore(out, o + 4 * ldo + L, c41)
+    vstore(out, o + 5 * ldo, c50)
+    vstore(out, o + 5 * ldo + L, c51)
+    vstore(out, o + 6 * ldo, c60)
+    vstore(out, o + 6 * ldo + L, c61)
+    vstore(out, o + 7 * ldo, c70)
+    vstore(out, o + 7 * ldo + L, c71)
+
+
+@_jit
+def _vector_columns(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, j0, j1, accumulate,
+                    z):
     """Columns ``j0 … j1`` (a multiple of the width of ``z``) of :func:`gemm_ld`.
 
-    ``z`` is a zero vector whose type sets the width ``L``. Tiles of 4 rows × 2
-    vectors: per k two vector loads of row k of ``W``, four broadcasts of
-    ``X[i, k]`` and eight FMAs into accumulators that stay in registers through the
-    whole k loop; then a 4 × 1 tile for an odd vector column and 1 × 1 tiles for the
-    last ``R mod 4`` rows.
+    ``z`` is a zero vector whose type sets the width ``L``. Columns go in panels of
+    2 vectors and, for an odd count, a last panel of 1. Rows go in tiles of 8 (2-vector
+    panels with ``TALL_TILES``), then 4, then 1. Per k, a tile loads its panel's row k
+    of ``W`` once, broadcasts each of its ``X[i, k]`` and issues one FMA per
+    accumulator; the accumulators stay in registers through the whole k loop.
     """
     L = lanes(z)
+    n_pairs = (j1 - j0) // (2 * L)
+    odd = j0 + 2 * L * n_pairs          # start of the 1-vector panel (== j1 if none)
     i = 0
+    if TALL_TILES:
+        while i + 7 < R:
+            for p in range(n_pairs):
+                j = j0 + 2 * L * p
+                _tile_8x2(X, xo + i * ldx, ldx, cx, W, wo, ldw, out, oo + i * ldo + j, ldo,
+                          K, j, accumulate, z)
+            i += 8
     while i + 3 < R:
+        for p in range(n_pairs):
+            j = j0 + 2 * L * p
+            _tile_4x2(X, xo + i * ldx, ldx, cx, W, wo, ldw, out, oo + i * ldo + j, ldo, K,
+                      j, accumulate, z)
+        i += 4
+    while i < R:
         x0 = xo + i * ldx
-        j = j0
-        while j + 2 * L <= j1:
+        for p in range(n_pairs):
+            j = j0 + 2 * L * p
             o = oo + i * ldo + j
             if accumulate:
                 c00 = vload(out, o, z)
                 c01 = vload(out, o + L, z)
-                c10 = vload(out, o + ldo, z)
-                c11 = vload(out, o + ldo + L, z)
-                c20 = vload(out, o + 2 * ldo, z)
-                c21 = vload(out, o + 2 * ldo + L, z)
-                c30 = vload(out, o + 3 * ldo, z)
-                c31 = vload(out, o + 3 * ldo + L, z)
             else:
-                c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
+                c00 = c01 = z
             for k in range(K):
-                w0 = vload(W, wo + k * ldw + j, z)
-                w1 = vload(W, wo + k * ldw + j + L, z)
-                a = vsplat(sload(X, x0 + k), z)
-                c00 = vfma(a, w0, c00)
-                c01 = vfma(a, w1, c01)
-                a = vsplat(sload(X, x0 + ldx + k), z)
-                c10 = vfma(a, w0, c10)
-                c11 = vfma(a, w1, c11)
-                a = vsplat(sload(X, x0 + 2 * ldx + k), z)
-                c20 = vfma(a, w0, c20)
-                c21 = vfma(a, w1, c21)
-                a = vsplat(sload(X, x0 + 3 * ldx + k), z)
-                c30 = vfma(a, w0, c30)
-                c31 = vfma(a, w1, c31)
+                a = vsplat(sload(X, x0 + k * cx), z)
+                c00 = vfma(a, vload(W, wo + k * ldw + j, z), c00)
+                c01 = vfma(a, vload(W, wo + k * ldw + j + L, z), c01)
             vstore(out, o, c00)
             vstore(out, o + L, c01)
-            vstore(out, o + ldo, c10)
-            vstore(out, o + ldo + L, c11)
-            vstore(out, o + 2 * ldo, c20)
-            vstore(out, o + 2 * ldo + L, c21)
-            vstore(out, o + 3 * ldo, c30)
-            vstore(out, o + 3 * ldo + L, c31)
-            j += 2 * L
-        if j < j1:
+        i += 1
+    if odd < j1:
+        j = odd
+        i = 0
+        while i + 3 < R:
+            x0 = xo + i * ldx
             o = oo + i * ldo + j
             if accumulate:
                 c00 = vload(out, o, z)
@@ -283,31 +356,74 @@ def _vector_columns(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, j0, j1, accumula
                 c00 = c10 = c20 = c30 = z
             for k in range(K):
                 w0 = vload(W, wo + k * ldw + j, z)
-                c00 = vfma(vsplat(sload(X, x0 + k), z), w0, c00)
-                c10 = vfma(vsplat(sload(X, x0 + ldx + k), z), w0, c10)
-                c20 = vfma(vsplat(sload(X, x0 + 2 * ldx + k), z), w0, c20)
-                c30 = vfma(vsplat(sload(X, x0 + 3 * ldx + k), z), w0, c30)
+                xk = x0 + k * cx
+                c00 = vfma(vsplat(sload(X, xk), z), w0, c00)
+                c10 = vfma(vsplat(sload(X, xk + ldx), z), w0, c10)
+                c20 = vfma(vsplat(sload(X, xk + 2 * ldx), z), w0, c20)
+                c30 = vfma(vsplat(sload(X, xk + 3 * ldx), z), w0, c30)
             vstore(out, o, c00)
             vstore(out, o + ldo, c10)
             vstore(out, o + 2 * ldo, c20)
             vstore(out, o + 3 * ldo, c30)
-        i += 4
-    while i < R:
-        x0 = xo + i * ldx
-        for j in range(j0, j1, L):
+            i += 4
+        while i < R:
+            x0 = xo + i * ldx
             o = oo + i * ldo + j
             c00 = vload(out, o, z) if accumulate else z
             for k in range(K):
-                c00 = vfma(vsplat(sload(X, x0 + k), z), vload(W, wo + k * ldw + j, z), c00)
+                w0 = vload(W, wo + k * ldw + j, z)
+                c00 = vfma(vsplat(sload(X, x0 + k * cx), z), w0, c00)
             vstore(out, o, c00)
-        i += 1
+            i += 1
 
 
 @_jit
-def gemm_ld(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
+def _tile_4x2(X, x0, ldx, cx, W, wo, ldw, out, o, ldo, K, j, accumulate, z):
+    """One 4-row × 2-vector tile of :func:`_vector_columns` (see there)."""
+    L = lanes(z)
+    if accumulate:
+        c00 = vload(out, o, z)
+        c01 = vload(out, o + L, z)
+        c10 = vload(out, o + ldo, z)
+        c11 = vload(out, o + ldo + L, z)
+        c20 = vload(out, o + 2 * ldo, z)
+        c21 = vload(out, o + 2 * ldo + L, z)
+        c30 = vload(out, o + 3 * ldo, z)
+        c31 = vload(out, o + 3 * ldo + L, z)
+    else:
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
+    for k in range(K):
+        w0 = vload(W, wo + k * ldw + j, z)
+        w1 = vload(W, wo + k * ldw + j + L, z)
+        xk = x0 + k * cx
+        a = vsplat(sload(X, xk), z)
+        c00 = vfma(a, w0, c00)
+        c01 = vfma(a, w1, c01)
+        a = vsplat(sload(X, xk + ldx), z)
+        c10 = vfma(a, w0, c10)
+        c11 = vfma(a, w1, c11)
+        a = vsplat(sload(X, xk + 2 * ldx), z)
+        c20 = vfma(a, w0, c20)
+        c21 = vfma(a, w1, c21)
+        a = vsplat(sload(X, xk + 3 * ldx), z)
+        c30 = vfma(a, w0, c30)
+        c31 = vfma(a, w1, c31)
+    vstore(out, o, c00)
+    vstore(out, o + L, c01)
+    vstore(out, o + ldo, c10)
+    vstore(out, o + ldo + L, c11)
+    vstore(out, o + 2 * ldo, c20)
+    vstore(out, o + 2 * ldo + L, c21)
+    vstore(out, o + 3 * ldo, c30)
+    vstore(out, o + 3 * ldo + L, c31)
+
+
+@_jit
+def gemm_ld(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
     """``out (+)= X @ W`` on sub-matrices of flat C-contiguous buffers (BLAS style).
 
-    ``X`` is the ``R × K`` matrix at flat offset ``xo`` with row stride ``ldx``,
+    ``X`` is the ``R × K`` matrix at flat offset ``xo`` with row stride ``ldx`` and
+    column stride ``cx`` (``ldx = 1, cx = R'`` reads a stored matrix transposed),
     ``W`` the ``K × n`` one at ``wo``/``ldw``, ``out`` the ``R × n`` one at
     ``oo``/``ldo``; elements of a row are contiguous. Columns are covered by
     full-width vector tiles (:func:`_vector_columns`), then one half-width vector
@@ -321,11 +437,11 @@ def gemm_ld(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
     L = lanes(W)
     nv = n - n % L
     if nv > 0:
-        _vector_columns(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, 0, nv, accumulate,
+        _vector_columns(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, 0, nv, accumulate,
                         vzero(W))
     j = nv
     if n - j >= L // 2:
-        _vector_columns(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, j, j + L // 2,
+        _vector_columns(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, j, j + L // 2,
                         accumulate, vzero_half(W))
         j += L // 2
     if j < n:
@@ -334,7 +450,7 @@ def gemm_ld(X, xo, ldx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
             for jj in range(j, n):
                 s = sload(out, oo + i * ldo + jj) if accumulate else zero
                 for k in range(K):
-                    s = s + sload(X, xo + i * ldx + k) * sload(W, wo + k * ldw + jj)
+                    s = s + sload(X, xo + i * ldx + k * cx) * sload(W, wo + k * ldw + jj)
                 sstore(out, oo + i * ldo + jj, s)
 
 
@@ -347,4 +463,4 @@ def gemm(X, W, out, accumulate):
     """
     R, K = X.shape
     n = W.shape[1]
-    gemm_ld(X, 0, K, W, 0, n, out, 0, n, R, K, n, accumulate)
+    gemm_ld(X, 0, K, 1, W, 0, n, out, 0, n, R, K, n, accumulate)

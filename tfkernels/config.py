@@ -21,7 +21,10 @@ CACHE = True
 #: results are caught by the kernels' finiteness checks anyway.
 ERROR_MODEL = "numpy"
 
-#: The drivers run ``prange`` over blocks of trajectories.
+#: The decay drivers run ``prange`` over blocks of trajectories. (``integrate`` and
+#: ``vector_field`` run serial GIL-free drivers on slices of the batch in threads
+#: instead, see ``api.run_threads``: a cold compile of a ``prange`` driver costs
+#: about 4 s more.)
 PARALLEL = True
 
 #: Trajectories per ``prange`` block inside one kernel call. Each block allocates its

@@ -1,12 +1,14 @@
 """The public API: validate in Python, then call one fused kernel."""
 
+import concurrent.futures
 import contextlib
+import threading
 
 import numba
 import numpy as np
 
 from . import _validate as v
-from . import kernels, rng
+from . import config, kernels, rng
 from .methods import METHODS, tableau
 from .params import TransformerParams
 
@@ -37,6 +39,52 @@ def threads(n_threads):
         yield
     finally:
         numba.set_num_threads(old)
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    """The process-wide worker threads of :func:`run_threads` (started on first use)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                thread_name_prefix="tfkernels")
+        return _POOL
+
+
+def run_threads(body, batch):
+    """Run ``body(lo, hi)`` on contiguous slices covering ``range(batch)`` in parallel.
+
+    The batch is cut at multiples of ``config.BLOCK`` into as many slices as Numba's
+    current thread count (``numba.get_num_threads()``, which :func:`threads` sets) and
+    there are blocks; the calling thread runs the first slice, pool threads the rest.
+    ``body`` calls a kernel that releases the GIL (``nogil=True``) on the slice.
+    Every trajectory is computed the same way whatever slice it lands in, so results
+    do not depend on the thread count.
+
+    Parameters
+    ----------
+    body : callable
+        ``body(lo, hi)`` processes trajectories ``lo <= b < hi``.
+    batch : int
+        Number of trajectories.
+    """
+    n_blocks = (batch + config.BLOCK - 1) // config.BLOCK
+    n = max(1, min(numba.get_num_threads(), n_blocks))
+    if n == 1:
+        body(0, batch)
+        return
+    cuts = [min(batch, (n_blocks * i // n) * config.BLOCK) for i in range(n + 1)]
+    futures = [_pool().submit(body, cuts[i], cuts[i + 1]) for i in range(1, n)]
+    try:
+        body(cuts[0], cuts[1])
+    finally:
+        for f in futures:
+            f.result()
 
 
 def check_params(params):
@@ -99,7 +147,8 @@ def random_states(batch, seq_len, d, *, seed=0, start=0, dtype=np.float64, scale
     dtype = v.check_dtype("dtype", dtype)
     scale = v.check_float("scale", scale, minimum=0.0)
     out = np.empty(shape, dtype=dtype)
-    rng._normal_batch(seed, rng.STREAM_STATE, start, scale, out)
+    run_threads(lambda lo, hi: rng._normal_batch(seed, rng.STREAM_STATE, start + lo, scale,
+                                                 out[lo:hi]), shape[0])
     return out
 
 
@@ -128,7 +177,8 @@ def vector_field(params, X, *, layer=0, n_threads=None):
     W, fp, ip = kernels.pack_params(params)
     out = np.empty_like(X)
     with threads(n_threads):
-        kernels.vector_field_kernel(X, W, fp, ip, layer, out)
+        run_threads(lambda lo, hi: kernels.vector_field_kernel(X[lo:hi], W, fp, ip, layer,
+                                                               out[lo:hi]), X.shape[0])
     return out
 
 
@@ -279,7 +329,9 @@ def integrate(params, x0, n_layers, *, method="euler", t_final=1.0, save_every=N
     out = np.empty((B, n_out, T, d), dtype=x0.dtype)
     status = np.empty(B, dtype=np.int64)
     with threads(n_threads):
-        kernels.integrate_kernel(x0, W, fp, ip, a, b, h, σ, seed, start, k, first, out, status)
+        run_threads(lambda lo, hi: kernels.integrate_kernel(
+            x0[lo:hi], W, fp, ip, a, b, h, σ, seed, start + lo, k, first, out[lo:hi],
+            status[lo:hi]), B)
     if throw:
         raise_on_status(status, start)
     return out[:, 0] if save_every is None else out

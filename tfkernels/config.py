@@ -29,7 +29,10 @@ ERROR_MODEL = "numpy"
 #: drivers and scratch allocators, which own every array, count references.
 WORKER_NRT = False
 
-#: The drivers run ``prange`` over blocks of trajectories.
+#: The decay drivers run ``prange`` over blocks of trajectories. (``integrate`` and
+#: ``vector_field`` run serial GIL-free drivers on slices of the batch in threads
+#: instead, see ``api.run_threads``: a cold compile of a ``prange`` driver costs
+#: about 4 s more.)
 PARALLEL = True
 
 #: Trajectories per ``prange`` block inside one kernel call. Each block allocates its

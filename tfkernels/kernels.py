@@ -5,9 +5,10 @@ Three layers, as in the rest of the package:
 * serial per-trajectory workers on one state ``X`` of shape ``(T, d)``:
   :func:`rhs` (the vector field ``f``), :func:`rk_step` (one explicit Runge–Kutta
   step driven by a tableau) and :func:`advance` (one layer: step, noise, finiteness);
-* parallel drivers that run *all* layers of many trajectories in one call,
-  ``prange`` over blocks of trajectories with per-block scratch:
-  :func:`integrate_kernel`, :func:`vector_field_kernel`;
+* drivers that run *all* layers of many trajectories in one call, over blocks of
+  trajectories with per-block scratch, without the GIL:
+  :func:`integrate_kernel`, :func:`vector_field_kernel` (``api.run_threads`` runs
+  them on slices of the batch in parallel threads);
 * :func:`pack_params`, which lays a :class:`~tfkernels.TransformerParams` out as the
   flat tuple of arrays the kernels take.
 
@@ -21,7 +22,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
+from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
@@ -52,8 +53,13 @@ _ijit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ER
              inline="always", _nrt=config.WORKER_NRT)
 #: Functions that allocate (scratch): reference counted.
 _ajit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
-_pjit = njit(cache=config.CACHE, fastmath=config.FASTMATH, parallel=config.PARALLEL,
-             error_model=config.ERROR_MODEL)
+#: The drivers are serial over their batch and release the GIL; ``api.run_threads``
+#: runs them on contiguous slices of the batch in parallel threads. (A ``prange``
+#: driver compiles its whole fused body four times over — the parfor function, its
+#: gufunc wrapper, the parallel wrapper and the driver each re-optimize and re-emit
+#: every linked callee — which was 4 s of a 10 s cold compile.)
+_djit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
+             nogil=True)
 
 
 def pack_params(params):
@@ -540,42 +546,48 @@ def make_scratch(W, T, d, n_stages, dtype_like):
     return stages, xs, rs
 
 
-@_jit
+@_ijit
 def rk_step(X, W, fp, ip, layer, a, b, h, stages, xs, scratch):
     """Advance ``X`` in place by one explicit RK step of size ``h``.
 
     ``k_i = f(X + h Σ_{j<i} a_ij k_j)``, then ``X += h Σ_i b_i k_i``. With the Euler
     tableau and ``h = α_n·c`` this is the averaged update ``X + α_n c f(X)``.
+
+    Each coefficient (``h·a_ij``, ``b_i``) is read once outside its ``(T, d)`` loop
+    (LLVM cannot hoist it past stores that may alias ``a``/``b``), with the same sums
+    in the same order as ``X + Σ_j (h a_ij) k_j`` and ``X + h Σ_i b_i k_i``; ``xs``
+    holds ``Σ_i b_i k_i`` at the end.
     """
     s = b.shape[0]
     T, d = X.shape
     for i in range(s):
-        if i == 0:
-            rhs(X, W, fp, ip, layer, stages[0], scratch)
-            continue
-        for r in range(T):
-            for col in range(d):
-                xs[r, col] = X[r, col]
-        for j in range(i):
-            c = h * a[i, j]
+        src = X
+        if i > 0:
             for r in range(T):
                 for col in range(d):
-                    xs[r, col] += c * stages[j, r, col]
-        rhs(xs, W, fp, ip, layer, stages[i], scratch)
-    # xs is free now: it accumulates Σ b_i k_i, stage by stage (vectorizes over col)
+                    xs[r, col] = X[r, col]
+            for j in range(i):
+                c = h * a[i, j]
+                for r in range(T):
+                    for col in range(d):
+                        xs[r, col] += c * stages[j, r, col]
+            src = xs
+        rhs(src, W, fp, ip, layer, stages[i], scratch)
+    z = X.dtype.type(0)
     for r in range(T):
         for col in range(d):
-            xs[r, col] = b[0] * stages[0, r, col]
-    for i in range(1, s):
+            xs[r, col] = z
+    for i in range(s):
+        c = b[i]
         for r in range(T):
             for col in range(d):
-                xs[r, col] += b[i] * stages[i, r, col]
+                xs[r, col] += c * stages[i, r, col]
     for r in range(T):
         for col in range(d):
             X[r, col] += h * xs[r, col]
 
 
-@_jit
+@_ijit
 def add_noise(X, σ, noise_key, n):
     """``X += σ·z`` with z the normals of layer ``n`` of this trajectory's noise key."""
     size = X.size
@@ -583,7 +595,7 @@ def add_noise(X, σ, noise_key, n):
         X.flat[i] += σ * rng.normal(noise_key, n * size + i)
 
 
-@_jit
+@_ijit
 def all_finite(X):
     """True when no entry of ``X`` is NaN or ±inf (fastmath keeps these checks).
 
@@ -598,7 +610,7 @@ def all_finite(X):
     return acc == z
 
 
-@_jit
+@_ijit
 def advance(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch):
     """Layer ``n`` of one trajectory: RK step, then noise; returns whether X is finite."""
     layer = n if W[0].shape[0] > 1 or W[6].shape[0] > 1 or W[2].shape[0] > 1 else 0
@@ -608,10 +620,24 @@ def advance(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch):
     return all_finite(X)
 
 
+@_ijit
+def copy_state(src, dst):
+    """``dst[:, :] = src`` for two ``(T, d)`` states of the same shape.
+
+    An explicit loop: array-to-array slice assignment makes Numba compile its
+    shape-mismatch error message (string formatting, about 2 s of every cold compile).
+    """
+    T, d = src.shape
+    for i in range(T):
+        for j in range(d):
+            dst[i, j] = src[i, j]
+
+
 # --------------------------------------------------------------------- drivers
-@_pjit
+@_djit
 def integrate_kernel(x0, W, fp, ip, a, b, h, σ, seed, start, save_every, first, out, status):
-    """Run all ``N = len(h)`` layers of every trajectory of ``x0``.
+    """Run all ``N = len(h)`` layers of every trajectory of ``x0`` (serially; see
+    ``api.run_threads`` for the parallel split of a batch).
 
     Parameters
     ----------
@@ -638,15 +664,15 @@ def integrate_kernel(x0, W, fp, ip, a, b, h, σ, seed, start, save_every, first,
     B, T, d = x0.shape
     N = h.shape[0]
     n_blocks = (B + config.BLOCK - 1) // config.BLOCK
-    for blk in prange(n_blocks):
+    for blk in range(n_blocks):
         stages, xs, scratch = make_scratch(W, T, d, b.shape[0], x0)
         X = np.empty((T, d), dtype=x0.dtype)
         for bi in range(blk * config.BLOCK, min(B, (blk + 1) * config.BLOCK)):
-            X[:, :] = x0[bi]
+            copy_state(x0[bi], X)
             noise_key = rng.key(seed, rng.STREAM_NOISE, start + bi)
             status[bi] = STATUS_OK
             if first == 0:
-                out[bi, 0] = X
+                copy_state(X, out[bi, 0])
             for n in range(N):
                 ok = advance(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
                 if not ok:
@@ -654,15 +680,15 @@ def integrate_kernel(x0, W, fp, ip, a, b, h, σ, seed, start, save_every, first,
                     out[bi, max(0, (n + 1 + save_every - 1) // save_every - first):] = np.nan
                     break
                 if (n + 1) % save_every == 0:
-                    out[bi, (n + 1) // save_every - first] = X
+                    copy_state(X, out[bi, (n + 1) // save_every - first])
 
 
-@_pjit
+@_djit
 def vector_field_kernel(X, W, fp, ip, layer, out):
     """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b."""
     B, T, d = X.shape
     n_blocks = (B + config.BLOCK - 1) // config.BLOCK
-    for blk in prange(n_blocks):
+    for blk in range(n_blocks):
         _, _, scratch = make_scratch(W, T, d, 1, X)
         for bi in range(blk * config.BLOCK, min(B, (blk + 1) * config.BLOCK)):
             rhs(X[bi], W, fp, ip, layer, out[bi], scratch)

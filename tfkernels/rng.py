@@ -16,7 +16,7 @@ by the caller.
 import math
 
 import numpy as np
-from numba import njit, prange, uint64
+from numba import njit, uint64
 
 from . import config
 
@@ -71,7 +71,9 @@ def fill_normal(k, offset, scale, out):
         out.flat[i] = scale * normal(k, offset + i)
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH, parallel=config.PARALLEL)
+@njit(cache=config.CACHE, fastmath=config.FASTMATH, nogil=True)
 def _normal_batch(seed, stream, start, scale, out):
-    for b in prange(out.shape[0]):
+    """``out[b]`` gets ``scale``·the normals of trajectory ``start + b`` (serial, no GIL;
+    ``api.run_threads`` splits a batch over threads)."""
+    for b in range(out.shape[0]):
         fill_normal(key(seed, stream, start + b), 0, scale, out[b])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels import decay, kernels, rng
+from tfkernels import api, decay, kernels, rng
 from tfkernels import decay_kernels as dk
 from tfkernels import reference as ref
 
@@ -43,6 +43,23 @@ def test_jvp_and_vjp_match_reference(activation, causal):
     for b in range(5):  # the VJP is the adjoint: <G, J V> = <Jᵀ G, V>
         J = ref.jacobian(p, X[b])
         np.testing.assert_allclose(vj[b].ravel(), J.T @ G[b].ravel(), rtol=1e-12, atol=1e-12)
+
+
+def test_jvp_recomputes_the_softmax_it_does_not_keep():
+    """Past ``KEEP_SOFTMAX_BYTES`` the tangent recomputes each head's softmax: same bits."""
+    p = tfk.TransformerParams.random(d=6, n_heads=3, d_ff=10, damping=0.5, causal=True,
+                                     seed=3)
+    W, fp, ip = kernels.pack_params(p)
+    X, V = (tfk.random_states(1, 4, 6, seed=s)[0] for s in (1, 2))
+    _, fx, rs = kernels.make_scratch(W, 4, 6, 1, X)
+    _, _, js = dk.make_jvp_scratch(W, ip, 4, 6, 1, X)
+    assert js[0].shape == (3, 4, 4)
+    one = (np.empty((1, 4, 4)),) + js[1:]
+    kept, recomputed = np.empty_like(X), np.empty_like(X)
+    dk.rhs_jvp(X, V, W, fp, ip, 0, kept, (fx, rs, js))
+    dk.rhs_jvp(X, V, W, fp, ip, 0, recomputed, (fx, rs, one))
+    np.testing.assert_array_equal(recomputed, kept)
+    np.testing.assert_allclose(kept, ref.jvp(p, X[None], V[None])[0], rtol=1e-12, atol=1e-12)
 
 
 def test_lanczos_estimate_matches_dense():
@@ -105,6 +122,30 @@ def test_pair_and_tangent_match_reference_with_noise(method):
         pair, np.log(ref.perturbation_ratios(p, x0, U, 1e-6, N, method, eta=eta)), atol=1e-8)
     np.testing.assert_allclose(
         tan, np.log(ref.tangent_ratios(p, x0, U, N, method, eta=eta)), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method, activation, causal", [
+    ("euler", "gelu", False), ("rk4", "gelu", True), ("heun", "tanh", False),
+    ("averaged", "relu", True)])
+def test_tangent_state_follows_the_flow_bit_for_bit(dtype, method, activation, causal):
+    """The fused primal + tangent step advances X exactly as ``tfk.integrate`` does."""
+    p = tfk.TransformerParams.random(d=8, n_heads=2, damping=0.5, linear=True, seed=4,
+                                     activation=activation, causal=causal, dtype=dtype)
+    N, T, seed, g = 6, 5, 3, 2
+    kw = dict(method=method, t_final=1.0, alpha=None, c=1.0, noise=0.1)
+    a, b, h, sigma = api.prepare_run(p, N, **kw)
+    W, fp, ip = kernels.pack_params(p)
+    x0 = tfk.random_states(1, T, 8, seed=0, dtype=dtype)
+    X, D = x0[0].copy(), directions(1, T, 8)[0].astype(dtype)
+    stages, xs, rs = kernels.make_scratch(W, T, 8, b.shape[0], X)
+    dstages, ds, js = dk.make_jvp_scratch(W, ip, T, 8, b.shape[0], X)
+    key = np.uint64(rng.key(seed, rng.STREAM_NOISE, g))
+    status = dk.run_tangent(X, D, W, fp, ip, a, b, h, sigma, key, 0.0, stages, xs, rs,
+                            dstages, ds, js, np.empty(N + 1))
+    assert status == kernels.STATUS_OK
+    flow = tfk.integrate(p, x0, N, seed=seed, start=g, **kw)
+    np.testing.assert_array_equal(X, flow[0])
 
 
 def test_pair_agrees_with_tangent_to_first_order():

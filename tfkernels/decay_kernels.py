@@ -3,10 +3,12 @@
 Built on the workers of :mod:`tfkernels.kernels` (same packed parameters ``W, fp, ip``,
 same tableau / step / noise conventions):
 
-* serial per-state workers: :func:`rhs_jvp` (the exact Jacobian–vector product
-  ``f'(X)·V``), :func:`rhs_vjp` (the vector–Jacobian product ``f'(X)ᵀ·G``, for the
-  Lanczos estimate of the logarithmic norm) and :func:`step_jvp` (the linearization
-  of one explicit Runge–Kutta step);
+* serial per-state workers: :func:`rhs_and_jvp` (``f(X)`` and the exact
+  Jacobian–vector product ``f'(X)·V`` from one forward pass, whose activations —
+  Q, K, V, the softmax of every head, σ'(z) — the JVP reuses), :func:`rhs_jvp`
+  (``f'(X)·V`` alone), :func:`rhs_vjp` (the vector–Jacobian product ``f'(X)ᵀ·G``, for
+  the Lanczos estimate of the logarithmic norm) and :func:`step_tangent` (one explicit
+  Runge–Kutta step of the state and of its linearization);
 * the parallel study driver :func:`decay_kernel` (pair or tangent mode, all layers of a
   block of trajectories fused, ``prange`` over blocks, scratch per block), and the
   batched :func:`jvp_kernel` / :func:`vjp_kernel` used by the λ̂ estimate.
@@ -22,8 +24,8 @@ from numba import njit, prange
 
 from . import config, kernels, rng
 from .kernels import dense
-from .kernels import (FP_BETA, FP_DAMPING, GELU, GELU_TANH, IP_ACT, IP_ATTN, IP_CAUSAL,
-                      IP_FFN, IP_HEADS, IP_LIN, RELU, STATUS_OK, TANH, matmul)
+from .kernels import (EXP_LO, FP_BETA, FP_DAMPING, GELU, GELU_TANH, IP_ACT, IP_ATTN,
+                      IP_CAUSAL, IP_FFN, IP_HEADS, IP_LIN, RELU, STATUS_OK, TANH, exp_neg)
 
 #: Mode codes of :func:`decay_kernel` (``methods.MODES``).
 MODE_PAIR, MODE_TANGENT = 0, 1
@@ -33,14 +35,21 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
-_jit = njit(cache=config.CACHE, fastmath=config.FASTMATH)
-_pjit = njit(cache=config.CACHE, fastmath=config.FASTMATH, parallel=config.PARALLEL)
+#: Largest ``H·T²`` softmax store (bytes per block of trajectories) that the tangent
+#: keeps from the forward pass; beyond it each head's softmax is recomputed.
+KEEP_SOFTMAX_BYTES = 1 << 22
+
+_jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
+_ijit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
+             inline="always")
+_pjit = njit(cache=config.CACHE, fastmath=config.FASTMATH, parallel=config.PARALLEL,
+             error_model=config.ERROR_MODEL)
 
 
 # --------------------------------------------------------------------- helpers
 @_jit
 def activate_prime(z, act):
-    """σ'(z) for the activation code ``act`` (relu'(0) = 0)."""
+    """σ'(z) for the activation code ``act`` (relu'(0) = 0); scalar, any activation."""
     if act == GELU:
         return 0.5 * (1.0 + math.erf(z * _SQRT_HALF)) + z * _INV_SQRT_2PI * math.exp(-0.5 * z * z)
     if act == GELU_TANH:
@@ -55,6 +64,51 @@ def activate_prime(z, act):
     return 1.0
 
 
+@_ijit
+def gelu_prime(H, S, dt, short):
+    """``S[i, j] = GELU'(z) = Φ(z) + z·φ(z)`` from ``z = S[i, j]`` and ``H[i, j] = GELU(z)``.
+
+    ``Φ(z) = GELU(z)/z`` (½ where ``|z| < 1e-20``, whose GELU may have lost its
+    digits to underflow; the error there is below ``|z|·φ(0)``), so no second erfc is
+    evaluated; ``φ(z) = e^{−z²/2}/√(2π)`` from :func:`kernels.exp_neg`. Branch-free,
+    so the loop vectorizes.
+    """
+    T, m = H.shape
+    lo = dt(EXP_LO)
+    for i in range(T):
+        for j in range(m):
+            z = S[i, j]
+            phi = exp_neg(dt(-0.5) * z * z, dt, lo, short) * dt(_INV_SQRT_2PI)
+            cdf = H[i, j] / z if abs(z) > dt(1e-20) else dt(0.5)
+            S[i, j] = cdf + z * phi
+
+
+@_jit
+def bias_activate_prime(H, b, act, S):
+    """``H[i, j] = σ(z)`` by :func:`kernels.bias_activate` itself (so the state is
+    bit-identical to the plain flow's) and ``S[i, j] = σ'(z)``, ``z = H[i, j] + b[j]``.
+
+    GELU takes the vectorized :func:`gelu_prime` (float32 with the short exp, the
+    dtype test outside the loop as in ``bias_activate``); the other activations
+    :func:`activate_prime`.
+    """
+    dt = H.dtype.type
+    T, m = H.shape
+    for i in range(T):
+        for j in range(m):
+            S[i, j] = H[i, j] + b[j]
+    kernels.bias_activate(H, b, act)
+    if act == GELU:
+        if H.itemsize == 4:
+            gelu_prime(H, S, dt, True)
+        else:
+            gelu_prime(H, S, dt, False)
+        return
+    for i in range(T):
+        for j in range(m):
+            S[i, j] = dt(activate_prime(S[i, j], act))
+
+
 @_jit
 def layer_of(W, n):
     """Weight set used by layer ``n`` (the rule of ``kernels.advance``)."""
@@ -62,8 +116,8 @@ def layer_of(W, n):
 
 
 @_jit
-def make_jvp_scratch(W, T, d, n_stages, dtype_like):
-    """Allocate one trajectory's tangent scratch.
+def make_jvp_scratch(W, ip, T, d, n_stages, dtype_like):
+    """Allocate one trajectory's tangent scratch (beside ``kernels.make_scratch``'s).
 
     Returns
     -------
@@ -72,16 +126,25 @@ def make_jvp_scratch(W, T, d, n_stages, dtype_like):
     ds : (T, d)
         Tangent stage input.
     js : tuple
-        ``(qkv, dqkv, dheads, p, dp, hidden, dhidden)`` buffers of :func:`rhs_jvp`:
-        ``(T, 3d), (T, 3d), (T, d), (T,), (T,), (T, m), (T, m)``.
+        Buffers of :func:`rhs_and_jvp`: ``(Ps (H, T, T), S (T, m), dqkv (T, 3d),
+        qq (T, 2d_h), kk (T, 2d_h), dS (T, T), pp (T, 2T), vv (d_h, 2T), do (T, d_h),
+        dheads (T, d), dhidden (T, m))``; ``Ps`` keeps the softmax of every head
+        (or, past ``KEEP_SOFTMAX_BYTES``, has one slot and the tangent recomputes
+        each head's), ``S`` the activation's derivative σ'(z).
     """
     m = W[2].shape[2]
+    H = ip[IP_HEADS] if ip[IP_ATTN] else 1
+    dh = d // H
     dt = dtype_like.dtype
+    kept = H if H * T * T * dtype_like.itemsize <= KEEP_SOFTMAX_BYTES else 1
     dstages = np.empty((n_stages, T, d), dtype=dt)
     ds = np.empty((T, d), dtype=dt)
-    js = (np.empty((T, 3 * d), dtype=dt), np.empty((T, 3 * d), dtype=dt),
-          np.empty((T, d), dtype=dt), np.empty(T, dtype=dt), np.empty(T, dtype=dt),
-          np.empty((T, m), dtype=dt), np.empty((T, m), dtype=dt))
+    js = (np.empty((kept, T, T), dtype=dt), np.empty((T, m), dtype=dt),
+          np.empty((T, 3 * d), dtype=dt), np.empty((T, 2 * dh), dtype=dt),
+          np.empty((T, 2 * dh), dtype=dt), np.empty((T, T), dtype=dt),
+          np.empty((T, 2 * T), dtype=dt), np.empty((dh, 2 * T), dtype=dt),
+          np.empty((T, dh), dtype=dt), np.empty((T, d), dtype=dt),
+          np.empty((T, m), dtype=dt))
     return dstages, ds, js
 
 
@@ -102,124 +165,216 @@ def make_vjp_scratch(W, T, d, dtype_like):
 
 # ------------------------------------------------------------------------ JVP
 @_jit
-def attention_jvp(X, V, wqkv, wo, n_heads, beta, causal, js, out):
-    """``out += d/dε g(X + εV)`` at ε = 0 (exact, through the softmax).
-
-    With ``P = softmax(S)`` row-wise: ``dS = β/√d_h (dQ Kᵀ + Q dKᵀ)``,
-    ``dP = P ⊙ (dS − rowsum(P ⊙ dS))`` and ``dO_h = dP V_h + P dV_h``.
-    """
-    qkv, dqkv, dheads, p, dp, _, _ = js
+def head_dims(X, n_heads, beta):
+    """``(T, d, d_h, β/√d_h)`` of the attention on ``X (T, d)``; the scale in X's dtype."""
     T, d = X.shape
     dh = d // n_heads
-    scale = beta / math.sqrt(dh)
-    matmul(X, wqkv, qkv, False)
-    matmul(V, wqkv, dqkv, False)
-    dheads[:, :] = 0
-    for hd in range(n_heads):
-        q0, k0, v0 = hd * dh, d + hd * dh, 2 * d + hd * dh
+    return T, d, dh, X.dtype.type(beta / math.sqrt(dh))
+
+
+@_jit
+def head_softmax(qk, base, T, dh, causal, P):
+    """``P = softmax(Q_h K_hᵀ)`` of the head whose scaled Q and K start at ``base`` of
+    the packed ``qk`` (the steps of :func:`kernels.attention_packed`)."""
+    dense(qk[0, base:base + T * dh].reshape(T, dh), qk[1, base:base + T * dh].reshape(T, dh),
+          P, False)
+    kernels.softmax_rows(P, causal)
+
+
+@_jit
+def attention_keep(X, wqkv_t, wo_t, n_heads, beta, causal, rs, Ps, out):
+    """``out += g(X)`` exactly as :func:`kernels.attention_packed` (same operations in
+    the same order, so bit-identical), keeping Q, K, V in ``rs`` and the softmax of
+    head h in ``Ps[h]`` (in ``Ps[0]``, overwritten, when ``Ps`` has one slot) for
+    :func:`attention_tangent`.
+
+    A copy of ``attention_packed`` rather than a call because that one reuses a single
+    ``P`` for all heads; ``test_tangent_state_follows_the_flow_bit_for_bit`` fails if
+    the two drift apart.
+    """
+    qkv, heads, _, qk, vt, _, oh = rs
+    T, d, dh, scale = head_dims(X, n_heads, beta)
+    dense(X, wqkv_t, qkv, False)
+    for h in range(n_heads):
+        base = h * T * dh
         for i in range(T):
-            n_keys = i + 1 if causal else T
-            m = -np.inf
-            for j in range(n_keys):
-                s = 0.0
-                ds = 0.0
-                for c in range(dh):
-                    s += qkv[i, q0 + c] * qkv[j, k0 + c]
-                    ds += dqkv[i, q0 + c] * qkv[j, k0 + c] + qkv[i, q0 + c] * dqkv[j, k0 + c]
-                s *= scale
-                p[j] = s
-                dp[j] = ds * scale
-                m = max(m, s)
-            total = 0.0
-            for j in range(n_keys):
-                e = math.exp(p[j] - m)
-                p[j] = e
-                total += e
-            inv = 1.0 / total
-            mean_ds = 0.0
-            for j in range(n_keys):
-                p[j] *= inv
-                mean_ds += p[j] * dp[j]
-            for j in range(n_keys):
-                w = p[j]
-                dw = w * (dp[j] - mean_ds)
-                for c in range(dh):
-                    dheads[i, q0 + c] += dw * qkv[j, v0 + c] + w * dqkv[j, v0 + c]
-    matmul(dheads, wo, out, True)
+            for c in range(dh):
+                qk[0, base + i * dh + c] = qkv[i, h * dh + c] * scale
+                qk[1, base + i * dh + c] = qkv[i, d + h * dh + c]
+                vt[base + c * T + i] = qkv[i, 2 * d + h * dh + c]
+    for h in range(n_heads):
+        base = h * T * dh
+        P = Ps[h % Ps.shape[0]]
+        head_softmax(qk, base, T, dh, causal, P)
+        o = oh[:T * dh].reshape(T, dh)
+        dense(P, vt[base:base + T * dh].reshape(dh, T), o, False)
+        for i in range(T):
+            for c in range(dh):
+                heads[i, h * dh + c] = o[i, c]
+    dense(heads, wo_t, out, True)
 
 
 @_jit
-def ffn_jvp(X, V, w1, b1, w2, act, js, out):
-    """``out += (σ'(X W_1 + b_1) ⊙ (V W_1)) W_2``."""
-    hidden, dhidden = js[5], js[6]
-    matmul(X, w1, hidden, False)
-    matmul(V, w1, dhidden, False)
-    for i in range(X.shape[0]):
-        for j in range(hidden.shape[1]):
-            dhidden[i, j] *= activate_prime(hidden[i, j] + b1[j], act)
-    matmul(dhidden, w2, out, True)
+def attention_tangent(V, wqkv_t, wo_t, n_heads, beta, causal, rs, js, out):
+    """``out += g'(X)·V`` from the activations :func:`attention_keep` left at X.
+
+    With ``P = softmax(S)`` row-wise and the scale ``s = β/√d_h``:
+    ``dS = (s dQ) Kᵀ + (s Q) dKᵀ = [s dQ | s Q]·[K | dK]ᵀ``,
+    ``dP = P ⊙ (dS − rowsum(P ⊙ dS))`` and ``dO_h = dP V_h + P dV_h = [dP | P]·[V_h; dV_h]``:
+    each head takes two :func:`dense` products of side-by-side packed blocks. When
+    ``Ps`` has one slot, each head's softmax is recomputed as the forward pass did.
+    """
+    _, _, _, qk, vt, _, _ = rs
+    Ps, _, dqkv, qq, kk, dS, pp, vv, do, dheads, _ = js
+    T, d, dh, scale = head_dims(V, n_heads, beta)
+    dt = V.dtype.type
+    dense(V, wqkv_t, dqkv, False)
+    for h in range(n_heads):
+        base = h * T * dh
+        for i in range(T):
+            for c in range(dh):
+                qq[i, c] = dqkv[i, h * dh + c] * scale
+                qq[i, dh + c] = qk[0, base + i * dh + c]
+                kk[i, c] = qk[1, base + i * dh + c]
+                kk[i, dh + c] = dqkv[i, d + h * dh + c]
+                vv[c, i] = vt[base + c * T + i]
+                vv[c, T + i] = dqkv[i, 2 * d + h * dh + c]
+        dense(qq, kk, dS, False)
+        P = Ps[h % Ps.shape[0]]
+        if Ps.shape[0] < n_heads:
+            head_softmax(qk, base, T, dh, causal, P)
+        for i in range(T):
+            mean = dt(0.0)
+            for j in range(T):
+                mean += P[i, j] * dS[i, j]
+            for j in range(T):
+                pp[i, j] = P[i, j] * (dS[i, j] - mean)
+                pp[i, T + j] = P[i, j]
+        dense(pp, vv, do, False)
+        for i in range(T):
+            for c in range(dh):
+                dheads[i, h * dh + c] = do[i, c]
+    dense(dheads, wo_t, out, True)
 
 
 @_jit
-def rhs_jvp(X, V, W, fp, ip, layer, out, js):
-    """``out = f'(X)·V`` with weight set ``layer``; ``js`` from :func:`make_jvp_scratch`."""
-    wqkv, wo, w1, b1, w2, b2, A = W[0], W[1], W[2], W[3], W[4], W[5], W[6]
-    γ = fp[FP_DAMPING]
+def damped_linear(X, γ, A_t, linear, out):
+    """``out = −γX`` (``+ X·A`` with ``linear``), the first terms of ``kernels.rhs``;
+    linear in X, so the same for the tangent."""
     T, d = X.shape
     for i in range(T):
         for j in range(d):
-            out[i, j] = -γ * V[i, j]
-    if ip[IP_LIN]:
-        matmul(V, A[layer], out, True)
-    if ip[IP_ATTN]:
-        attention_jvp(X, V, wqkv[layer], wo[layer], ip[IP_HEADS], fp[FP_BETA],
-                      ip[IP_CAUSAL], js, out)
-    if ip[IP_FFN]:
-        ffn_jvp(X, V, w1[layer], b1[layer], w2[layer], ip[IP_ACT], js, out)
+            out[i, j] = -γ * X[i, j]
+    if linear:
+        dense(X, A_t, out, True)
 
 
 @_jit
-def step_jvp(X, D, W, fp, ip, layer, a, b, h, stages, xs, dstages, ds, js):
-    """``D ← D + h Σ b_i dk_i``: the linearization of the RK step taken from ``X``.
+def rhs_and_jvp(X, V, W, fp, ip, layer, out, dout, rs, js):
+    """``out = f(X)`` (bit-identical to :func:`kernels.rhs`) and ``dout = f'(X)·V``.
 
-    Call it after :func:`kernels.rk_step` (or ``advance``) has advanced a copy of
-    ``X`` and left the stage slopes ``k_i`` in ``stages``; the stage states
-    ``x_i = X + h Σ_{j<i} a_ij k_j`` are rebuilt with the expression of ``rk_step`` and
-    ``dk_i = f'(x_i)·(D + h Σ_{j<i} a_ij dk_j)``. Additive noise adds nothing to D.
+    One forward pass, with the operations of ``kernels.rhs`` in the same order, keeps
+    the activations (Q, K, V and every head's softmax in ``rs``/``js``, σ'(z) of the
+    FFN in ``js``); the JVP then costs only the products with the tangent.
+    ``rs`` from ``kernels.make_scratch``, ``js`` from :func:`make_jvp_scratch`.
     """
-    s = b.shape[0]
+    A_t, w1_t, w2_t, b1, b2 = W[11][layer], W[9][layer], W[10][layer], W[3][layer], W[5][layer]
+    hidden = rs[2]
+    S, dhidden = js[1], js[10]
+    γ = fp[FP_DAMPING]
     T, d = X.shape
-    for i in range(s):
-        if i == 0:
-            rhs_jvp(X, D, W, fp, ip, layer, dstages[0], js)
-            continue
-        for r in range(T):
-            for col in range(d):
-                acc = X[r, col]
-                dacc = D[r, col]
-                for j in range(i):
-                    acc += h * a[i, j] * stages[j, r, col]
-                    dacc += h * a[i, j] * dstages[j, r, col]
-                xs[r, col] = acc
-                ds[r, col] = dacc
-        rhs_jvp(xs, ds, W, fp, ip, layer, dstages[i], js)
+    # the forward pass: kernels.rhs with the activations kept
+    damped_linear(X, γ, A_t, ip[IP_LIN], out)
+    if ip[IP_ATTN]:
+        attention_keep(X, W[7][layer], W[8][layer], ip[IP_HEADS], fp[FP_BETA],
+                       ip[IP_CAUSAL], rs, js[0], out)
+    if ip[IP_FFN]:
+        dense(X, w1_t, hidden, False)
+        bias_activate_prime(hidden, b1, ip[IP_ACT], S)
+        dense(hidden, w2_t, out, True)
+        for i in range(T):
+            for j in range(d):
+                out[i, j] += b2[j]
+    # the tangent
+    damped_linear(V, γ, A_t, ip[IP_LIN], dout)
+    if ip[IP_ATTN]:
+        attention_tangent(V, W[7][layer], W[8][layer], ip[IP_HEADS], fp[FP_BETA],
+                          ip[IP_CAUSAL], rs, js, dout)
+    if ip[IP_FFN]:
+        dense(V, w1_t, dhidden, False)
+        for i in range(T):
+            for j in range(dhidden.shape[1]):
+                dhidden[i, j] *= S[i, j]
+        dense(dhidden, w2_t, dout, True)
+
+
+@_jit
+def rhs_jvp(X, V, W, fp, ip, layer, out, scratch):
+    """``out = f'(X)·V`` with weight set ``layer``.
+
+    ``scratch = (fx, rs, js)``: ``f(X)`` goes to ``fx (T, d)``, ``rs`` from
+    ``kernels.make_scratch``, ``js`` from :func:`make_jvp_scratch`.
+    """
+    fx, rs, js = scratch
+    rhs_and_jvp(X, V, W, fp, ip, layer, fx, out, rs, js)
+
+
+@_jit
+def stage_input(X, stages, a, h, i, xs):
+    """``xs = X + h Σ_{j<i} a_ij stages_j``, the expression of ``kernels.rk_step``."""
+    T, d = X.shape
     for r in range(T):
         for col in range(d):
-            acc = 0.0 * D[r, col]
+            acc = X[r, col]
+            for j in range(i):
+                acc += h * a[i, j] * stages[j, r, col]
+            xs[r, col] = acc
+
+
+@_jit
+def step_update(X, stages, b, h):
+    """``X += h Σ_i b_i stages_i``, the expression of ``kernels.rk_step``."""
+    s = b.shape[0]
+    T, d = X.shape
+    z = X.dtype.type(0)
+    for r in range(T):
+        for col in range(d):
+            acc = z
             for i in range(s):
-                acc += b[i] * dstages[i, r, col]
-            D[r, col] += h * acc
+                acc += b[i] * stages[i, r, col]
+            X[r, col] += h * acc
+
+
+@_jit
+def step_tangent(X, D, W, fp, ip, layer, a, b, h, stages, xs, rs, dstages, ds, js):
+    """One explicit RK step of the state and of its linearization, in place.
+
+    ``X`` advances exactly as in :func:`kernels.rk_step` (bit-identical), and
+    ``D ← D + h Σ b_i dk_i`` with ``dk_i = f'(x_i)·(D + h Σ_{j<i} a_ij dk_j)`` at the
+    stage states ``x_i``, each stage's JVP taken from its own forward pass
+    (:func:`rhs_and_jvp`).
+    """
+    s = b.shape[0]
+    for i in range(s):
+        if i == 0:
+            rhs_and_jvp(X, D, W, fp, ip, layer, stages[0], dstages[0], rs, js)
+            continue
+        stage_input(X, stages, a, h, i, xs)
+        stage_input(D, dstages, a, h, i, ds)
+        rhs_and_jvp(xs, ds, W, fp, ip, layer, stages[i], dstages[i], rs, js)
+    step_update(X, stages, b, h)
+    step_update(D, dstages, b, h)
 
 
 # ------------------------------------------------------------------------ VJP
 @_jit
-def attention_vjp(X, G, wqkv, wo, n_heads, beta, causal, vs, out):
-    """``out += (∂g/∂X)ᵀ·G`` (the adjoint of :func:`attention_jvp`)."""
+def attention_vjp(X, G, wqkv, wqkv_t, wo, n_heads, beta, causal, vs, out):
+    """``out += (∂g/∂X)ᵀ·G`` (the adjoint of :func:`attention_tangent`)."""
     qkv, dqkv, go, P, dS, _, _ = vs
     T, d = X.shape
     dh = d // n_heads
     scale = beta / math.sqrt(dh)
-    matmul(X, wqkv, qkv, False)
+    dense(X, wqkv_t, qkv, False)
     dense(G, wo, go, False)          # gradient w.r.t. the concatenated heads
     dqkv[:, :] = 0
     for hd in range(n_heads):
@@ -263,10 +418,10 @@ def attention_vjp(X, G, wqkv, wo, n_heads, beta, causal, vs, out):
 
 
 @_jit
-def ffn_vjp(X, G, w1, b1, w2, act, vs, out):
+def ffn_vjp(X, G, w1, w1_t, b1, w2, act, vs, out):
     """``out += W_1 ((G W_2ᵀ) ⊙ σ'(X W_1 + b_1))`` in row form."""
     hidden, gh = vs[5], vs[6]
-    matmul(X, w1, hidden, False)
+    dense(X, w1_t, hidden, False)
     dense(G, w2, gh, False)
     for i in range(X.shape[0]):
         for j in range(hidden.shape[1]):
@@ -286,10 +441,10 @@ def rhs_vjp(X, G, W, fp, ip, layer, out, vs):
     if ip[IP_LIN]:
         dense(G, A[layer], out, True)
     if ip[IP_ATTN]:
-        attention_vjp(X, G, wqkv[layer], wo[layer], ip[IP_HEADS], fp[FP_BETA],
+        attention_vjp(X, G, wqkv[layer], W[7][layer], wo[layer], ip[IP_HEADS], fp[FP_BETA],
                       ip[IP_CAUSAL], vs, out)
     if ip[IP_FFN]:
-        ffn_vjp(X, G, w1[layer], b1[layer], w2[layer], ip[IP_ACT], vs, out)
+        ffn_vjp(X, G, w1[layer], W[9][layer], b1[layer], w2[layer], ip[IP_ACT], vs, out)
 
 
 @_pjit
@@ -298,9 +453,10 @@ def jvp_kernel(X, V, W, fp, ip, layers, out):
     B, T, d = X.shape
     n_blocks = (B + config.BLOCK - 1) // config.BLOCK
     for blk in prange(n_blocks):
-        _, _, js = make_jvp_scratch(W, T, d, 1, X)
+        _, fx, rs = kernels.make_scratch(W, T, d, 1, X)
+        _, _, js = make_jvp_scratch(W, ip, T, d, 1, X)
         for k in range(blk * config.BLOCK, min(B, (blk + 1) * config.BLOCK)):
-            rhs_jvp(X[k], V[k], W, fp, ip, layers[k], out[k], js)
+            rhs_jvp(X[k], V[k], W, fp, ip, layers[k], out[k], (fx, rs, js))
 
 
 @_pjit
@@ -381,21 +537,35 @@ def run_pair(X, Y, W, fp, ip, a, b, h, σ, noise_key, log0, stages, xs, scratch,
 
 
 @_jit
-def run_tangent(X, D, X0, W, fp, ip, a, b, h, σ, noise_key, log0, stages, xs, scratch,
+def advance_tangent(X, D, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch,
+                    dstages, ds, js):
+    """Layer ``n`` of the state and its tangent: :func:`step_tangent`, then the noise
+    (on X only) and finiteness test of ``kernels.advance``; returns whether X is finite."""
+    step_tangent(X, D, W, fp, ip, layer_of(W, n), a, b, h[n], stages, xs, scratch,
+                 dstages, ds, js)
+    if σ[n] != 0:
+        kernels.add_noise(X, σ[n], noise_key, n)
+    return kernels.all_finite(X)
+
+
+@_jit
+def run_tangent(X, D, W, fp, ip, a, b, h, σ, noise_key, log0, stages, xs, scratch,
                 dstages, ds, js, logr):
     """All layers of one tangent trajectory, δ renormalized each layer.
 
+    Layer n is :func:`step_tangent` followed by the noise and finiteness test of
+    ``kernels.advance``, so ``X`` follows the plain flow bit for bit (additive noise
+    adds nothing to δ).
     ``log r_n = Σ_{k<n} log ‖δ_{k+1}‖ − log ‖δ_0‖`` with δ rescaled to unit norm after
-    every layer, so it neither underflows nor overflows. ``X0`` is scratch.
+    every layer, so it neither underflows nor overflows.
     """
     logr[0] = 0.0
     acc = -log0
     nrm = 1.0
     for n in range(h.shape[0]):
-        X0[:, :] = X
-        ok = kernels.advance(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
+        ok = advance_tangent(X, D, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs,
+                             scratch, dstages, ds, js)
         if ok:
-            step_jvp(X0, D, W, fp, ip, layer_of(W, n), a, b, h[n], stages, xs, dstages, ds, js)
             nrm = math.sqrt(sq_norm(D))
             ok = nrm > 0.0 and np.isfinite(nrm)
         if not ok:
@@ -440,10 +610,9 @@ def decay_kernel(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, log
     n_blocks = (B + config.BLOCK - 1) // config.BLOCK
     for blk in prange(n_blocks):
         stages, xs, scratch = kernels.make_scratch(W, T, d, b.shape[0], dtype_like)
-        dstages, ds, js = make_jvp_scratch(W, T, d, b.shape[0], dtype_like)
+        dstages, ds, js = make_jvp_scratch(W, ip, T, d, b.shape[0], dtype_like)
         X = np.empty((T, d), dtype=dtype_like.dtype)
         Y = np.empty((T, d), dtype=dtype_like.dtype)
-        X0 = np.empty((T, d), dtype=dtype_like.dtype)
         for k in range(blk * config.BLOCK, min(B, (blk + 1) * config.BLOCK)):
             g = start + k
             noise_key = rng.key(seed, rng.STREAM_NOISE, g)
@@ -453,5 +622,5 @@ def decay_kernel(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, log
                                      xs, scratch, logr[k])
             else:
                 log0 = initial_tangent(X, Y, seed, g)
-                status[k] = run_tangent(X, Y, X0, W, fp, ip, a, b, h, σ, noise_key, log0,
+                status[k] = run_tangent(X, Y, W, fp, ip, a, b, h, σ, noise_key, log0,
                                         stages, xs, scratch, dstages, ds, js, logr[k])

@@ -11,6 +11,12 @@ fails the build if a decorator hard-codes ``fastmath=``, ``cache=`` or ``paralle
 #: tolerances, and only kernel-versus-kernel reproducibility tests compare bitwise.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
+#: The random-number generator is compiled with strict IEEE arithmetic: with
+#: reassociation allowed, ``σ·(√(−2 ln u₁)·cos 2πu₂)`` was regrouped differently in
+#: different callers (the flow and the decay study's tangent step), changing the
+#: noise in the last bit. A draw must be a pure function of its key and counter.
+RNG_FASTMATH = False
+
 #: Compiled kernels are cached on disk (``__pycache__`` beside the source), so only
 #: the first import on a machine pays the compile time.
 CACHE = True

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config, kernels, rng
-from .kernels import dense
+from .simd import gemm, gemm_ld
 from .kernels import (EXP_LO, FP_BETA, FP_DAMPING, GELU, GELU_TANH, IP_ACT, IP_ATTN,
                       IP_CAUSAL, IP_FFN, IP_HEADS, IP_LIN, RELU, STATUS_OK, TANH, exp_neg)
 
@@ -39,9 +39,13 @@ _GELU_C = 0.044715
 #: keeps from the forward pass; beyond it each head's softmax is recomputed.
 KEEP_SOFTMAX_BYTES = 1 << 22
 
-_jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
+#: Serial workers without reference counting (``config.WORKER_NRT``, as in
+#: ``kernels``); the scratch allocators and drivers count references.
+_jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
+            _nrt=config.WORKER_NRT)
 _ijit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
-             inline="always")
+             inline="always", _nrt=config.WORKER_NRT)
+_ajit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
 _pjit = njit(cache=config.CACHE, fastmath=config.FASTMATH, parallel=config.PARALLEL,
              error_model=config.ERROR_MODEL)
 
@@ -115,7 +119,7 @@ def layer_of(W, n):
     return n if W[0].shape[0] > 1 or W[6].shape[0] > 1 or W[2].shape[0] > 1 else 0
 
 
-@_jit
+@_ajit
 def make_jvp_scratch(W, ip, T, d, n_stages, dtype_like):
     """Allocate one trajectory's tangent scratch (beside ``kernels.make_scratch``'s).
 
@@ -127,28 +131,24 @@ def make_jvp_scratch(W, ip, T, d, n_stages, dtype_like):
         Tangent stage input.
     js : tuple
         Buffers of :func:`rhs_and_jvp`: ``(Ps (H, T, T), S (T, m), dqkv (T, 3d),
-        qq (T, 2d_h), kk (T, 2d_h), dS (T, T), pp (T, 2T), vv (d_h, 2T), do (T, d_h),
-        dheads (T, d), dhidden (T, m))``; ``Ps`` keeps the softmax of every head
-        (or, past ``KEEP_SOFTMAX_BYTES``, has one slot and the tangent recomputes
-        each head's), ``S`` the activation's derivative σ'(z).
+        dP (T, T), dheads (T, d), dhidden (T, m), qtd (T·d,))``; ``Ps`` keeps every
+        head's (transposed) softmax (or, past ``KEEP_SOFTMAX_BYTES``, has one slot and
+        the tangent recomputes each head's), ``S`` the activation's derivative σ'(z).
     """
     m = W[2].shape[2]
     H = ip[IP_HEADS] if ip[IP_ATTN] else 1
-    dh = d // H
     dt = dtype_like.dtype
     kept = H if H * T * T * dtype_like.itemsize <= KEEP_SOFTMAX_BYTES else 1
     dstages = np.empty((n_stages, T, d), dtype=dt)
     ds = np.empty((T, d), dtype=dt)
     js = (np.empty((kept, T, T), dtype=dt), np.empty((T, m), dtype=dt),
-          np.empty((T, 3 * d), dtype=dt), np.empty((T, 2 * dh), dtype=dt),
-          np.empty((T, 2 * dh), dtype=dt), np.empty((T, T), dtype=dt),
-          np.empty((T, 2 * T), dtype=dt), np.empty((dh, 2 * T), dtype=dt),
-          np.empty((T, dh), dtype=dt), np.empty((T, d), dtype=dt),
-          np.empty((T, m), dtype=dt))
+          np.empty((T, 3 * d), dtype=dt), np.empty((T, T), dtype=dt),
+          np.empty((T, d), dtype=dt), np.empty((T, m), dtype=dt),
+          np.empty(T * d, dtype=dt))
     return dstages, ds, js
 
 
-@_jit
+@_ajit
 def make_vjp_scratch(W, T, d, dtype_like):
     """Allocate the buffers of :func:`rhs_vjp`.
 
@@ -165,147 +165,90 @@ def make_vjp_scratch(W, T, d, dtype_like):
 
 # ------------------------------------------------------------------------ JVP
 @_jit
-def head_dims(X, n_heads, beta):
-    """``(T, d, d_h, β/√d_h)`` of the attention on ``X (T, d)``; the scale in X's dtype."""
-    T, d = X.shape
+def attention_tangent(V, wqkv, wo, n_heads, beta, causal, rs, js, out):
+    """``out += g'(X)·V`` from the activations ``kernels.attention_packed`` left at X.
+
+    With the transposed probabilities ``P[j, i] = softmax_j(S_i·)`` (key j, query i)
+    and the scale ``s = β/√d_h``: ``dS[j, i] = K_j·(s dQ_i) + dK_j·(s Q_i)`` (two
+    :func:`~tfkernels.simd.gemm_ld` products against ``(s dQ_h)ᵀ`` and ``(s Q_h)ᵀ``
+    packed as ``(d_h, T)`` blocks), ``dP[j, i] = P[j, i]·(dS[j, i] − Σ_k P[k, i] dS[k, i])``
+    (column-wise, element-wise over queries), and
+    ``dO_h = dPᵀ V_h + Pᵀ dV_h`` (two products reading ``dP`` and ``P`` transposed).
+    When ``Ps`` has one slot, each head's softmax is recomputed exactly as the
+    forward pass did.
+    """
+    qkv, _, _, mt, qt, _ = rs
+    Ps, _, dqkv, dP, dheads, _, qtd = js
+    T, d = V.shape
     dh = d // n_heads
-    return T, d, dh, X.dtype.type(beta / math.sqrt(dh))
-
-
-@_jit
-def head_softmax(qk, base, T, dh, causal, P):
-    """``P = softmax(Q_h K_hᵀ)`` of the head whose scaled Q and K start at ``base`` of
-    the packed ``qk`` (the steps of :func:`kernels.attention_packed`)."""
-    dense(qk[0, base:base + T * dh].reshape(T, dh), qk[1, base:base + T * dh].reshape(T, dh),
-          P, False)
-    kernels.softmax_rows(P, causal)
-
-
-@_jit
-def attention_keep(X, wqkv_t, wo_t, n_heads, beta, causal, rs, Ps, out):
-    """``out += g(X)`` exactly as :func:`kernels.attention_packed` (same operations in
-    the same order, so bit-identical), keeping Q, K, V in ``rs`` and the softmax of
-    head h in ``Ps[h]`` (in ``Ps[0]``, overwritten, when ``Ps`` has one slot) for
-    :func:`attention_tangent`.
-
-    A copy of ``attention_packed`` rather than a call because that one reuses a single
-    ``P`` for all heads; ``test_tangent_state_follows_the_flow_bit_for_bit`` fails if
-    the two drift apart.
-    """
-    qkv, heads, _, qk, vt, _, oh = rs
-    T, d, dh, scale = head_dims(X, n_heads, beta)
-    dense(X, wqkv_t, qkv, False)
+    scale = V.dtype.type(beta / math.sqrt(dh))
+    z = V.dtype.type(0.0)
+    gemm(V, wqkv, dqkv, False)
     for h in range(n_heads):
-        base = h * T * dh
-        for i in range(T):
-            for c in range(dh):
-                qk[0, base + i * dh + c] = qkv[i, h * dh + c] * scale
-                qk[1, base + i * dh + c] = qkv[i, d + h * dh + c]
-                vt[base + c * T + i] = qkv[i, 2 * d + h * dh + c]
-    for h in range(n_heads):
-        base = h * T * dh
-        P = Ps[h % Ps.shape[0]]
-        head_softmax(qk, base, T, dh, causal, P)
-        o = oh[:T * dh].reshape(T, dh)
-        dense(P, vt[base:base + T * dh].reshape(dh, T), o, False)
-        for i in range(T):
-            for c in range(dh):
-                heads[i, h * dh + c] = o[i, c]
-    dense(heads, wo_t, out, True)
-
-
-@_jit
-def attention_tangent(V, wqkv_t, wo_t, n_heads, beta, causal, rs, js, out):
-    """``out += g'(X)·V`` from the activations :func:`attention_keep` left at X.
-
-    With ``P = softmax(S)`` row-wise and the scale ``s = β/√d_h``:
-    ``dS = (s dQ) Kᵀ + (s Q) dKᵀ = [s dQ | s Q]·[K | dK]ᵀ``,
-    ``dP = P ⊙ (dS − rowsum(P ⊙ dS))`` and ``dO_h = dP V_h + P dV_h = [dP | P]·[V_h; dV_h]``:
-    each head takes two :func:`dense` products of side-by-side packed blocks. When
-    ``Ps`` has one slot, each head's softmax is recomputed as the forward pass did.
-    """
-    _, _, _, qk, vt, _, _ = rs
-    Ps, _, dqkv, qq, kk, dS, pp, vv, do, dheads, _ = js
-    T, d, dh, scale = head_dims(V, n_heads, beta)
-    dt = V.dtype.type
-    dense(V, wqkv_t, dqkv, False)
-    for h in range(n_heads):
-        base = h * T * dh
-        for i in range(T):
-            for c in range(dh):
-                qq[i, c] = dqkv[i, h * dh + c] * scale
-                qq[i, dh + c] = qk[0, base + i * dh + c]
-                kk[i, c] = qk[1, base + i * dh + c]
-                kk[i, dh + c] = dqkv[i, d + h * dh + c]
-                vv[c, i] = vt[base + c * T + i]
-                vv[c, T + i] = dqkv[i, 2 * d + h * dh + c]
-        dense(qq, kk, dS, False)
         P = Ps[h % Ps.shape[0]]
         if Ps.shape[0] < n_heads:
-            head_softmax(qk, base, T, dh, causal, P)
-        for i in range(T):
-            mean = dt(0.0)
-            for j in range(T):
-                mean += P[i, j] * dS[i, j]
-            for j in range(T):
-                pp[i, j] = P[i, j] * (dS[i, j] - mean)
-                pp[i, T + j] = P[i, j]
-        dense(pp, vv, do, False)
+            kernels.head_probs(qkv, h, dh, scale, causal, qt, P, mt)
+        else:
+            for i in range(T):
+                for c in range(dh):
+                    qt[c * T + i] = qkv[i, h * dh + c] * scale
         for i in range(T):
             for c in range(dh):
-                dheads[i, h * dh + c] = do[i, c]
-    dense(dheads, wo_t, out, True)
-
-
-@_jit
-def damped_linear(X, γ, A_t, linear, out):
-    """``out = −γX`` (``+ X·A`` with ``linear``), the first terms of ``kernels.rhs``;
-    linear in X, so the same for the tangent."""
-    T, d = X.shape
-    for i in range(T):
-        for j in range(d):
-            out[i, j] = -γ * X[i, j]
-    if linear:
-        dense(X, A_t, out, True)
+                qtd[c * T + i] = dqkv[i, h * dh + c] * scale
+        gemm_ld(qkv, d + h * dh, 3 * d, 1, qtd, 0, T, dP, 0, T, T, dh, T, False)
+        gemm_ld(dqkv, d + h * dh, 3 * d, 1, qt, 0, T, dP, 0, T, T, dh, T, True)
+        mean = mt[0]
+        for i in range(T):
+            mean[i] = z
+        for j in range(T):
+            for i in range(T):
+                mean[i] += P[j, i] * dP[j, i]
+        for j in range(T):
+            for i in range(T):
+                dP[j, i] = P[j, i] * (dP[j, i] - mean[i])
+        gemm_ld(dP, 0, 1, T, qkv, 2 * d + h * dh, 3 * d, dheads, h * dh, d, T, T, dh, False)
+        gemm_ld(P, 0, 1, T, dqkv, 2 * d + h * dh, 3 * d, dheads, h * dh, d, T, T, dh, True)
+    gemm(dheads, wo, out, True)
 
 
 @_jit
 def rhs_and_jvp(X, V, W, fp, ip, layer, out, dout, rs, js):
     """``out = f(X)`` (bit-identical to :func:`kernels.rhs`) and ``dout = f'(X)·V``.
 
-    One forward pass, with the operations of ``kernels.rhs`` in the same order, keeps
-    the activations (Q, K, V and every head's softmax in ``rs``/``js``, σ'(z) of the
-    FFN in ``js``); the JVP then costs only the products with the tangent.
-    ``rs`` from ``kernels.make_scratch``, ``js`` from :func:`make_jvp_scratch`.
+    One forward pass, the operations of ``kernels.rhs`` in the same order (its own
+    pieces: ``damped_linear``, ``attention_packed`` with a softmax slot per head,
+    and ``ffn_packed``'s steps with σ'(z) kept in ``js``); the JVP then costs only
+    the products with the tangent. ``rs`` from ``kernels.make_scratch``, ``js`` from
+    :func:`make_jvp_scratch`.
     """
-    A_t, w1_t, w2_t, b1, b2 = W[11][layer], W[9][layer], W[10][layer], W[3][layer], W[5][layer]
-    hidden = rs[2]
-    S, dhidden = js[1], js[10]
+    A, w1, w2, b1, b2 = W[6][layer], W[2][layer], W[4][layer], W[3][layer], W[5][layer]
+    qkv, heads, hidden, mt, qt, _ = rs
+    Ps, S, dhidden = js[0], js[1], js[5]
     γ = fp[FP_DAMPING]
     T, d = X.shape
     # the forward pass: kernels.rhs with the activations kept
-    damped_linear(X, γ, A_t, ip[IP_LIN], out)
+    kernels.damped_linear(X, γ, A, ip[IP_LIN], out)
     if ip[IP_ATTN]:
-        attention_keep(X, W[7][layer], W[8][layer], ip[IP_HEADS], fp[FP_BETA],
-                       ip[IP_CAUSAL], rs, js[0], out)
+        kernels.attention_packed(X, W[0][layer], W[1][layer], ip[IP_HEADS], fp[FP_BETA],
+                                 ip[IP_CAUSAL], qkv, heads, qt, Ps, mt, out)
     if ip[IP_FFN]:
-        dense(X, w1_t, hidden, False)
+        gemm(X, w1, hidden, False)
         bias_activate_prime(hidden, b1, ip[IP_ACT], S)
-        dense(hidden, w2_t, out, True)
+        gemm(hidden, w2, out, True)
         for i in range(T):
             for j in range(d):
                 out[i, j] += b2[j]
     # the tangent
-    damped_linear(V, γ, A_t, ip[IP_LIN], dout)
+    kernels.damped_linear(V, γ, A, ip[IP_LIN], dout)
     if ip[IP_ATTN]:
-        attention_tangent(V, W[7][layer], W[8][layer], ip[IP_HEADS], fp[FP_BETA],
+        attention_tangent(V, W[0][layer], W[1][layer], ip[IP_HEADS], fp[FP_BETA],
                           ip[IP_CAUSAL], rs, js, dout)
     if ip[IP_FFN]:
-        dense(V, w1_t, dhidden, False)
+        gemm(V, w1, dhidden, False)
         for i in range(T):
             for j in range(dhidden.shape[1]):
                 dhidden[i, j] *= S[i, j]
-        dense(dhidden, w2_t, dout, True)
+        gemm(dhidden, w2, dout, True)
 
 
 @_jit
@@ -320,62 +263,36 @@ def rhs_jvp(X, V, W, fp, ip, layer, out, scratch):
 
 
 @_jit
-def stage_input(X, stages, a, h, i, xs):
-    """``xs = X + h Σ_{j<i} a_ij stages_j``, the expression of ``kernels.rk_step``."""
-    T, d = X.shape
-    for r in range(T):
-        for col in range(d):
-            acc = X[r, col]
-            for j in range(i):
-                acc += h * a[i, j] * stages[j, r, col]
-            xs[r, col] = acc
-
-
-@_jit
-def step_update(X, stages, b, h):
-    """``X += h Σ_i b_i stages_i``, the expression of ``kernels.rk_step``."""
-    s = b.shape[0]
-    T, d = X.shape
-    z = X.dtype.type(0)
-    for r in range(T):
-        for col in range(d):
-            acc = z
-            for i in range(s):
-                acc += b[i] * stages[i, r, col]
-            X[r, col] += h * acc
-
-
-@_jit
 def step_tangent(X, D, W, fp, ip, layer, a, b, h, stages, xs, rs, dstages, ds, js):
     """One explicit RK step of the state and of its linearization, in place.
 
-    ``X`` advances exactly as in :func:`kernels.rk_step` (bit-identical), and
+    ``X`` advances exactly as in :func:`kernels.rk_step` (the same
+    ``kernels.stage_input``/``step_update``, so bit-identical), and
     ``D ← D + h Σ b_i dk_i`` with ``dk_i = f'(x_i)·(D + h Σ_{j<i} a_ij dk_j)`` at the
     stage states ``x_i``, each stage's JVP taken from its own forward pass
     (:func:`rhs_and_jvp`).
     """
-    s = b.shape[0]
-    for i in range(s):
+    for i in range(b.shape[0]):
         if i == 0:
             rhs_and_jvp(X, D, W, fp, ip, layer, stages[0], dstages[0], rs, js)
             continue
-        stage_input(X, stages, a, h, i, xs)
-        stage_input(D, dstages, a, h, i, ds)
+        kernels.stage_input(X, stages, a, h, i, xs)
+        kernels.stage_input(D, dstages, a, h, i, ds)
         rhs_and_jvp(xs, ds, W, fp, ip, layer, stages[i], dstages[i], rs, js)
-    step_update(X, stages, b, h)
-    step_update(D, dstages, b, h)
+    kernels.step_update(X, stages, b, h, xs)
+    kernels.step_update(D, dstages, b, h, ds)
 
 
 # ------------------------------------------------------------------------ VJP
 @_jit
-def attention_vjp(X, G, wqkv, wqkv_t, wo, n_heads, beta, causal, vs, out):
+def attention_vjp(X, G, wqkv, wqkv_t, wo_t, n_heads, beta, causal, vs, out):
     """``out += (∂g/∂X)ᵀ·G`` (the adjoint of :func:`attention_tangent`)."""
     qkv, dqkv, go, P, dS, _, _ = vs
     T, d = X.shape
     dh = d // n_heads
     scale = beta / math.sqrt(dh)
-    dense(X, wqkv_t, qkv, False)
-    dense(G, wo, go, False)          # gradient w.r.t. the concatenated heads
+    gemm(X, wqkv, qkv, False)
+    gemm(G, wo_t, go, False)         # gradient w.r.t. the concatenated heads
     dqkv[:, :] = 0
     for hd in range(n_heads):
         q0, k0, v0 = hd * dh, d + hd * dh, 2 * d + hd * dh
@@ -414,19 +331,19 @@ def attention_vjp(X, G, wqkv, wqkv_t, wo, n_heads, beta, causal, vs, out):
                     dqkv[j, v0 + c] += pij * go[i, q0 + c]
                     dqkv[i, q0 + c] += sij * qkv[j, k0 + c]
                     dqkv[j, k0 + c] += sij * qkv[i, q0 + c]
-    dense(dqkv, wqkv, out, True)
+    gemm(dqkv, wqkv_t, out, True)
 
 
 @_jit
-def ffn_vjp(X, G, w1, w1_t, b1, w2, act, vs, out):
+def ffn_vjp(X, G, w1, w1_t, b1, w2_t, act, vs, out):
     """``out += W_1 ((G W_2ᵀ) ⊙ σ'(X W_1 + b_1))`` in row form."""
     hidden, gh = vs[5], vs[6]
-    dense(X, w1_t, hidden, False)
-    dense(G, w2, gh, False)
+    gemm(X, w1, hidden, False)
+    gemm(G, w2_t, gh, False)
     for i in range(X.shape[0]):
         for j in range(hidden.shape[1]):
             gh[i, j] *= activate_prime(hidden[i, j] + b1[j], act)
-    dense(gh, w1, out, True)
+    gemm(gh, w1_t, out, True)
 
 
 @_jit
@@ -439,12 +356,12 @@ def rhs_vjp(X, G, W, fp, ip, layer, out, vs):
         for j in range(d):
             out[i, j] = -γ * G[i, j]
     if ip[IP_LIN]:
-        dense(G, A[layer], out, True)
+        gemm(G, W[11][layer], out, True)
     if ip[IP_ATTN]:
-        attention_vjp(X, G, wqkv[layer], W[7][layer], wo[layer], ip[IP_HEADS], fp[FP_BETA],
+        attention_vjp(X, G, wqkv[layer], W[7][layer], W[8][layer], ip[IP_HEADS], fp[FP_BETA],
                       ip[IP_CAUSAL], vs, out)
     if ip[IP_FFN]:
-        ffn_vjp(X, G, w1[layer], W[9][layer], b1[layer], w2[layer], ip[IP_ACT], vs, out)
+        ffn_vjp(X, G, w1[layer], W[9][layer], b1[layer], W[10][layer], ip[IP_ACT], vs, out)
 
 
 @_pjit

@@ -76,8 +76,8 @@ def pack_params(params):
         layer axis; ``wqkv`` is ``[wq | wk | wv]`` of shape ``(L, d, 3d)`` so that Q, K
         and V come out of one pass over X. The last five are the same matrices
         transposed once here (``wqkv_t (L, 3d, d)``, ``wo_t (L, d, d)``,
-        ``w1_t (L, m, d)``, ``w2_t (L, d, m)``, ``A_t (L, d, d)``): :func:`dense` reads
-        each output column's weights contiguously. Absent terms are empty arrays.
+        ``w1_t (L, m, d)``, ``w2_t (L, d, m)``, ``A_t (L, d, d)``), for the products with
+        ``Wᵀ`` of the decay study's vector–Jacobian product. Absent terms are empty arrays.
     fp : ndarray of params.dtype
         ``[beta, damping]``.
     ip : ndarray of int64
@@ -113,24 +113,6 @@ def pack_params(params):
 
 
 # --------------------------------------------------------------------- workers
-@_jit
-def matmul(X, W, out, accumulate):
-    """``out (+)= X @ W`` for small row-major matrices.
-
-    The inner loop runs over the contiguous columns of ``W`` and ``out`` so that it
-    vectorizes; equivalent to ``out[:] = X @ W`` (or ``+=``), left for reference.
-    """
-    T, K = X.shape
-    n = W.shape[1]
-    if not accumulate:
-        out[:, :] = 0
-    for i in range(T):
-        for k in range(K):
-            x = X[i, k]
-            for j in range(n):
-                out[i, j] += x * W[k, j]
-
-
 @_jit
 def activate(z, act):
     """σ(z) for the activation code ``act`` (see ``methods.ACTIVATIONS``)."""
@@ -324,112 +306,6 @@ def bias_activate(H, b, act):
 
 
 @_jit
-def dense(X, Wt, out, accumulate):
-    """``out (+)= X @ Wt.T`` for ``X (R, K)``, ``Wt (n, K)``, ``out (R, n)``.
-
-    Register-blocked: each block of 2 rows × 4 columns keeps 8 dot products in
-    registers while the inner loop runs over the contiguous ``K`` axis (LLVM
-    vectorizes it as 8 vector reductions, FMA). Every ``out[i, j]`` is one dot
-    product of row i with column j whose order depends only on (R, K, n), never on
-    other data — so results do not depend on batch composition.
-    Equivalent to ``out[:] (+)= X @ Wt.T``, left for reference.
-    """
-    R, K = X.shape
-    n = Wt.shape[0]
-    z = X.dtype.type(0)
-    i = 0
-    while i + 1 < R:
-        j = 0
-        while j + 3 < n:
-            s00 = z
-            s01 = z
-            s02 = z
-            s03 = z
-            s10 = z
-            s11 = z
-            s12 = z
-            s13 = z
-            for k in range(K):
-                a0 = X[i, k]
-                a1 = X[i + 1, k]
-                w0 = Wt[j, k]
-                w1 = Wt[j + 1, k]
-                w2 = Wt[j + 2, k]
-                w3 = Wt[j + 3, k]
-                s00 += a0 * w0
-                s01 += a0 * w1
-                s02 += a0 * w2
-                s03 += a0 * w3
-                s10 += a1 * w0
-                s11 += a1 * w1
-                s12 += a1 * w2
-                s13 += a1 * w3
-            if accumulate:
-                s00 += out[i, j]
-                s01 += out[i, j + 1]
-                s02 += out[i, j + 2]
-                s03 += out[i, j + 3]
-                s10 += out[i + 1, j]
-                s11 += out[i + 1, j + 1]
-                s12 += out[i + 1, j + 2]
-                s13 += out[i + 1, j + 3]
-            out[i, j] = s00
-            out[i, j + 1] = s01
-            out[i, j + 2] = s02
-            out[i, j + 3] = s03
-            out[i + 1, j] = s10
-            out[i + 1, j + 1] = s11
-            out[i + 1, j + 2] = s12
-            out[i + 1, j + 3] = s13
-            j += 4
-        while j < n:
-            s00 = z
-            s10 = z
-            for k in range(K):
-                w0 = Wt[j, k]
-                s00 += X[i, k] * w0
-                s10 += X[i + 1, k] * w0
-            if accumulate:
-                s00 += out[i, j]
-                s10 += out[i + 1, j]
-            out[i, j] = s00
-            out[i + 1, j] = s10
-            j += 1
-        i += 2
-    if i < R:
-        j = 0
-        while j + 3 < n:
-            s00 = z
-            s01 = z
-            s02 = z
-            s03 = z
-            for k in range(K):
-                a0 = X[i, k]
-                s00 += a0 * Wt[j, k]
-                s01 += a0 * Wt[j + 1, k]
-                s02 += a0 * Wt[j + 2, k]
-                s03 += a0 * Wt[j + 3, k]
-            if accumulate:
-                s00 += out[i, j]
-                s01 += out[i, j + 1]
-                s02 += out[i, j + 2]
-                s03 += out[i, j + 3]
-            out[i, j] = s00
-            out[i, j + 1] = s01
-            out[i, j + 2] = s02
-            out[i, j + 3] = s03
-            j += 4
-        while j < n:
-            s00 = z
-            for k in range(K):
-                s00 += X[i, k] * Wt[j, k]
-            if accumulate:
-                s00 += out[i, j]
-            out[i, j] = s00
-            j += 1
-
-
-@_jit
 def softmax_columns(P, causal, m, total):
     """Softmax over each *column* of the transposed scores ``P (T keys, T queries)``
     in place; with ``causal``, query i keeps keys ``j <= i`` and the rest are 0.
@@ -467,34 +343,47 @@ def softmax_columns(P, causal, m, total):
 
 
 @_jit
-def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, qt, P, mt, out):
+def head_probs(qkv, h, dh, scale, causal, qt, P, mt):
+    """Attention probabilities of head ``h``, transposed: ``P (T keys, T queries)``.
+
+    ``qt (≥ d_h·T,)`` takes ``scale·Q_hᵀ`` as a ``(d_h, T)`` block; the scores
+    ``P = K_h qt`` are a :func:`~tfkernels.simd.gemm_ld` product reading ``K_h`` in
+    place from ``qkv (T, 3d)``; :func:`softmax_columns` (scratch ``mt (2, ≥T)``)
+    normalizes each query's column.
+    """
+    T = qkv.shape[0]
+    d = qkv.shape[1] // 3
+    for i in range(T):
+        for c in range(dh):
+            qt[c * T + i] = qkv[i, h * dh + c] * scale
+    gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, 0, T, P, 0, T, T, dh, T, False)
+    softmax_columns(P, causal, mt[0], mt[1])
+
+
+@_jit
+def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, qt, Ps, mt, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o``.
 
-    ``qkv (T, 3d)`` gets ``X [Wq|Wk|Wv]`` in one product. Per head, ``qt (T·d,)``
-    takes ``(β/√d_h)·Q_hᵀ`` as a ``(d_h, T)`` block; the transposed scores
-    ``P = K_h qt (keys × queries)`` are a :func:`~tfkernels.simd.gemm_ld` product
-    reading K_h in place from ``qkv``; :func:`softmax_columns` normalizes each
-    query's column; ``Pᵀ V_h`` is a second product (``P`` read transposed, V_h in
-    place) written straight into head h's columns of ``heads (T, d)``. ``mt (2, ≥T)``
-    is the softmax's scratch.
+    ``qkv (T, 3d)`` gets ``X [Wq|Wk|Wv]`` in one product; head h's probabilities
+    (:func:`head_probs`, transposed) go to ``Ps[h % len(Ps)]`` (one slot in the flow;
+    the decay study's tangent keeps every head's); ``Pᵀ V_h`` is a second
+    :func:`~tfkernels.simd.gemm_ld` product (``P`` read transposed, ``V_h`` in place)
+    written straight into head h's columns of ``heads (T, d)``.
     """
     T, d = X.shape
     dh = d // n_heads
     scale = X.dtype.type(beta / math.sqrt(dh))
     gemm(X, wqkv, qkv, False)
     for h in range(n_heads):
-        for i in range(T):
-            for c in range(dh):
-                qt[c * T + i] = qkv[i, h * dh + c] * scale
-        gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, 0, T, P, 0, T, T, dh, T, False)
-        softmax_columns(P, causal, mt[0], mt[1])
+        P = Ps[h % Ps.shape[0]]
+        head_probs(qkv, h, dh, scale, causal, qt, P, mt)
         gemm_ld(P, 0, 1, T, qkv, 2 * d + h * dh, 3 * d, heads, h * dh, d, T, T, dh, False)
     gemm(heads, wo, out, True)
 
 
 @_jit
 def ffn_packed(X, w1, b1, w2, b2, act, hidden, out):
-    """``out += σ(X W_1 + b_1) W_2 + b_2`` with transposed weights; ``hidden (T, m)``."""
+    """``out += σ(X W_1 + b_1) W_2 + b_2``; ``hidden (T, m)``."""
     T, d = X.shape
     gemm(X, w1, hidden, False)
     bias_activate(hidden, b1, act)
@@ -505,24 +394,28 @@ def ffn_packed(X, w1, b1, w2, b2, act, hidden, out):
 
 
 @_jit
-def rhs(X, W, fp, ip, layer, out, scratch):
-    """``out = f(X) = g(X) + h(X) − γX + X·A`` with weight set ``layer``.
-
-    ``W`` from :func:`pack_params` (the transposed weights are used); ``scratch``
-    from :func:`make_scratch`.
-    """
-    A = W[6]
-    qkv, heads, hidden, qk, vt, P, oh = scratch
-    γ = fp[FP_DAMPING]
+def damped_linear(X, γ, A, linear, out):
+    """``out = −γX`` (``+ X·A`` when ``linear``): the terms of ``f`` linear in X."""
     T, d = X.shape
     for i in range(T):
         for j in range(d):
             out[i, j] = -γ * X[i, j]
-    if ip[IP_LIN]:
-        gemm(X, A[layer], out, True)
+    if linear:
+        gemm(X, A, out, True)
+
+
+@_jit
+def rhs(X, W, fp, ip, layer, out, scratch):
+    """``out = f(X) = g(X) + h(X) − γX + X·A`` with weight set ``layer``.
+
+    ``W`` from :func:`pack_params` (the weights in their natural layout);
+    ``scratch`` from :func:`make_scratch`.
+    """
+    qkv, heads, hidden, mt, qt, Ps = scratch
+    damped_linear(X, fp[FP_DAMPING], W[6][layer], ip[IP_LIN], out)
     if ip[IP_ATTN]:
         attention_packed(X, W[0][layer], W[1][layer], ip[IP_HEADS], fp[FP_BETA],
-                         ip[IP_CAUSAL], qkv, heads, vt, P, qk, out)
+                         ip[IP_CAUSAL], qkv, heads, qt, Ps, mt, out)
     if ip[IP_FFN]:
         ffn_packed(X, W[2][layer], W[3][layer], W[4][layer], W[5][layer], ip[IP_ACT],
                    hidden, out)
@@ -532,59 +425,72 @@ def rhs(X, W, fp, ip, layer, out, scratch):
 def make_scratch(W, T, d, n_stages, dtype_like):
     """Allocate one trajectory's scratch: RK stages, stage input and ``rhs`` buffers.
 
-    ``rhs`` buffers: ``(qkv (T, 3d), heads (T, d), hidden (T, m), qk (2, T·d),
-    vt (T·d,), P (T, T), oh (T·d,))``.
+    ``rhs`` buffers: ``(qkv (T, 3d), heads (T, d), hidden (T, m), mt (2, T),
+    qt (T·d,), Ps (1, T, T))``.
     """
     m = W[2].shape[2]
     dt = dtype_like.dtype
     stages = np.empty((n_stages, T, d), dtype=dt)
     xs = np.empty((T, d), dtype=dt)
     rs = (np.empty((T, 3 * d), dtype=dt), np.empty((T, d), dtype=dt),
-          np.empty((T, m), dtype=dt),
-          np.empty((2, T * d), dtype=dt), np.empty(T * d, dtype=dt),
-          np.empty((T, T), dtype=dt), np.empty(T * d, dtype=dt))
+          np.empty((T, m), dtype=dt), np.empty((2, T), dtype=dt),
+          np.empty(T * d, dtype=dt), np.empty((1, T, T), dtype=dt))
     return stages, xs, rs
+
+
+@_ijit
+def stage_input(X, stages, a, h, i, xs):
+    """``xs = X + Σ_{j<i} (h a_ij) k_j``: the input of RK stage ``i``.
+
+    Each coefficient is read once outside its ``(T, d)`` loop (LLVM cannot hoist it
+    past stores that may alias ``a``); shared by :func:`rk_step` and the decay
+    study's tangent step, so both produce the same bits.
+    """
+    T, d = X.shape
+    for r in range(T):
+        for col in range(d):
+            xs[r, col] = X[r, col]
+    for j in range(i):
+        c = h * a[i, j]
+        for r in range(T):
+            for col in range(d):
+                xs[r, col] += c * stages[j, r, col]
+
+
+@_ijit
+def step_update(X, stages, b, h, acc):
+    """``X += h Σ_i b_i k_i``, the sum formed in ``acc (T, d)`` stage by stage."""
+    T, d = X.shape
+    z = X.dtype.type(0)
+    for r in range(T):
+        for col in range(d):
+            acc[r, col] = z
+    for i in range(b.shape[0]):
+        c = b[i]
+        for r in range(T):
+            for col in range(d):
+                acc[r, col] += c * stages[i, r, col]
+    for r in range(T):
+        for col in range(d):
+            X[r, col] += h * acc[r, col]
 
 
 @_ijit
 def rk_step(X, W, fp, ip, layer, a, b, h, stages, xs, scratch):
     """Advance ``X`` in place by one explicit RK step of size ``h``.
 
-    ``k_i = f(X + h Σ_{j<i} a_ij k_j)``, then ``X += h Σ_i b_i k_i``. With the Euler
-    tableau and ``h = α_n·c`` this is the averaged update ``X + α_n c f(X)``.
-
-    Each coefficient (``h·a_ij``, ``b_i``) is read once outside its ``(T, d)`` loop
-    (LLVM cannot hoist it past stores that may alias ``a``/``b``), with the same sums
-    in the same order as ``X + Σ_j (h a_ij) k_j`` and ``X + h Σ_i b_i k_i``; ``xs``
-    holds ``Σ_i b_i k_i`` at the end.
+    ``k_i = f(X + h Σ_{j<i} a_ij k_j)`` (:func:`stage_input`), then
+    ``X += h Σ_i b_i k_i`` (:func:`step_update`, ``xs`` holding the sum at the end).
+    With the Euler tableau and ``h = α_n·c`` this is the averaged update
+    ``X + α_n c f(X)``. One ``rhs`` call site (each one is compiled in full).
     """
-    s = b.shape[0]
-    T, d = X.shape
-    for i in range(s):
+    for i in range(b.shape[0]):
         src = X
         if i > 0:
-            for r in range(T):
-                for col in range(d):
-                    xs[r, col] = X[r, col]
-            for j in range(i):
-                c = h * a[i, j]
-                for r in range(T):
-                    for col in range(d):
-                        xs[r, col] += c * stages[j, r, col]
+            stage_input(X, stages, a, h, i, xs)
             src = xs
         rhs(src, W, fp, ip, layer, stages[i], scratch)
-    z = X.dtype.type(0)
-    for r in range(T):
-        for col in range(d):
-            xs[r, col] = z
-    for i in range(s):
-        c = b[i]
-        for r in range(T):
-            for col in range(d):
-                xs[r, col] += c * stages[i, r, col]
-    for r in range(T):
-        for col in range(d):
-            X[r, col] += h * xs[r, col]
+    step_update(X, stages, b, h, xs)
 
 
 @_ijit

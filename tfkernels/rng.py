@@ -29,7 +29,7 @@ _M2 = uint64(0x94D049BB133111EB)
 _TWO_PI = 2.0 * math.pi
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=config.CACHE, fastmath=config.RNG_FASTMATH)
 def mix64(z):
     """SplitMix64 finalizer: a bijective avalanche hash of a uint64."""
     z = (z ^ (z >> uint64(30))) * _M1
@@ -37,7 +37,7 @@ def mix64(z):
     return z ^ (z >> uint64(31))
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=config.CACHE, fastmath=config.RNG_FASTMATH)
 def key(seed, stream, trajectory):
     """Return the uint64 key of ``(seed, stream, trajectory)``."""
     k = mix64(uint64(seed) + _GOLDEN)
@@ -45,7 +45,7 @@ def key(seed, stream, trajectory):
     return mix64(k ^ (uint64(trajectory) + _GOLDEN))
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=config.CACHE, fastmath=config.RNG_FASTMATH)
 def uniform(k, counter):
     """Uniform float64 in the open interval (0, 1) for ``(key, counter)``.
 
@@ -56,7 +56,7 @@ def uniform(k, counter):
     return ((bits >> uint64(11)) + 0.5) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=config.CACHE, fastmath=config.RNG_FASTMATH)
 def normal(k, i):
     """The ``i``-th standard normal (float64) of key ``k``."""
     u1 = uniform(k, 2 * i)
@@ -64,14 +64,14 @@ def normal(k, i):
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=config.CACHE, fastmath=config.RNG_FASTMATH)
 def fill_normal(k, offset, scale, out):
     """Fill the flat array ``out`` with ``scale·normal(k, offset + i)``."""
     for i in range(out.size):
         out.flat[i] = scale * normal(k, offset + i)
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH, nogil=True)
+@njit(cache=config.CACHE, fastmath=config.RNG_FASTMATH, nogil=True)
 def _normal_batch(seed, stream, start, scale, out):
     """``out[b]`` gets ``scale``·the normals of trajectory ``start + b`` (serial, no GIL;
     ``api.run_threads`` splits a batch over threads)."""

@@ -38,6 +38,8 @@ def test_quick_sweep_writes_every_output(ci_run):
     assert len(doc["plots"]) == 4
     readme = (out / "README.md").read_text()
     assert "Preset `quick`" in readme and "do not edit by hand" in readme
+    assert "Nominal machine peak =" in readme and "Measured FMA peak" in readme
+    assert "implied clock" in readme and "% peak uses the larger" in readme
     rows = (out / "bench-quick.csv").read_text().splitlines()
     assert rows[0].split(",") == list(harness.CSV_FIELDS) and len(rows) > 10
 
@@ -50,14 +52,24 @@ def test_quick_sweep_json_has_every_field(ci_run):
         assert key in doc, key
     m = doc["machine"]
     assert m["peak"]["gflops"]["float32"] > 0 and "peak =" in m["peak"]["explanation"]
+    # measured FMA peak on 1 and the sweep's threads; % peak divides by the larger
+    threads = str(doc["settings"]["threads"])
+    for dt in ("float32", "float64"):
+        assert {"1", threads} == set(m["measured_peak"]["gflops"][dt])
+        assert m["measured_peak"]["implied_clock_ghz"][dt]["1"] > 0
+        used = m["peak_used"]["gflops"][dt]
+        assert used == max(m["peak_used"]["nominal_gflops"][dt],
+                           m["measured_peak"]["gflops"][dt][threads])
     assert set(m["gemm_gflops"]) == {"float32", "float64"}
     assert {"python", "numpy", "numba", "scipy", "tfkernels", "torch", "jax"} <= \
         set(m["versions"])
     assert "first_call_s" in doc["compile"]["float32"]["in_process"]
     for p in doc["throughput"]:
         for key in ("config", "dtype", "B", "N", "T", "d", "heads", "flops_per_traj_layer",
-                    "peak_gflops", "best_peer"):
+                    "peak_gflops", "nominal_peak_gflops", "measured_peak_gflops",
+                    "best_peer"):
             assert key in p, key
+        assert p["peak_gflops"] == m["peak_used"]["gflops"][p["dtype"]]
         for key in ("median_s", "times_s", "n_inner", "traj_layers_per_s", "gflops",
                     "frac_peak", "first_call_s"):
             assert key in p["ours"], key

@@ -11,7 +11,13 @@ Measurement rules
 * Throughput is in *trajectory-layers per second*: ``B·N / time`` of one
   :func:`tfkernels.integrate` call (the public API, validation and packing included).
 * GFLOP/s comes from the FLOP model of :mod:`tfkernels.flops`; the fraction of peak
-  divides by :func:`tfkernels.flops.machine_peak` for the threads used.
+  divides by the larger of the nominal peak (:func:`tfkernels.flops.machine_peak`:
+  cores × reported clock × flop/cycle) and the measured FMA peak
+  (:func:`tfkernels.flops.measured_peak`, measured once per run on 1 thread and on the
+  sweep's threads) for the threads used; both are in the JSON (``machine.peak``,
+  ``machine.measured_peak``). The reported clock of a virtual machine is its base
+  clock, and the cores boost above it under load, so the nominal peak alone could be
+  exceeded.
 * Every implementation is warmed up (its first call — Numba cache load or JAX jit
   compile — is reported as ``first_call_s``), then calibrated so that one timed sample
   lasts at least ``min_sample_s``; the samples of all implementations of one point are
@@ -104,6 +110,9 @@ class Settings:
     wait_quiet_s : float
         Before each throughput point (and each scaling axis), wait up to this long for
         other processes to leave the CPUs (< 15 % busy); 0 never waits.
+    peak_min_s : float
+        Length of one timed run of :func:`tfkernels.flops.measured_peak` (median of
+        :data:`PEAK_REPEATS` runs per dtype and thread count).
     """
 
     preset: str
@@ -124,6 +133,7 @@ class Settings:
     memory_batches: tuple = (4096,)
     sections: tuple = ("compile", "throughput", "scaling", "errors", "decay", "memory")
     wait_quiet_s: float = 0.0
+    peak_min_s: float = 0.2
 
 
 def _named(*names):
@@ -134,6 +144,7 @@ PRESETS = {
     "ci": Settings(
         preset="ci", dtypes=("float32",), configs=_named("tiny"), n_layers=(8,),
         batch=32, peers=("numpy",), repeats=3, min_sample_s=0.005, compile="first",
+        peak_min_s=0.05,
         memory_batches=(), sections=("compile", "throughput", "scaling", "errors"),
         scaling={"base": (4, 8, 2, 4, 32), "batch": (16, 32), "layers": (4, 8),
                  "seq_len": (4, 8), "width": (8, 16), "threads": True},
@@ -450,17 +461,49 @@ def git_revision():
         return None, None
 
 
-def machine_section(settings):
-    """The machine, its peak and attainable GEMM rate, versions and environment."""
+#: Timed runs (median) of :func:`tfkernels.flops.measured_peak` per dtype and threads.
+PEAK_REPEATS = 5
+
+
+def sweep_threads(settings):
+    """Threads of the sweep's timed calls (``settings.threads``, else all Numba threads)."""
+    return settings.threads or default_threads()
+
+
+def measure_peak(settings):
+    """The peak reference of a sweep: nominal, and measured on 1 and the sweep's threads.
+
+    Waits for a quiet machine first (``settings.wait_quiet_s``), like every timed point.
+    """
+    wait_quiet(settings.wait_quiet_s)
+    return flops.PeakReference.measure(threads=sorted({1, sweep_threads(settings)}),
+                                       min_seconds=settings.peak_min_s,
+                                       repeats=PEAK_REPEATS)
+
+
+def machine_section(settings, peak=None):
+    """The machine, its peak and attainable GEMM rate, versions and environment.
+
+    ``peak`` is a :class:`tfkernels.flops.PeakReference` (measured here if None);
+    ``peak`` in the result is the nominal peak, ``measured_peak`` the measured one and
+    ``peak_used`` the denominator of every "% peak" of the sweep (the larger of the two
+    for the sweep's threads).
+    """
     import numba
 
-    peak = flops.machine_peak()
+    peak = measure_peak(settings) if peak is None else peak
+    n = sweep_threads(settings)
     commit, dirty = git_revision()
     env_keys = ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS",
                 "OMP_NUM_THREADS", "XLA_FLAGS")
     return {
         "cpu": flops.cpu_model(), "platform": platform.platform(),
-        "logical_cpus": os.cpu_count(), "peak": peak.as_dict(),
+        "logical_cpus": os.cpu_count(), "peak": peak.nominal.as_dict(),
+        "measured_peak": peak.as_dict(),
+        "peak_used": {"threads": n, "gflops": {dt: peak.peak_gflops(dt, n)
+                                               for dt in ("float32", "float64")},
+                      "nominal_gflops": {dt: peak.nominal.peak_gflops(dt, n)
+                                         for dt in ("float32", "float64")}},
         "gemm_gflops": {dt: gemm_gflops(dt) for dt in ("float32", "float64")},
         "threads": settings.threads, "numba_threading_layer": _threading_layer(numba),
         "env": {k: os.environ.get(k) for k in env_keys}, "versions": versions(),
@@ -641,10 +684,12 @@ def throughput_point(settings, cfg, dtype, N, procs, peak):
     timed = time_interleaved(impls, settings.repeats, settings.min_sample_s,
                              settings.pause_s)
     fpl = flops.flops_per_layer(flow_config(cfg), settings.method)
-    pk = peak.peak_gflops(dtype, settings.threads)
+    pk = peak.peak_gflops(dtype, settings.threads)  # max(nominal, measured)
     point = {"config": cfg.name, "dtype": dtype, "B": B, "N": N, "T": cfg.seq_len,
              "d": cfg.d, "heads": cfg.heads, "d_ff": 4 * cfg.d, "method": settings.method,
              "flops_per_traj_layer": fpl, "peak_gflops": pk,
+             "nominal_peak_gflops": peak.nominal.peak_gflops(dtype, settings.threads),
+             "measured_peak_gflops": peak.measured_gflops(dtype, settings.threads),
              "ours": {**timed["tfkernels"], **rates(timed["tfkernels"]["median_s"], B * N,
                                                     fpl, pk), "first_call_s": ours_first}}
     point["peers"] = {name: summarize_peer(variants[name], timed, procs[name], B * N, fpl,
@@ -1006,8 +1051,8 @@ def run_sweep(settings, out_dir="results", progress=True, plots=True):
     doc = {"preset": settings.preset, "created": _now(), "command": " ".join(["tfkernels", *sys.argv[1:]]),
            "settings": _settings_dict(settings)}
     monitor = CpuMonitor()
-    doc["machine"] = machine_section(settings)
-    peak = flops.machine_peak()
+    peak = measure_peak(settings)
+    doc["machine"] = machine_section(settings, peak)
     sec = settings.sections
     with tqdm(total=count_steps(settings), disable=not progress, unit="pt",
               desc=f"bench {settings.preset}") as bar:
@@ -1155,9 +1200,10 @@ def plot_throughput(doc, path):
             ys = [p["peers"][name].get("gflops", np.nan) for p in pts]
             if np.any(np.isfinite(ys)):
                 ax.plot(ds, ys, "s--", label=name)
-        pk = pts[0]["peak_gflops"]
+        pk = pts[0]["peak_gflops"]  # max(nominal, measured)
+        which = "measured" if pk > pts[0].get("nominal_peak_gflops", pk) else "nominal"
         ax.set(xscale="log", yscale="log", xlabel="width d", ylabel="GFLOP/s",
-               title=f"{dt}, N={pts[0]['N']} (peak {pk:.0f} GFLOP/s)")
+               title=f"{dt}, N={pts[0]['N']} (peak {pk:.0f} GFLOP/s, {which})")
         _log_xticks(ax, ds, [f"{p['config']}\nd={p['d']}" for p in pts], fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -1454,6 +1500,12 @@ def readme_section(doc):
              f"Numba threading layer {m['numba_threading_layer']}.", ""]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     lines += [f"Versions: {versions}.", ""]
+    if m.get("peak_used"):
+        used, nominal = m["peak_used"]["gflops"], m["peak_used"]["nominal_gflops"]
+        lines += ["% peak below divides by " + ", ".join(
+            f"{used[dt]:.0f} GFLOP/s {dt} (nominal {nominal[dt]:.0f})" for dt in used)
+            + f": the larger of the nominal and the measured FMA peak on "
+              f"{m['peak_used']['threads']} thread(s).", ""]
     c = doc.get("contention", {})
     if c.get("foreign_cpu_frac") is not None:
         lines += [f"Other processes used {100 * c['foreign_cpu_frac']:.0f} % of the CPUs "
@@ -1502,6 +1554,47 @@ def readme_paper(out_dir):
     return lines
 
 
+def peak_used(machine):
+    """``{dtype: GFLOP/s}``: the denominator of "% peak" of a sweep's machine section.
+
+    Documents written before the peak was measured have only the nominal peak.
+    """
+    used = machine.get("peak_used")
+    return dict(used["gflops"]) if used else dict(machine["peak"]["gflops"])
+
+
+def readme_peak(machine):
+    """README lines on the peak: nominal, measured (implied clock), and the one used."""
+    lines = [f"Nominal machine {machine['peak']['explanation']} (the clock the machine "
+             "reports; a virtual machine reports its base clock, and the cores boost above "
+             "it under load).", ""]
+    mp = machine.get("measured_peak")
+    if not mp or not mp.get("gflops"):
+        return lines + ["% peak divides by the nominal peak (no measured peak in this run).",
+                        ""]
+    used = machine["peak_used"]
+    n = used["threads"]
+    lines += [f"Measured FMA peak (`tfkernels.flops.measured_peak`: {mp['fma_chains']} "
+              "independent vector FMA chains per thread in registers, nothing else; median "
+              f"of {mp['repeats']} runs of ≥ {mp['min_seconds']:g} s of CPU time): "]
+    parts = []
+    for k in sorted({int(t) for per in mp["gflops"].values() for t in per}):
+        rates = [(dt, per[str(k)]) for dt, per in mp["gflops"].items() if str(k) in per]
+        clocks = dict.fromkeys(f"{mp['implied_clock_ghz'][dt][str(k)]:.2f}"
+                               for dt, _ in rates)
+        parts.append(" / ".join(f"{v:.0f} GFLOP/s {dt}" for dt, v in rates)
+                     + f" on {k} thread(s) (implied clock "
+                     + " / ".join(clocks) + " GHz)")
+    lines[-1] += "; ".join(parts) + "."
+    nominal = used["nominal_gflops"]
+    lines += ["", f"% peak uses the larger of nominal and measured on the sweep's {n} "
+              "thread(s): " + ", ".join(
+                  f"{dt} {used['gflops'][dt]:.0f} GFLOP/s "
+                  f"({'measured' if used['gflops'][dt] > nominal[dt] else 'nominal'}; "
+                  f"nominal {nominal[dt]:.0f})" for dt in used["gflops"]) + ".", ""]
+    return lines
+
+
 def write_readme(out_dir):
     """Regenerate ``<out_dir>/README.md`` from every sweep and paper result there."""
     docs = load_docs(out_dir)
@@ -1512,13 +1605,13 @@ def write_readme(out_dir):
     if docs:
         m = docs[0]["machine"]
         g = m["gemm_gflops"]
+        used = peak_used(m)
         lines += [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPU(s), "
-                  f"{m['platform']}.", "",
-                  f"Machine {m['peak']['explanation']}.", "",
+                  f"{m['platform']}.", ""] + readme_peak(m) + [
                   f"Attainable: a 1024×1024 NumPy/OpenBLAS GEMM reaches "
                   f"{g['float32']:.0f} GFLOP/s float32 and {g['float64']:.0f} float64 "
-                  f"({100 * g['float32'] / m['peak']['gflops']['float32']:.0f} % and "
-                  f"{100 * g['float64'] / m['peak']['gflops']['float64']:.0f} % of peak).", "",
+                  f"({100 * g['float32'] / used['float32']:.0f} % and "
+                  f"{100 * g['float64'] / used['float64']:.0f} % of peak).", "",
                   "FLOPs per trajectory-layer: the model in `tfkernels/flops.py` "
                   "(every matmul 2·m·k·n; 15 flops per softmax score; 20 per GELU; "
                   "bias, damping, term sums and RK combinations counted).", ""]
@@ -1565,7 +1658,13 @@ def configure_parser(parser):
 def print_summary(doc, file=None):
     """Print the machine peak and the throughput table to the terminal."""
     file = file or sys.stdout
-    print(doc["machine"]["peak"]["explanation"], file=file)
+    m = doc["machine"]
+    print(m["peak"]["explanation"], file=file)
+    if m.get("measured_peak"):
+        print(m["measured_peak"]["explanation"], file=file)
+        print("% peak uses " + ", ".join(f"{v:.0f} GFLOP/s {dt}" for dt, v in
+                                         peak_used(m).items())
+              + f" on {m['peak_used']['threads']} thread(s)", file=file)
     if doc.get("throughput"):
         print("\n".join(readme_throughput(doc)), file=file)
     for name, ok, fig in goals(doc):

@@ -131,7 +131,7 @@ def make_jvp_scratch(W, ip, T, d, n_stages, dtype_like):
         Tangent stage input.
     js : tuple
         Buffers of :func:`rhs_and_jvp`: ``(Ps (H, T, T), S (T, m), dqkv (T, 3d),
-        dP (T, T), dheads (T, d), dhidden (T, m), qtd (T·d,))``; ``Ps`` keeps every
+        dP (T, T), dheads (T, d), dhidden (T, m), qtd (d, T))``; ``Ps`` keeps every
         head's (transposed) softmax (or, past ``KEEP_SOFTMAX_BYTES``, has one slot and
         the tangent recomputes each head's), ``S`` the activation's derivative σ'(z).
     """
@@ -144,7 +144,7 @@ def make_jvp_scratch(W, ip, T, d, n_stages, dtype_like):
     js = (np.empty((kept, T, T), dtype=dt), np.empty((T, m), dtype=dt),
           np.empty((T, 3 * d), dtype=dt), np.empty((T, T), dtype=dt),
           np.empty((T, d), dtype=dt), np.empty((T, m), dtype=dt),
-          np.empty(T * d, dtype=dt))
+          np.empty((d, T), dtype=dt))
     return dstages, ds, js
 
 
@@ -191,10 +191,10 @@ def attention_tangent(V, wqkv, wo, n_heads, beta, causal, rs, js, out):
         else:
             for i in range(T):
                 for c in range(dh):
-                    qt[c * T + i] = qkv[i, h * dh + c] * scale
+                    qt[c, i] = qkv[i, h * dh + c] * scale
         for i in range(T):
             for c in range(dh):
-                qtd[c * T + i] = dqkv[i, h * dh + c] * scale
+                qtd[c, i] = dqkv[i, h * dh + c] * scale
         gemm_ld(qkv, d + h * dh, 3 * d, 1, qtd, 0, T, dP, 0, T, T, dh, T, False)
         gemm_ld(dqkv, d + h * dh, 3 * d, 1, qt, 0, T, dP, 0, T, T, dh, T, True)
         mean = mt[0]

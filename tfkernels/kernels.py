@@ -342,11 +342,11 @@ def softmax_columns(P, causal, m, total):
             P[j, i] *= m[i]
 
 
-@_jit
+@_ijit
 def head_probs(qkv, h, dh, scale, causal, qt, P, mt):
     """Attention probabilities of head ``h``, transposed: ``P (T keys, T queries)``.
 
-    ``qt (≥ d_h·T,)`` takes ``scale·Q_hᵀ`` as a ``(d_h, T)`` block; the scores
+    ``qt (≥ d_h, T)`` takes ``scale·Q_hᵀ`` in its first ``d_h`` rows; the scores
     ``P = K_h qt`` are a :func:`~tfkernels.simd.gemm_ld` product reading ``K_h`` in
     place from ``qkv (T, 3d)``; :func:`softmax_columns` (scratch ``mt (2, ≥T)``)
     normalizes each query's column.
@@ -355,12 +355,12 @@ def head_probs(qkv, h, dh, scale, causal, qt, P, mt):
     d = qkv.shape[1] // 3
     for i in range(T):
         for c in range(dh):
-            qt[c * T + i] = qkv[i, h * dh + c] * scale
+            qt[c, i] = qkv[i, h * dh + c] * scale
     gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, 0, T, P, 0, T, T, dh, T, False)
     softmax_columns(P, causal, mt[0], mt[1])
 
 
-@_jit
+@_ijit
 def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, qt, Ps, mt, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o``.
 
@@ -381,7 +381,7 @@ def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, qt, Ps, mt,
     gemm(heads, wo, out, True)
 
 
-@_jit
+@_ijit
 def ffn_packed(X, w1, b1, w2, b2, act, hidden, out):
     """``out += σ(X W_1 + b_1) W_2 + b_2``; ``hidden (T, m)``."""
     T, d = X.shape
@@ -393,7 +393,7 @@ def ffn_packed(X, w1, b1, w2, b2, act, hidden, out):
             out[i, j] += b2[j]
 
 
-@_jit
+@_ijit
 def damped_linear(X, γ, A, linear, out):
     """``out = −γX`` (``+ X·A`` when ``linear``): the terms of ``f`` linear in X."""
     T, d = X.shape
@@ -426,7 +426,7 @@ def make_scratch(W, T, d, n_stages, dtype_like):
     """Allocate one trajectory's scratch: RK stages, stage input and ``rhs`` buffers.
 
     ``rhs`` buffers: ``(qkv (T, 3d), heads (T, d), hidden (T, m), mt (2, T),
-    qt (T·d,), Ps (1, T, T))``.
+    qt (d, T), Ps (1, T, T))``.
     """
     m = W[2].shape[2]
     dt = dtype_like.dtype
@@ -434,7 +434,7 @@ def make_scratch(W, T, d, n_stages, dtype_like):
     xs = np.empty((T, d), dtype=dt)
     rs = (np.empty((T, 3 * d), dtype=dt), np.empty((T, d), dtype=dt),
           np.empty((T, m), dtype=dt), np.empty((2, T), dtype=dt),
-          np.empty(T * d, dtype=dt), np.empty((1, T, T), dtype=dt))
+          np.empty((d, T), dtype=dt), np.empty((1, T, T), dtype=dt))
     return stages, xs, rs
 
 

@@ -215,9 +215,30 @@ def vfma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+@intrinsic
+def runtime(typingctx, x):
+    """``x`` itself, typed as a run-time value instead of a literal.
+
+    Numba compiles a separate version of a jitted function for every literal
+    argument it is called with (``gemm(..., True)`` and ``gemm(..., False)``, offsets
+    0 and 1, …); that multiplied the tile code eightfold and doubled the cold
+    compile. The public entry points pass their scalars through this.
+    """
+    t = types.unliteral(x)
+
+    def codegen(context, builder, sig, args):
+        return context.cast(builder, args[0], sig.args[0], t)
+
+    return t(x), codegen
+
+
 #: Serial workers: no reference counting (``config.WORKER_NRT``), they allocate nothing.
 _jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
             _nrt=config.WORKER_NRT)
+#: Thin entry points, inlined into the caller so that :func:`runtime` strips the
+#: caller's literals before the compiled kernel sees them.
+_ijit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
+             inline="always", _nrt=config.WORKER_NRT)
 
 
 #: With 32 vector registers (AVX-512) the 2-vector column panels also take tiles of
@@ -419,8 +440,9 @@ def _tile_4x2(X, x0, ldx, cx, W, wo, ldw, out, o, ldo, K, j, accumulate, z):
 
 
 @_jit
-def gemm_ld(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
-    """``out (+)= X @ W`` on sub-matrices of flat C-contiguous buffers (BLAS style).
+def _gemm_ld(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
+    """``out (+)= X @ W`` on sub-matrices of flat C-contiguous buffers (BLAS style);
+    the compiled kernel behind :func:`gemm_ld`.
 
     ``X`` is the ``R × K`` matrix at flat offset ``xo`` with row stride ``ldx`` and
     column stride ``cx`` (``ldx = 1, cx = R'`` reads a stored matrix transposed),
@@ -454,7 +476,17 @@ def gemm_ld(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
                 sstore(out, oo + i * ldo + jj, s)
 
 
-@_jit
+@_ijit
+def gemm_ld(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
+    """``out (+)= X @ W`` on sub-matrices of flat C-contiguous buffers (BLAS style);
+    see :func:`_gemm_ld`, which this calls with every scalar made a run-time value
+    (:func:`runtime`), so that one compiled version serves every call site."""
+    _gemm_ld(X, runtime(xo), runtime(ldx), runtime(cx), W, runtime(wo), runtime(ldw),
+             out, runtime(oo), runtime(ldo), runtime(R), runtime(K), runtime(n),
+             runtime(accumulate))
+
+
+@_ijit
 def gemm(X, W, out, accumulate):
     """``out (+)= X @ W`` for C-contiguous ``X (R, K)``, ``W (K, n)``, ``out (R, n)``.
 

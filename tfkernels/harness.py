@@ -786,6 +786,23 @@ def scaling_measure(settings, shape, threads, dtype):
                     settings.repeats, settings.min_sample_s)
 
 
+def scaling_measure_threads(settings, shape, counts, dtype):
+    """Median seconds of one call at ``shape`` for each thread count in ``counts``,
+    samples interleaved (one count's timings are not taken in a quieter moment than
+    another's); returns a list in the order of ``counts``."""
+    import tfkernels as tfk
+
+    T, d, H, N, B = shape
+    p = bench_params(Config("s", T, d, H), dtype)
+    x0 = tfk.random_states(B, T, d, seed=2, dtype=np.dtype(dtype))
+    impls = {k: Ours(p, x0, N, settings.method, k) for k in counts}
+    for impl in impls.values():
+        impl.setup()
+    timed = time_interleaved(impls, settings.repeats, settings.min_sample_s,
+                             settings.pause_s)
+    return [timed[k]["median_s"] for k in counts]
+
+
 def fit_exponent(xs, ys):
     """Least-squares slope of ``log y`` against ``log x`` (None with < 2 points)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -798,11 +815,19 @@ def scaling_section(settings, bar):
     """Time against B, N, T, d (exponents) and threads (speed-up, efficiency)."""
     dtype = settings.dtypes[0]
     rows = {}
-    for axis, value, shape, threads in scaling_runs(settings):
+    runs = scaling_runs(settings)
+    by_threads = [run for run in runs if run[0] == "threads"]
+    if by_threads:
+        bar.set_postfix_str("scaling threads")
+        wait_quiet(settings.wait_quiet_s)
+        per_count = dict(zip([run[1] for run in by_threads], scaling_measure_threads(
+            settings, by_threads[0][2], [run[1] for run in by_threads], dtype)))
+    for axis, value, shape, threads in runs:
         bar.set_postfix_str(f"scaling {axis}={value}")
-        if axis not in rows:
+        if axis != "threads" and axis not in rows:
             wait_quiet(settings.wait_quiet_s)
-        t = scaling_measure(settings, shape, threads, dtype)
+        t = (per_count[value] if axis == "threads"
+             else scaling_measure(settings, shape, threads, dtype))
         T, d, H, N, B = shape
         rows.setdefault(axis, []).append({"value": value, "T": T, "d": d, "heads": H,
                                           "N": N, "B": B, "threads": threads,

@@ -56,15 +56,31 @@ def _pool():
         return _POOL
 
 
+def run_each(body, n):
+    """Run ``body(0)``, …, ``body(n − 1)`` concurrently: ``body(0)`` on the calling
+    thread, the rest on the process-wide pool; returns when all are done (re-raising
+    the first error). ``body`` must release the GIL (call a ``nogil`` kernel) to run
+    in parallel, and ``n`` must not exceed ``NUMBA_NUM_THREADS``."""
+    futures = [_pool().submit(body, i) for i in range(1, n)]
+    try:
+        body(0)
+    finally:
+        for f in futures:
+            f.result()
+
+
 def run_threads(body, batch):
     """Run ``body(lo, hi)`` on contiguous slices covering ``range(batch)`` in parallel.
 
     The batch is cut at multiples of ``config.BLOCK`` into as many slices as Numba's
     current thread count (``numba.get_num_threads()``, which :func:`threads` sets) and
-    there are blocks; the calling thread runs the first slice, pool threads the rest.
-    ``body`` calls a kernel that releases the GIL (``nogil=True``) on the slice.
-    Every trajectory is computed the same way whatever slice it lands in, so results
-    do not depend on the thread count.
+    there are blocks; :func:`run_each` runs them. ``body`` calls a kernel that
+    releases the GIL (``nogil=True``) on the slice. Every trajectory is computed the
+    same way whatever slice it lands in, so results do not depend on the thread
+    count. Every parallel driver of the package goes through here (none uses
+    ``prange``, see ``config.BLOCK``). Handing out 8 smaller slices per thread from a
+    shared counter instead was measured no faster (1 → 2 threads 1.95–1.97× either
+    way at B = 256, 1.81–1.87× at B = 4096).
 
     Parameters
     ----------
@@ -79,12 +95,7 @@ def run_threads(body, batch):
         body(0, batch)
         return
     cuts = [min(batch, (n_blocks * i // n) * config.BLOCK) for i in range(n + 1)]
-    futures = [_pool().submit(body, cuts[i], cuts[i + 1]) for i in range(1, n)]
-    try:
-        body(cuts[0], cuts[1])
-    finally:
-        for f in futures:
-            f.result()
+    run_each(lambda i: body(cuts[i], cuts[i + 1]), n)
 
 
 def check_params(params):

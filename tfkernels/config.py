@@ -35,15 +35,13 @@ ERROR_MODEL = "numpy"
 #: drivers and scratch allocators, which own every array, count references.
 WORKER_NRT = False
 
-#: The decay drivers run ``prange`` over blocks of trajectories. (``integrate`` and
-#: ``vector_field`` run serial GIL-free drivers on slices of the batch in threads
-#: instead, see ``api.run_threads``: a cold compile of a ``prange`` driver costs
-#: about 4 s more.)
-PARALLEL = True
-
-#: Trajectories per ``prange`` block inside one kernel call. Each block allocates its
-#: scratch once; any value gives bit-identical per-trajectory results because
-#: trajectories never interact. Small enough that B = 2·threads still balances.
+#: No kernel uses ``prange``: every driver is a serial GIL-free kernel over a slice of
+#: the batch, and ``api.run_threads`` runs the slices in parallel threads. A cold
+#: compile of a ``prange`` driver cost about 4 s more (Numba re-optimizes the fused
+#: body in the parfor function, its gufunc wrapper and the driver).
+#:
+#: Slices of a batch are cut at multiples of this many trajectories. Any value gives
+#: bit-identical per-trajectory results because trajectories never interact.
 BLOCK = 8
 
 #: Default number of trajectories per chunk in the Monte Carlo drivers (bounds memory).

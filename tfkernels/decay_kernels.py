@@ -9,9 +9,10 @@ same tableau / step / noise conventions):
   (``f'(X)·V`` alone), :func:`rhs_vjp` (the vector–Jacobian product ``f'(X)ᵀ·G``, for
   the Lanczos estimate of the logarithmic norm) and :func:`step_tangent` (one explicit
   Runge–Kutta step of the state and of its linearization);
-* the parallel study driver :func:`decay_kernel` (pair or tangent mode, all layers of a
-  block of trajectories fused, ``prange`` over blocks, scratch per block), and the
-  batched :func:`jvp_kernel` / :func:`vjp_kernel` used by the λ̂ estimate.
+* the study driver :func:`decay_kernel` (pair or tangent mode, all layers of a
+  trajectory fused; a serial GIL-free kernel over a slice of the batch, the slices run
+  in parallel by ``api.run_threads``), and the batched :func:`jvp_kernel` /
+  :func:`vjp_kernel` used by the λ̂ estimate.
 
 Vectors are row-major ``(T, d)`` matrices; ``Jᵀ`` is the adjoint for the Frobenius
 inner product, so ``⟨G, J V⟩ = ⟨Jᵀ G, V⟩``.
@@ -20,9 +21,9 @@ inner product, so ``⟨G, J V⟩ = ⟨Jᵀ G, V⟩``.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from . import config, kernels, rng
+from . import api, config, kernels, rng
 from .simd import gemm, gemm_ld
 from .kernels import (EXP_LO, FP_BETA, FP_DAMPING, GELU, GELU_TANH, IP_ACT, IP_ATTN,
                       IP_CAUSAL, IP_FFN, IP_HEADS, IP_LIN, RELU, STATUS_OK, TANH, exp_neg)
@@ -46,8 +47,10 @@ _jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERR
 _ijit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
              inline="always", _nrt=config.WORKER_NRT)
 _ajit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
-_pjit = njit(cache=config.CACHE, fastmath=config.FASTMATH, parallel=config.PARALLEL,
-             error_model=config.ERROR_MODEL)
+#: Serial, GIL-free drivers over a slice of a batch; ``api.run_threads`` runs them on
+#: the slices in parallel (as ``kernels.integrate_kernel``).
+_djit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
+             nogil=True)
 
 
 # --------------------------------------------------------------------- helpers
@@ -364,27 +367,37 @@ def rhs_vjp(X, G, W, fp, ip, layer, out, vs):
         ffn_vjp(X, G, w1[layer], W[9][layer], b1[layer], W[10][layer], ip[IP_ACT], vs, out)
 
 
-@_pjit
+@_djit
+def _jvp_batch(X, V, W, fp, ip, layers, out):
+    """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, serially over k."""
+    B, T, d = X.shape
+    _, fx, rs = kernels.make_scratch(W, T, d, 1, X)
+    _, _, js = make_jvp_scratch(W, ip, T, d, 1, X)
+    for k in range(B):
+        rhs_jvp(X[k], V[k], W, fp, ip, layers[k], out[k], (fx, rs, js))
+
+
+@_djit
+def _vjp_batch(X, G, W, fp, ip, layers, out):
+    """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, serially over k."""
+    B, T, d = X.shape
+    vs = make_vjp_scratch(W, T, d, X)
+    for k in range(B):
+        rhs_vjp(X[k], G[k], W, fp, ip, layers[k], out[k], vs)
+
+
 def jvp_kernel(X, V, W, fp, ip, layers, out):
-    """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, parallel over k."""
-    B, T, d = X.shape
-    n_blocks = (B + config.BLOCK - 1) // config.BLOCK
-    for blk in prange(n_blocks):
-        _, fx, rs = kernels.make_scratch(W, T, d, 1, X)
-        _, _, js = make_jvp_scratch(W, ip, T, d, 1, X)
-        for k in range(blk * config.BLOCK, min(B, (blk + 1) * config.BLOCK)):
-            rhs_jvp(X[k], V[k], W, fp, ip, layers[k], out[k], (fx, rs, js))
+    """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, parallel over k
+    (``api.run_threads``; C-contiguous arrays, validated by the caller)."""
+    api.run_threads(lambda lo, hi: _jvp_batch(X[lo:hi], V[lo:hi], W, fp, ip,
+                                              layers[lo:hi], out[lo:hi]), X.shape[0])
 
 
-@_pjit
 def vjp_kernel(X, G, W, fp, ip, layers, out):
-    """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, parallel over k."""
-    B, T, d = X.shape
-    n_blocks = (B + config.BLOCK - 1) // config.BLOCK
-    for blk in prange(n_blocks):
-        vs = make_vjp_scratch(W, T, d, X)
-        for k in range(blk * config.BLOCK, min(B, (blk + 1) * config.BLOCK)):
-            rhs_vjp(X[k], G[k], W, fp, ip, layers[k], out[k], vs)
+    """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, parallel over k
+    (``api.run_threads``)."""
+    api.run_threads(lambda lo, hi: _vjp_batch(X[lo:hi], G[lo:hi], W, fp, ip,
+                                              layers[lo:hi], out[lo:hi]), X.shape[0])
 
 
 # ---------------------------------------------------------------- the driver
@@ -496,8 +509,8 @@ def run_tangent(X, D, W, fp, ip, a, b, h, σ, noise_key, log0, stages, xs, scrat
     return STATUS_OK
 
 
-@_pjit
-def decay_kernel(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, logr, status):
+@_djit
+def _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, logr, status):
     """Log growth ``log r_n`` of trajectories ``start … start + B − 1``, n = 0 … N.
 
     Parameters
@@ -524,20 +537,26 @@ def decay_kernel(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, log
     """
     B = logr.shape[0]
     T, d = dtype_like.shape
-    n_blocks = (B + config.BLOCK - 1) // config.BLOCK
-    for blk in prange(n_blocks):
-        stages, xs, scratch = kernels.make_scratch(W, T, d, b.shape[0], dtype_like)
-        dstages, ds, js = make_jvp_scratch(W, ip, T, d, b.shape[0], dtype_like)
-        X = np.empty((T, d), dtype=dtype_like.dtype)
-        Y = np.empty((T, d), dtype=dtype_like.dtype)
-        for k in range(blk * config.BLOCK, min(B, (blk + 1) * config.BLOCK)):
-            g = start + k
-            noise_key = rng.key(seed, rng.STREAM_NOISE, g)
-            if mode == MODE_PAIR:
-                log0 = initial_pair(X, Y, seed, g, eps)
-                status[k] = run_pair(X, Y, W, fp, ip, a, b, h, σ, noise_key, log0, stages,
-                                     xs, scratch, logr[k])
-            else:
-                log0 = initial_tangent(X, Y, seed, g)
-                status[k] = run_tangent(X, Y, W, fp, ip, a, b, h, σ, noise_key, log0,
-                                        stages, xs, scratch, dstages, ds, js, logr[k])
+    stages, xs, scratch = kernels.make_scratch(W, T, d, b.shape[0], dtype_like)
+    dstages, ds, js = make_jvp_scratch(W, ip, T, d, b.shape[0], dtype_like)
+    X = np.empty((T, d), dtype=dtype_like.dtype)
+    Y = np.empty((T, d), dtype=dtype_like.dtype)
+    for k in range(B):
+        g = start + k
+        noise_key = rng.key(seed, rng.STREAM_NOISE, g)
+        if mode == MODE_PAIR:
+            log0 = initial_pair(X, Y, seed, g, eps)
+            status[k] = run_pair(X, Y, W, fp, ip, a, b, h, σ, noise_key, log0, stages,
+                                 xs, scratch, logr[k])
+        else:
+            log0 = initial_tangent(X, Y, seed, g)
+            status[k] = run_tangent(X, Y, W, fp, ip, a, b, h, σ, noise_key, log0,
+                                    stages, xs, scratch, dstages, ds, js, logr[k])
+
+
+def decay_kernel(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, logr, status):
+    """:func:`_decay_batch` on slices of the batch in parallel (``api.run_threads``);
+    same arguments. Trajectory ``start + k`` gives the same bits in any slice."""
+    api.run_threads(lambda lo, hi: _decay_batch(mode, W, fp, ip, a, b, h, σ, seed,
+                                                start + lo, eps, dtype_like, logr[lo:hi],
+                                                status[lo:hi]), logr.shape[0])

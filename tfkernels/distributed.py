@@ -43,8 +43,8 @@ MIN_IN_FLIGHT = 4
 INSTALL_HINT = 'pip install "tfkernels[dask]"'
 
 #: One fused kernel at a time per worker process: the kernel itself is parallel
-#: (Numba threads), and Numba's workqueue threading layer must not be entered
-#: concurrently from several of a worker's task threads.
+#: (``api.run_threads`` on the process's thread pool), so two of a worker's task
+#: threads running chunks at once would only oversubscribe its cores.
 _KERNEL_LOCK = threading.Lock()
 #: Writable copies of the last scattered inputs seen by this worker process.
 _WRITABLE = {}

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import config
 from .methods import tableau
@@ -406,10 +406,9 @@ def cpu_model(cpuinfo=None):
 
 # ------------------------------------------------------------- measured FMA peak
 #: Serial worker: no reference counting (``config.WORKER_NRT``), it allocates nothing.
+#: GIL-free, so that one call per thread runs in parallel (``api.run_each``).
 _jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
-            _nrt=config.WORKER_NRT)
-_pjit = njit(cache=config.CACHE, fastmath=config.FASTMATH, parallel=config.PARALLEL,
-             error_model=config.ERROR_MODEL)
+            _nrt=config.WORKER_NRT, nogil=True)
 
 #: Independent FMA chains per thread in :func:`measured_peak`. Full FMA throughput needs
 #: at least latency × pipes chains in flight (4 cycles × 2 pipes = 8 on current x86
@@ -483,12 +482,12 @@ def _fma_chains(coef, out, o, n_iter):
     vstore(out, o + 15 * L, c15)
 
 
-@_pjit
 def _fma_threads(coef, out, n_iter):
-    """:func:`_fma_chains` once per row of ``out`` (one row per thread), in parallel."""
+    """:func:`_fma_chains` once per row of ``out``, one row per thread, in parallel."""
+    from .api import run_each
+
     n_rows, width = out.shape
-    for t in prange(n_rows):
-        _fma_chains(coef, out, t * width, n_iter)
+    run_each(lambda t: _fma_chains(coef, out, t * width, n_iter), n_rows)
 
 
 def fma_lanes(dtype):
@@ -514,7 +513,7 @@ def measured_peak(dtype="float32", threads=1, min_seconds=0.2, repeats=5):
     ----------
     dtype : {"float32", "float64"}
     threads : int
-        Threads (one ``prange`` iteration each); at most ``NUMBA_NUM_THREADS``.
+        Threads (one row of chains each); at most ``NUMBA_NUM_THREADS``.
     min_seconds : float
         The inner loop is lengthened until one run takes at least this long.
     repeats : int

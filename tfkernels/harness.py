@@ -598,7 +598,7 @@ def compile_section(settings):
 def batch_for(settings, cfg):
     """Trajectories per call: ``--batch``, or a power of two sized by ``work``.
 
-    At least ``threads × config.BLOCK`` (one prange block per thread), at most 4096.
+    At least ``threads × config.BLOCK`` (one slice of the batch per thread), at most 4096.
     """
     if settings.batch:
         return settings.batch

@@ -1,0 +1,134 @@
+"""Cost of each term of one ``rhs`` call, one thread, for the configurations of issue 5.
+
+Each piece of ``kernels.rhs`` (the four projections, one head's scores + softmax, the
+softmax alone, the GELU, the whole attention and FFN terms) is called in a compiled
+loop on one trajectory's buffers, so the figures are nanoseconds per call with no
+Python in between. The pieces overlap (attention contains the QKV product, the heads'
+probabilities and W_o), and a piece timed alone runs a little slower than inside
+``rhs`` (its loop and call overhead is its own); read them as where the time goes,
+not as a partition.
+
+    python bench/term_costs.py [--configs tiny,small] [--dtypes float32,float64]
+"""
+
+import argparse
+import time
+
+import numpy as np
+from numba import njit
+
+import tfkernels as tfk
+from tfkernels import config
+from tfkernels import kernels as K
+from tfkernels.simd import gemm
+
+CONFIGS = {"tiny": (8, 16, 2), "small": (16, 32, 4), "medium": (32, 64, 4),
+           "large": (64, 128, 8)}
+
+_jit = njit(cache=False, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
+
+
+@_jit
+def _rhs(n, X, W, fp, ip, out, scratch):
+    for _ in range(n):
+        K.rhs(X, W, fp, ip, 0, out, scratch)
+
+
+@_jit
+def _softmax(n, P, mt):
+    for _ in range(n):
+        K.softmax_columns(P, False, mt[0], mt[1])
+
+
+@_jit
+def _gelu(n, hidden, b):
+    for _ in range(n):
+        K.bias_activate(hidden, b, K.GELU)
+
+
+@_jit
+def _gemm(n, X, w, out):
+    for _ in range(n):
+        gemm(X, w, out, False)
+
+
+@_jit
+def _head(n, qkv, dh, qt, P, mt):
+    for _ in range(n):
+        K.head_probs(qkv, 0, dh, 0.3, False, qt, P, mt)
+
+
+@_jit
+def _attention(n, X, W, ip, scratch, out):
+    qkv, heads, _, mt, qt, Ps = scratch
+    for _ in range(n):
+        K.attention_packed(X, W[0][0], W[1][0], ip[K.IP_HEADS], 1.0, False, qkv, heads,
+                           qt, Ps, mt, out)
+
+
+@_jit
+def _ffn(n, X, W, scratch, out):
+    for _ in range(n):
+        K.ffn_packed(X, W[2][0], W[3][0], W[4][0], W[5][0], K.GELU, scratch[2], out)
+
+
+def per_call_ns(fn, *args, min_time=0.2):
+    """Median nanoseconds per iteration of ``fn(n, *args)`` over 5 timed runs."""
+    fn(1, *args)
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        fn(n, *args)
+        if time.perf_counter() - t0 >= min_time / 5:
+            break
+        n *= 4
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fn(n, *args)
+        times.append((time.perf_counter() - t0) / n)
+    return float(np.median(times)) * 1e9
+
+
+def term_costs(name, dtype):
+    """``{term: (ns per call, calls per rhs)}`` for configuration ``name``."""
+    T, d, H = CONFIGS[name]
+    p = tfk.TransformerParams.random(d, H, damping=1.0, seed=0, dtype=dtype)
+    W, fp, ip = K.pack_params(p)
+    X = tfk.random_states(1, T, d, seed=1, dtype=dtype)[0]
+    _, _, scratch = K.make_scratch(W, T, d, 1, X)
+    qkv, heads, hidden, mt, qt, Ps = scratch
+    out = np.zeros_like(X)
+    K.rhs(X, W, fp, ip, 0, out, scratch)          # fills qkv, hidden with real values
+    P = Ps[0].copy()
+    return {
+        "rhs": (per_call_ns(_rhs, X, W, fp, ip, out, scratch), 1),
+        "attention": (per_call_ns(_attention, X, W, ip, scratch, out), 1),
+        "  QKV product": (per_call_ns(_gemm, X, W[0][0], qkv), 1),
+        "  scores + softmax (1 head)": (per_call_ns(_head, qkv, d // H, qt, Ps[0], mt), H),
+        "  softmax (1 head)": (per_call_ns(_softmax, P, mt), H),
+        "  W_o product": (per_call_ns(_gemm, heads, W[1][0], out), 1),
+        "FFN": (per_call_ns(_ffn, X, W, scratch, out), 1),
+        "  W_1 product": (per_call_ns(_gemm, X, W[2][0], hidden), 1),
+        "  GELU": (per_call_ns(_gelu, hidden, W[3][0]), 1),
+        "  W_2 product": (per_call_ns(_gemm, hidden, W[4][0], out), 1),
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--dtypes", default="float32,float64")
+    args = ap.parse_args(argv)
+    for dtype in args.dtypes.split(","):
+        for name in args.configs.split(","):
+            costs = term_costs(name, dtype)
+            total = costs["rhs"][0]
+            print(f"{name} {CONFIGS[name]} {dtype}: rhs {total:.0f} ns")
+            for term, (ns, calls) in costs.items():
+                if term != "rhs":
+                    print(f"  {term:28s} {ns:9.0f} ns × {calls} = {100 * ns * calls / total:5.1f} %")
+
+
+if __name__ == "__main__":
+    main()

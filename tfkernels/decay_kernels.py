@@ -21,10 +21,10 @@ inner product, so ``⟨G, J V⟩ = ⟨Jᵀ G, V⟩``.
 import math
 
 import numpy as np
-from numba import njit
 
-from . import api, config, kernels, rng
+from . import api, kernels, rng
 from .simd import gemm, gemm_ld
+from .kernels import _ajit, _djit, _ijit, _jit  # the same compile flags as the flow
 from .kernels import (EXP_LO, FP_BETA, FP_DAMPING, GELU, GELU_TANH, IP_ACT, IP_ATTN,
                       IP_CAUSAL, IP_FFN, IP_HEADS, IP_LIN, RELU, STATUS_OK, TANH, exp_neg)
 
@@ -39,18 +39,6 @@ _GELU_C = 0.044715
 #: Largest ``H·T²`` softmax store (bytes per block of trajectories) that the tangent
 #: keeps from the forward pass; beyond it each head's softmax is recomputed.
 KEEP_SOFTMAX_BYTES = 1 << 22
-
-#: Serial workers without reference counting (``config.WORKER_NRT``, as in
-#: ``kernels``); the scratch allocators and drivers count references.
-_jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
-            _nrt=config.WORKER_NRT)
-_ijit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
-             inline="always", _nrt=config.WORKER_NRT)
-_ajit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
-#: Serial, GIL-free drivers over a slice of a batch; ``api.run_threads`` runs them on
-#: the slices in parallel (as ``kernels.integrate_kernel``).
-_djit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
-             nogil=True)
 
 
 # --------------------------------------------------------------------- helpers

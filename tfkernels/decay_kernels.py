@@ -180,12 +180,8 @@ def attention_tangent(V, wqkv, wo, n_heads, beta, causal, rs, js, out):
         if Ps.shape[0] < n_heads:
             kernels.head_probs(qkv, h, dh, scale, causal, qt, P, mt)
         else:
-            for i in range(T):
-                for c in range(dh):
-                    qt[c, i] = qkv[i, h * dh + c] * scale
-        for i in range(T):
-            for c in range(dh):
-                qtd[c, i] = dqkv[i, h * dh + c] * scale
+            kernels.transpose_scaled(qkv, h * dh, dh, scale, qt)
+        kernels.transpose_scaled(dqkv, h * dh, dh, scale, qtd)
         gemm_ld(qkv, d + h * dh, 3 * d, 1, qtd, 0, T, dP, 0, T, T, dh, T, False)
         gemm_ld(dqkv, d + h * dh, 3 * d, 1, qt, 0, T, dP, 0, T, T, dh, T, True)
         mean = mt[0]

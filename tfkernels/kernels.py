@@ -343,19 +343,27 @@ def softmax_columns(P, causal, m, total):
 
 
 @_ijit
+def transpose_scaled(A, a0, n, scale, out):
+    """``out[c, i] = scale·A[i, a0 + c]`` for ``c < n``: columns ``a0 … a0 + n − 1`` of
+    ``A (T, ·)`` (one head's Q or dQ in ``qkv``) transposed into ``out (≥ n, T)``."""
+    for i in range(A.shape[0]):
+        for c in range(n):
+            out[c, i] = A[i, a0 + c] * scale
+
+
+@_ijit
 def head_probs(qkv, h, dh, scale, causal, qt, P, mt):
     """Attention probabilities of head ``h``, transposed: ``P (T keys, T queries)``.
 
-    ``qt (≥ d_h, T)`` takes ``scale·Q_hᵀ`` in its first ``d_h`` rows; the scores
-    ``P = K_h qt`` are a :func:`~tfkernels.simd.gemm_ld` product reading ``K_h`` in
-    place from ``qkv (T, 3d)``; :func:`softmax_columns` (scratch ``mt (2, ≥T)``)
-    normalizes each query's column.
+    ``qt (≥ d_h, T)`` takes ``scale·Q_hᵀ`` in its first ``d_h`` rows
+    (:func:`transpose_scaled`); the scores ``P = K_h qt`` are a
+    :func:`~tfkernels.simd.gemm_ld` product reading ``K_h`` in place from
+    ``qkv (T, 3d)``; :func:`softmax_columns` (scratch ``mt (2, ≥T)``) normalizes each
+    query's column.
     """
     T = qkv.shape[0]
     d = qkv.shape[1] // 3
-    for i in range(T):
-        for c in range(dh):
-            qt[c, i] = qkv[i, h * dh + c] * scale
+    transpose_scaled(qkv, h * dh, dh, scale, qt)
     gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, 0, T, P, 0, T, T, dh, T, False)
     softmax_columns(P, causal, mt[0], mt[1])
 

@@ -66,15 +66,6 @@ def _is_float_array(a):
     return isinstance(a, types.Array) and isinstance(a.dtype, types.Float) and a.layout == "C"
 
 
-def _vector_ptr(context, builder, arrty, arr, offset):
-    """Pointer to element ``offset`` of ``arr``, typed as a pointer to its vector."""
-    ary = context.make_array(arrty)(context, builder, arr)
-    eltype = context.get_data_type(arrty.dtype)
-    ptr = builder.gep(ary.data, [offset], source_etype=eltype)
-    vty = context.get_value_type(_vec_of(arrty.dtype))
-    return builder.bitcast(ptr, vty.as_pointer())
-
-
 @intrinsic
 def lanes(typingctx, a):
     """Number of lanes of the full-width vector for ``a``'s dtype (an array, or a

@@ -317,19 +317,6 @@ def time_interleaved(impls, repeats, min_sample_s, pause_s):
                     "n_inner": n_inner[label]} for label, ts in times.items()}
 
 
-def time_one(fn, repeats, min_sample_s):
-    """Median seconds per call of ``fn()`` (after one warm-up call)."""
-    class _Impl:
-        def sample(self, n):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            return time.perf_counter() - t0
-
-    fn()
-    return time_interleaved({"f": _Impl()}, repeats, min_sample_s, 0.0)["f"]["median_s"]
-
-
 # ------------------------------------------------------------------- contention
 def _proc_stat_cpu():
     """``(busy, steal)`` seconds of all CPUs since boot from ``/proc/stat``."""
@@ -774,22 +761,11 @@ def scaling_runs(settings):
     return runs
 
 
-def scaling_measure(settings, shape, threads, dtype):
-    """Median seconds of one call at ``shape = (T, d, H, N, B)``."""
-    import tfkernels as tfk
-
-    T, d, H, N, B = shape
-    p = bench_params(Config("s", T, d, H), dtype)
-    x0 = tfk.random_states(B, T, d, seed=2, dtype=np.dtype(dtype))
-    return time_one(lambda: tfk.integrate(p, x0, N, method=settings.method,
-                                          n_threads=threads),
-                    settings.repeats, settings.min_sample_s)
-
-
-def scaling_measure_threads(settings, shape, counts, dtype):
-    """Median seconds of one call at ``shape`` for each thread count in ``counts``,
-    samples interleaved (one count's timings are not taken in a quieter moment than
-    another's); returns a list in the order of ``counts``."""
+def scaling_measure(settings, shape, counts, dtype):
+    """Median seconds of one call at ``shape = (T, d, H, N, B)`` for each thread count
+    in ``counts`` (a list in that order). Several counts are timed interleaved, with
+    the preset's pause between samples, so that no count is timed in a quieter moment
+    than another; a single count back to back."""
     import tfkernels as tfk
 
     T, d, H, N, B = shape
@@ -799,7 +775,7 @@ def scaling_measure_threads(settings, shape, counts, dtype):
     for impl in impls.values():
         impl.setup()
     timed = time_interleaved(impls, settings.repeats, settings.min_sample_s,
-                             settings.pause_s)
+                             settings.pause_s if len(counts) > 1 else 0.0)
     return [timed[k]["median_s"] for k in counts]
 
 
@@ -820,14 +796,15 @@ def scaling_section(settings, bar):
     if by_threads:
         bar.set_postfix_str("scaling threads")
         wait_quiet(settings.wait_quiet_s)
-        per_count = dict(zip([run[1] for run in by_threads], scaling_measure_threads(
-            settings, by_threads[0][2], [run[1] for run in by_threads], dtype)))
+        counts = [run[1] for run in by_threads]
+        per_count = dict(zip(counts, scaling_measure(settings, by_threads[0][2], counts,
+                                                     dtype)))
     for axis, value, shape, threads in runs:
         bar.set_postfix_str(f"scaling {axis}={value}")
         if axis != "threads" and axis not in rows:
             wait_quiet(settings.wait_quiet_s)
         t = (per_count[value] if axis == "threads"
-             else scaling_measure(settings, shape, threads, dtype))
+             else scaling_measure(settings, shape, [threads], dtype)[0])
         T, d, H, N, B = shape
         rows.setdefault(axis, []).append({"value": value, "T": T, "d": d, "heads": H,
                                           "N": N, "B": B, "threads": threads,

@@ -96,7 +96,7 @@ def term_costs(name, dtype):
     p = tfk.TransformerParams.random(d, H, damping=1.0, seed=0, dtype=dtype)
     W, fp, ip = K.pack_params(p)
     X = tfk.random_states(1, T, d, seed=1, dtype=dtype)[0]
-    _, _, scratch = K.make_scratch(W, T, d, 1, X)
+    _, _, scratch = K.make_scratch(W, T, d, 1, X.dtype)
     qkv, heads, hidden, mt, qt, Ps = scratch
     out = np.zeros_like(X)
     K.rhs(X, W, fp, ip, 0, out, scratch)          # fills qkv, hidden with real values

@@ -51,8 +51,8 @@ def test_jvp_recomputes_the_softmax_it_does_not_keep():
                                      seed=3)
     W, fp, ip = kernels.pack_params(p)
     X, V = (tfk.random_states(1, 4, 6, seed=s)[0] for s in (1, 2))
-    _, fx, rs = kernels.make_scratch(W, 4, 6, 1, X)
-    _, _, js = dk.make_jvp_scratch(W, ip, 4, 6, 1, X)
+    _, fx, rs = kernels.make_scratch(W, 4, 6, 1, X.dtype)
+    _, _, js = dk.make_jvp_scratch(W, ip, 4, 6, 1, X.dtype)
     assert js[0].shape == (3, 4, 4)
     one = (np.empty((1, 4, 4)),) + js[1:]
     kept, recomputed = np.empty_like(X), np.empty_like(X)
@@ -138,8 +138,8 @@ def test_tangent_state_follows_the_flow_bit_for_bit(dtype, method, activation, c
     W, fp, ip = kernels.pack_params(p)
     x0 = tfk.random_states(1, T, 8, seed=0, dtype=dtype)
     X, D = x0[0].copy(), directions(1, T, 8)[0].astype(dtype)
-    stages, xs, rs = kernels.make_scratch(W, T, 8, b.shape[0], X)
-    dstages, ds, js = dk.make_jvp_scratch(W, ip, T, 8, b.shape[0], X)
+    stages, xs, rs = kernels.make_scratch(W, T, 8, b.shape[0], X.dtype)
+    dstages, ds, js = dk.make_jvp_scratch(W, ip, T, 8, b.shape[0], X.dtype)
     key = np.uint64(rng.key(seed, rng.STREAM_NOISE, g))
     status = dk.run_tangent(X, D, W, fp, ip, a, b, h, sigma, key, 0.0, stages, xs, rs,
                             dstages, ds, js, np.empty(N + 1))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import tfkernels as tfk
 from tfkernels import config, reference, rng
+from tfkernels.kernels import empty_aligned
 
 
 def rel_err(a, b):
@@ -129,3 +130,12 @@ def test_save_every_snapshots(small_params):
     assert np.array_equal(snaps[:, -1], tfk.integrate(small_params, x0, 8, method="heun"))
     assert np.array_equal(snaps[:, 1], tfk.integrate(small_params, x0, 4, method="heun",
                                                      t_final=0.5))
+
+
+@pytest.mark.parametrize("shape", [(3,), (5, 7), (1, 8, 8), (2, 3, 4)])
+def test_empty_aligned_is_a_64_byte_aligned_c_array(shape, dtype):
+    for _ in range(8):                      # several allocations: the offset varies
+        a = empty_aligned(shape, dtype)
+        assert a.shape == shape and a.dtype == np.dtype(dtype)
+        assert a.flags.c_contiguous and a.flags.writeable and a.flags.aligned
+        assert a.ctypes.data % 64 == 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import api, kernels, rng
 from .simd import gemm, gemm_ld
-from .kernels import _ajit, _djit, _ijit, _jit  # the same compile flags as the flow
+from .kernels import _djit, _ijit, _jit  # the same compile flags as the flow
 from .kernels import (EXP_LO, FP_BETA, FP_DAMPING, GELU, GELU_TANH, IP_ACT, IP_ATTN,
                       IP_CAUSAL, IP_FFN, IP_HEADS, IP_LIN, RELU, STATUS_OK, TANH, exp_neg)
 
@@ -110,9 +110,9 @@ def layer_of(W, n):
     return n if W[0].shape[0] > 1 or W[6].shape[0] > 1 or W[2].shape[0] > 1 else 0
 
 
-@_ajit
-def make_jvp_scratch(W, ip, T, d, n_stages, dtype_like):
-    """Allocate one trajectory's tangent scratch (beside ``kernels.make_scratch``'s).
+def make_jvp_scratch(W, ip, T, d, n_stages, dtype):
+    """Allocate one slice's tangent scratch (beside ``kernels.make_scratch``'s);
+    plain Python, like it.
 
     Returns
     -------
@@ -128,30 +128,24 @@ def make_jvp_scratch(W, ip, T, d, n_stages, dtype_like):
     """
     m = W[2].shape[2]
     H = ip[IP_HEADS] if ip[IP_ATTN] else 1
-    dt = dtype_like.dtype
-    kept = H if H * T * T * dtype_like.itemsize <= KEEP_SOFTMAX_BYTES else 1
-    dstages = np.empty((n_stages, T, d), dtype=dt)
-    ds = np.empty((T, d), dtype=dt)
-    js = (np.empty((kept, T, T), dtype=dt), np.empty((T, m), dtype=dt),
-          np.empty((T, 3 * d), dtype=dt), np.empty((T, T), dtype=dt),
-          np.empty((T, d), dtype=dt), np.empty((T, m), dtype=dt),
-          np.empty((d, T), dtype=dt))
-    return dstages, ds, js
+    kept = H if H * T * T * np.dtype(dtype).itemsize <= KEEP_SOFTMAX_BYTES else 1
+
+    def e(*shape):
+        return kernels.empty_aligned(shape, dtype)
+
+    return e(n_stages, T, d), e(T, d), (e(kept, T, T), e(T, m), e(T, 3 * d), e(T, T),
+                                        e(T, d), e(T, m), e(d, T))
 
 
-@_ajit
-def make_vjp_scratch(W, T, d, dtype_like):
-    """Allocate the buffers of :func:`rhs_vjp`.
+def make_vjp_scratch(W, T, d, dtype):
+    """Allocate the buffers of :func:`rhs_vjp` (plain Python).
 
     ``(qkv, dqkv, go, P, dS, hidden, ghidden)`` of shapes ``(T, 3d), (T, 3d), (T, d),
     (T, T), (T, T), (T, m), (T, m)``.
     """
     m = W[2].shape[2]
-    dt = dtype_like.dtype
-    return (np.empty((T, 3 * d), dtype=dt), np.empty((T, 3 * d), dtype=dt),
-            np.empty((T, d), dtype=dt), np.empty((T, T), dtype=dt),
-            np.empty((T, T), dtype=dt), np.empty((T, m), dtype=dt),
-            np.empty((T, m), dtype=dt))
+    return tuple(kernels.empty_aligned(shape, dtype) for shape in
+                 ((T, 3 * d), (T, 3 * d), (T, d), (T, T), (T, T), (T, m), (T, m)))
 
 
 # ------------------------------------------------------------------------ JVP
@@ -352,36 +346,39 @@ def rhs_vjp(X, G, W, fp, ip, layer, out, vs):
 
 
 @_djit
-def _jvp_batch(X, V, W, fp, ip, layers, out):
-    """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, serially over k."""
-    B, T, d = X.shape
-    _, fx, rs = kernels.make_scratch(W, T, d, 1, X)
-    _, _, js = make_jvp_scratch(W, ip, T, d, 1, X)
-    for k in range(B):
-        rhs_jvp(X[k], V[k], W, fp, ip, layers[k], out[k], (fx, rs, js))
+def _jvp_batch(X, V, W, fp, ip, layers, out, scratch):
+    """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, serially over k;
+    ``scratch`` is ``(f(X) buffer, rhs buffers, jvp buffers)``."""
+    for k in range(X.shape[0]):
+        rhs_jvp(X[k], V[k], W, fp, ip, layers[k], out[k], scratch)
 
 
 @_djit
-def _vjp_batch(X, G, W, fp, ip, layers, out):
+def _vjp_batch(X, G, W, fp, ip, layers, out, vs):
     """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, serially over k."""
-    B, T, d = X.shape
-    vs = make_vjp_scratch(W, T, d, X)
-    for k in range(B):
+    for k in range(X.shape[0]):
         rhs_vjp(X[k], G[k], W, fp, ip, layers[k], out[k], vs)
 
 
 def jvp_kernel(X, V, W, fp, ip, layers, out):
     """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, parallel over k
     (``api.run_threads``; C-contiguous arrays, validated by the caller)."""
-    api.run_threads(lambda lo, hi: _jvp_batch(X[lo:hi], V[lo:hi], W, fp, ip,
-                                              layers[lo:hi], out[lo:hi]), X.shape[0])
+    T, d = X.shape[1:]
+
+    def body(lo, hi):
+        _, fx, rs = kernels.make_scratch(W, T, d, 1, X.dtype)
+        js = make_jvp_scratch(W, ip, T, d, 1, X.dtype)[2]
+        _jvp_batch(X[lo:hi], V[lo:hi], W, fp, ip, layers[lo:hi], out[lo:hi], (fx, rs, js))
+
+    api.run_threads(body, X.shape[0])
 
 
 def vjp_kernel(X, G, W, fp, ip, layers, out):
     """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, parallel over k
     (``api.run_threads``)."""
-    api.run_threads(lambda lo, hi: _vjp_batch(X[lo:hi], G[lo:hi], W, fp, ip,
-                                              layers[lo:hi], out[lo:hi]), X.shape[0])
+    api.run_threads(lambda lo, hi: _vjp_batch(
+        X[lo:hi], G[lo:hi], W, fp, ip, layers[lo:hi], out[lo:hi],
+        make_vjp_scratch(W, *X.shape[1:], X.dtype)), X.shape[0])
 
 
 # ---------------------------------------------------------------- the driver
@@ -494,7 +491,8 @@ def run_tangent(X, D, W, fp, ip, a, b, h, σ, noise_key, log0, stages, xs, scrat
 
 
 @_djit
-def _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, logr, status):
+def _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start, eps, logr, status, X, Y, stages,
+                 xs, scratch, dstages, ds, js):
     """Log growth ``log r_n`` of trajectories ``start … start + B − 1``, n = 0 … N.
 
     Parameters
@@ -510,22 +508,17 @@ def _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, log
         ``(seed, STREAM_*, g)``; the noise is shared by X and Y.
     eps : float
         ε of the pair mode.
-    dtype_like : ndarray
-        Any array of the state dtype (the shape of a state is read from it: (T, d)).
     logr : ndarray of float64, shape (B, N + 1)
         Output; NaN from the first non-finite layer on.
     status : ndarray of int64, shape (B,)
         ``STATUS_OK``; else the first layer n (1-based) where a state or r_n was not
         finite (r_n = 0 included: X and Y collapsed), or 0 when ε·U vanished in the
         state dtype (X_0 + ε·U == X_0).
+    X, Y, (stages, xs, scratch), (dstages, ds, js)
+        Buffers: two states ``(T, d)``, ``kernels.make_scratch``'s and
+        :func:`make_jvp_scratch`'s.
     """
-    B = logr.shape[0]
-    T, d = dtype_like.shape
-    stages, xs, scratch = kernels.make_scratch(W, T, d, b.shape[0], dtype_like)
-    dstages, ds, js = make_jvp_scratch(W, ip, T, d, b.shape[0], dtype_like)
-    X = np.empty((T, d), dtype=dtype_like.dtype)
-    Y = np.empty((T, d), dtype=dtype_like.dtype)
-    for k in range(B):
+    for k in range(logr.shape[0]):
         g = start + k
         noise_key = rng.key(seed, rng.STREAM_NOISE, g)
         if mode == MODE_PAIR:
@@ -541,6 +534,14 @@ def _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, log
 def decay_kernel(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, logr, status):
     """:func:`_decay_batch` on slices of the batch in parallel (``api.run_threads``);
     same arguments. Trajectory ``start + k`` gives the same bits in any slice."""
-    api.run_threads(lambda lo, hi: _decay_batch(mode, W, fp, ip, a, b, h, σ, seed,
-                                                start + lo, eps, dtype_like, logr[lo:hi],
-                                                status[lo:hi]), logr.shape[0])
+    T, d = dtype_like.shape
+    dt = dtype_like.dtype
+
+    def body(lo, hi):
+        _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start + lo, eps, logr[lo:hi],
+                     status[lo:hi], kernels.empty_aligned((T, d), dt),
+                     kernels.empty_aligned((T, d), dt),
+                     *kernels.make_scratch(W, T, d, b.shape[0], dt),
+                     *make_jvp_scratch(W, ip, T, d, b.shape[0], dt))
+
+    api.run_threads(body, logr.shape[0])

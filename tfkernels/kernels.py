@@ -5,8 +5,8 @@ Three layers, as in the rest of the package:
 * serial per-trajectory workers on one state ``X`` of shape ``(T, d)``:
   :func:`rhs` (the vector field ``f``), :func:`rk_step` (one explicit Runge–Kutta
   step driven by a tableau) and :func:`advance` (one layer: step, noise, finiteness);
-* drivers that run *all* layers of many trajectories in one call, over blocks of
-  trajectories with per-block scratch, without the GIL:
+* drivers that run *all* layers of many trajectories in one call, without the GIL
+  or reference counting, in buffers allocated by :func:`make_scratch`:
   :func:`integrate_kernel`, :func:`vector_field_kernel` (``api.run_threads`` runs
   them on slices of the batch in parallel threads);
 * :func:`pack_params`, which lays a :class:`~tfkernels.TransformerParams` out as the
@@ -51,15 +51,18 @@ _jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERR
 #: up on a body as large as the erfc's).
 _ijit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
              inline="always", _nrt=config.WORKER_NRT)
-#: Functions that allocate (scratch): reference counted.
-_ajit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
 #: The drivers are serial over their batch and release the GIL; ``api.run_threads``
 #: runs them on contiguous slices of the batch in parallel threads. (A ``prange``
 #: driver compiles its whole fused body four times over — the parfor function, its
 #: gufunc wrapper, the parallel wrapper and the driver each re-optimize and re-emit
 #: every linked callee — which was 4 s of a 10 s cold compile.)
+#: They allocate nothing (the buffers come from :func:`make_scratch`, called from
+#: Python per slice) and so, like the workers, run without reference counting: in an
+#: NRT driver the arrays and tuples of arrays that flow through the inlined layer step
+#: were incref'd and decref'd with atomic instructions around every ``rhs`` call,
+#: about 200 ns per layer (a fifth of a tiny float32 layer, measured).
 _djit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
-             nogil=True)
+             nogil=True, _nrt=config.WORKER_NRT)
 
 
 def pack_params(params):
@@ -429,21 +432,31 @@ def rhs(X, W, fp, ip, layer, out, scratch):
                    hidden, out)
 
 
-@_ajit
-def make_scratch(W, T, d, n_stages, dtype_like):
-    """Allocate one trajectory's scratch: RK stages, stage input and ``rhs`` buffers.
+def empty_aligned(shape, dtype):
+    """``np.empty(shape, dtype)`` starting on a 64-byte boundary (a cache line, one
+    AVX-512 vector), so that no vector load of a row start splits two lines."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(nbytes + 64, dtype=np.uint8)
+    off = -buf.ctypes.data % 64
+    return buf[off:off + nbytes].view(dtype).reshape(shape)
 
-    ``rhs`` buffers: ``(qkv (T, 3d), heads (T, d), hidden (T, m), mt (2, T),
-    qt (d, T), Ps (1, T, T))``.
+
+def make_scratch(W, T, d, n_stages, dtype):
+    """Allocate one slice's scratch: RK stages, stage input and ``rhs`` buffers.
+
+    Plain Python, called once per slice of a batch (``api.run_threads``): the
+    compiled drivers allocate nothing, so they run without reference counting (see
+    :func:`integrate_kernel`). ``rhs`` buffers: ``(qkv (T, 3d), heads (T, d),
+    hidden (T, m), mt (2, T), qt (d, T), Ps (1, T, T))``.
     """
     m = W[2].shape[2]
-    dt = dtype_like.dtype
-    stages = np.empty((n_stages, T, d), dtype=dt)
-    xs = np.empty((T, d), dtype=dt)
-    rs = (np.empty((T, 3 * d), dtype=dt), np.empty((T, d), dtype=dt),
-          np.empty((T, m), dtype=dt), np.empty((2, T), dtype=dt),
-          np.empty((d, T), dtype=dt), np.empty((1, T, T), dtype=dt))
-    return stages, xs, rs
+
+    def e(*shape):
+        return empty_aligned(shape, dtype)
+
+    return e(n_stages, T, d), e(T, d), (e(T, 3 * d), e(T, d), e(T, m), e(2, T), e(d, T),
+                                        e(1, T, T))
 
 
 @_ijit
@@ -549,7 +562,8 @@ def copy_state(src, dst):
 
 # --------------------------------------------------------------------- drivers
 @_djit
-def integrate_kernel(x0, W, fp, ip, a, b, h, σ, seed, start, save_every, first, out, status):
+def integrate_kernel(x0, W, fp, ip, a, b, h, σ, seed, start, save_every, first, out, status,
+                     X, stages, xs, scratch):
     """Run all ``N = len(h)`` layers of every trajectory of ``x0`` (serially; see
     ``api.run_threads`` for the parallel split of a batch).
 
@@ -574,35 +588,30 @@ def integrate_kernel(x0, W, fp, ip, a, b, h, σ, seed, start, save_every, first,
         Snapshots; filled with NaN from the first non-finite layer onward.
     status : ndarray of int64, shape (B,)
         ``STATUS_OK`` or the first layer n (1-based: state X_n) that was non-finite.
+    X, (stages, xs, scratch)
+        Buffers: the state ``(T, d)`` and :func:`make_scratch`'s.
     """
     B, T, d = x0.shape
     N = h.shape[0]
-    n_blocks = (B + config.BLOCK - 1) // config.BLOCK
-    for blk in range(n_blocks):
-        stages, xs, scratch = make_scratch(W, T, d, b.shape[0], x0)
-        X = np.empty((T, d), dtype=x0.dtype)
-        for bi in range(blk * config.BLOCK, min(B, (blk + 1) * config.BLOCK)):
-            copy_state(x0[bi], X)
-            noise_key = rng.key(seed, rng.STREAM_NOISE, start + bi)
-            status[bi] = STATUS_OK
-            if first == 0:
-                copy_state(X, out[bi, 0])
-            for n in range(N):
-                ok = advance(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
-                if not ok:
-                    status[bi] = n + 1
-                    out[bi, max(0, (n + 1 + save_every - 1) // save_every - first):] = np.nan
-                    break
-                if (n + 1) % save_every == 0:
-                    copy_state(X, out[bi, (n + 1) // save_every - first])
+    for bi in range(B):
+        copy_state(x0[bi], X)
+        noise_key = rng.key(seed, rng.STREAM_NOISE, start + bi)
+        status[bi] = STATUS_OK
+        if first == 0:
+            copy_state(X, out[bi, 0])
+        for n in range(N):
+            ok = advance(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
+            if not ok:
+                status[bi] = n + 1
+                out[bi, max(0, (n + 1 + save_every - 1) // save_every - first):] = np.nan
+                break
+            if (n + 1) % save_every == 0:
+                copy_state(X, out[bi, (n + 1) // save_every - first])
 
 
 @_djit
-def vector_field_kernel(X, W, fp, ip, layer, out):
-    """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b."""
-    B, T, d = X.shape
-    n_blocks = (B + config.BLOCK - 1) // config.BLOCK
-    for blk in range(n_blocks):
-        _, _, scratch = make_scratch(W, T, d, 1, X)
-        for bi in range(blk * config.BLOCK, min(B, (blk + 1) * config.BLOCK)):
-            rhs(X[bi], W, fp, ip, layer, out[bi], scratch)
+def vector_field_kernel(X, W, fp, ip, layer, out, scratch):
+    """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b;
+    ``scratch`` the ``rhs`` buffers of :func:`make_scratch`."""
+    for bi in range(X.shape[0]):
+        rhs(X[bi], W, fp, ip, layer, out[bi], scratch)

@@ -1,6 +1,6 @@
 """Cost of each term of one ``rhs`` call, one thread, for the configurations of issue 5.
 
-Each piece of ``kernels.rhs`` (the four projections, one head's scores + softmax, the
+Each piece of ``kernels.rhs`` (the four projections, the heads' scores + softmax, the
 softmax alone, the GELU, the whole attention and FFN terms) is called in a compiled
 loop on one trajectory's buffers, so the figures are nanoseconds per call with no
 Python in between. The pieces overlap (attention contains the QKV product, the heads'
@@ -37,7 +37,7 @@ def _rhs(n, X, W, fp, ip, out, scratch):
 @_jit
 def _softmax(n, P, mt):
     for _ in range(n):
-        K.softmax_columns(P, False, mt[0], mt[1])
+        K.softmax_columns(P, P.shape[1], False, mt)
 
 
 @_jit
@@ -53,17 +53,17 @@ def _gemm(n, X, w, out):
 
 
 @_jit
-def _head(n, qkv, dh, qt, P, mt):
+def _heads(n, qkv, H, qt, P, mt):
     for _ in range(n):
-        K.head_probs(qkv, 0, dh, 0.3, False, qt, P, mt)
+        K.head_probs(qkv, 0, H, qkv.shape[1] // 3 // H, False, qt, P, mt)
 
 
 @_jit
 def _attention(n, X, W, ip, scratch, out):
-    qkv, heads, _, mt, qt, Ps = scratch
+    qkv, heads, _, mt, qt, P = scratch
     for _ in range(n):
         K.attention_packed(X, W[0][0], W[1][0], ip[K.IP_HEADS], 1.0, False, qkv, heads,
-                           qt, Ps, mt, out)
+                           qt, P, mt, out)
 
 
 @_jit
@@ -96,17 +96,17 @@ def term_costs(name, dtype):
     p = tfk.TransformerParams.random(d, H, damping=1.0, seed=0, dtype=dtype)
     W, fp, ip = K.pack_params(p)
     X = tfk.random_states(1, T, d, seed=1, dtype=dtype)[0]
-    _, _, scratch = K.make_scratch(W, T, d, 1, X.dtype)
-    qkv, heads, hidden, mt, qt, Ps = scratch
+    _, _, scratch = K.make_scratch(W, ip, T, d, 1, X.dtype)
+    qkv, heads, hidden, mt, qt, P = scratch
     out = np.zeros_like(X)
-    K.rhs(X, W, fp, ip, 0, out, scratch)          # fills qkv, hidden with real values
-    P = Ps[0].copy()
+    K.rhs(X, W, fp, ip, 0, out, scratch)          # fills qkv, qt, hidden with real values
+    scores = P.copy()
     return {
         "rhs": (per_call_ns(_rhs, X, W, fp, ip, out, scratch), 1),
         "attention": (per_call_ns(_attention, X, W, ip, scratch, out), 1),
         "  QKV product": (per_call_ns(_gemm, X, W[0][0], qkv), 1),
-        "  scores + softmax (1 head)": (per_call_ns(_head, qkv, d // H, qt, Ps[0], mt), H),
-        "  softmax (1 head)": (per_call_ns(_softmax, P, mt), H),
+        "  scores + softmax (all heads)": (per_call_ns(_heads, qkv, H, qt, P, mt), 1),
+        "  softmax (all heads)": (per_call_ns(_softmax, scores, mt), 1),
         "  W_o product": (per_call_ns(_gemm, heads, W[1][0], out), 1),
         "FFN": (per_call_ns(_ffn, X, W, scratch, out), 1),
         "  W_1 product": (per_call_ns(_gemm, X, W[2][0], hidden), 1),

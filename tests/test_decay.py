@@ -45,21 +45,31 @@ def test_jvp_and_vjp_match_reference(activation, causal):
         np.testing.assert_allclose(vj[b].ravel(), J.T @ G[b].ravel(), rtol=1e-12, atol=1e-12)
 
 
-def test_jvp_recomputes_the_softmax_it_does_not_keep():
-    """Past ``KEEP_SOFTMAX_BYTES`` the tangent recomputes each head's softmax: same bits."""
+def test_heads_in_groups_give_the_same_bits():
+    """Past ``config.SOFTMAX_BLOCK_BYTES`` the scratch holds fewer heads' probabilities
+    than H: the flow takes the heads in groups and the tangent recomputes each group,
+    with the same bits as when all heads fit."""
     p = tfk.TransformerParams.random(d=6, n_heads=3, d_ff=10, damping=0.5, causal=True,
                                      seed=3)
     W, fp, ip = kernels.pack_params(p)
     X, V = (tfk.random_states(1, 4, 6, seed=s)[0] for s in (1, 2))
-    _, fx, rs = kernels.make_scratch(W, 4, 6, 1, X.dtype)
+    _, fx, rs = kernels.make_scratch(W, ip, 4, 6, 1, X.dtype)
     _, _, js = dk.make_jvp_scratch(W, ip, 4, 6, 1, X.dtype)
-    assert js[0].shape == (3, 4, 4)
-    one = (np.empty((1, 4, 4)),) + js[1:]
-    kept, recomputed = np.empty_like(X), np.empty_like(X)
-    dk.rhs_jvp(X, V, W, fp, ip, 0, kept, (fx, rs, js))
-    dk.rhs_jvp(X, V, W, fp, ip, 0, recomputed, (fx, rs, one))
-    np.testing.assert_array_equal(recomputed, kept)
-    np.testing.assert_allclose(kept, ref.jvp(p, X[None], V[None])[0], rtol=1e-12, atol=1e-12)
+    assert rs[5].shape == (4, 12)                    # all three heads side by side
+    jvp_all, f_all = np.empty_like(X), np.empty_like(X)
+    dk.rhs_jvp(X, V, W, fp, ip, 0, jvp_all, (f_all, rs, js))
+    for g in (1, 2):                                 # groups {0}{1}{2} and {0,1}{2}
+        few = rs[:3] + (np.empty((3, 4 * g)), rs[4], np.empty((4, 4 * g)))
+        jvp_g, f_g, flow_g = np.empty_like(X), np.empty_like(X), np.empty_like(X)
+        dk.rhs_jvp(X, V, W, fp, ip, 0, jvp_g, (f_g, few, js))
+        kernels.rhs(X, W, fp, ip, 0, flow_g, few)
+        np.testing.assert_array_equal(jvp_g, jvp_all)
+        np.testing.assert_array_equal(f_g, f_all)
+        np.testing.assert_array_equal(flow_g, f_all)
+    np.testing.assert_allclose(jvp_all, ref.jvp(p, X[None], V[None])[0], rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(f_all, ref.vector_field(p, X[None])[0], rtol=1e-12,
+                               atol=1e-12)
 
 
 def test_lanczos_estimate_matches_dense():
@@ -138,7 +148,7 @@ def test_tangent_state_follows_the_flow_bit_for_bit(dtype, method, activation, c
     W, fp, ip = kernels.pack_params(p)
     x0 = tfk.random_states(1, T, 8, seed=0, dtype=dtype)
     X, D = x0[0].copy(), directions(1, T, 8)[0].astype(dtype)
-    stages, xs, rs = kernels.make_scratch(W, T, 8, b.shape[0], X.dtype)
+    stages, xs, rs = kernels.make_scratch(W, ip, T, 8, b.shape[0], X.dtype)
     dstages, ds, js = dk.make_jvp_scratch(W, ip, T, 8, b.shape[0], X.dtype)
     key = np.uint64(rng.key(seed, rng.STREAM_NOISE, g))
     status = dk.run_tangent(X, D, W, fp, ip, a, b, h, sigma, key, 0.0, stages, xs, rs,

@@ -190,7 +190,7 @@ def vector_field(params, X, *, layer=0, n_threads=None):
     with threads(n_threads):
         run_threads(lambda lo, hi: kernels.vector_field_kernel(
             X[lo:hi], W, fp, ip, layer, out[lo:hi],
-            kernels.make_scratch(W, *X.shape[1:], 1, X.dtype)[2]), X.shape[0])
+            kernels.make_scratch(W, ip, *X.shape[1:], 1, X.dtype)[2]), X.shape[0])
     return out
 
 
@@ -344,7 +344,7 @@ def integrate(params, x0, n_layers, *, method="euler", t_final=1.0, save_every=N
         run_threads(lambda lo, hi: kernels.integrate_kernel(
             x0[lo:hi], W, fp, ip, a, b, h, σ, seed, start + lo, k, first, out[lo:hi],
             status[lo:hi], kernels.empty_aligned((T, d), x0.dtype),
-            *kernels.make_scratch(W, T, d, b.shape[0], x0.dtype)), B)
+            *kernels.make_scratch(W, ip, T, d, b.shape[0], x0.dtype)), B)
     if throw:
         raise_on_status(status, start)
     return out[:, 0] if save_every is None else out

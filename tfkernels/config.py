@@ -46,6 +46,13 @@ WORKER_NRT = False
 #: bit-identical per-trajectory results because trajectories never interact.
 BLOCK = 8
 
+#: Largest block of attention probabilities (bytes) a trajectory's scratch holds: the
+#: heads' transposed ``(T, T)`` blocks stand side by side in one ``(T, G·T)`` array,
+#: all H of them while ``H·T²`` elements fit, so that the softmax runs along rows of
+#: H·T columns (at T = 8 a single head's row is shorter than the vector loop and ran
+#: scalar: the softmax took twice as long). Past it, heads go G at a time.
+SOFTMAX_BLOCK_BYTES = 1 << 20
+
 #: Default number of trajectories per chunk in the Monte Carlo drivers (bounds memory).
 CHUNK_SIZE = 65_536
 

@@ -36,10 +36,6 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
-#: Largest ``H·T²`` softmax store (bytes per block of trajectories) that the tangent
-#: keeps from the forward pass; beyond it each head's softmax is recomputed.
-KEEP_SOFTMAX_BYTES = 1 << 22
-
 
 # --------------------------------------------------------------------- helpers
 @_jit
@@ -121,20 +117,18 @@ def make_jvp_scratch(W, ip, T, d, n_stages, dtype):
     ds : (T, d)
         Tangent stage input.
     js : tuple
-        Buffers of :func:`rhs_and_jvp`: ``(Ps (H, T, T), S (T, m), dqkv (T, 3d),
-        dP (T, T), dheads (T, d), dhidden (T, m), qtd (d, T))``; ``Ps`` keeps every
-        head's (transposed) softmax (or, past ``KEEP_SOFTMAX_BYTES``, has one slot and
-        the tangent recomputes each head's), ``S`` the activation's derivative σ'(z).
+        Buffers of :func:`rhs_and_jvp`: ``(S (T, m), dqkv (T, 3d), dP (T, T),
+        dheads (T, d), dhidden (T, m), qtd (d, T))``; ``S`` keeps the activation's
+        derivative σ'(z). (The softmax the tangent reuses is ``kernels.make_scratch``'s
+        ``P``.)
     """
     m = W[2].shape[2]
-    H = ip[IP_HEADS] if ip[IP_ATTN] else 1
-    kept = H if H * T * T * np.dtype(dtype).itemsize <= KEEP_SOFTMAX_BYTES else 1
 
     def e(*shape):
         return kernels.empty_aligned(shape, dtype)
 
-    return e(n_stages, T, d), e(T, d), (e(kept, T, T), e(T, m), e(T, 3 * d), e(T, T),
-                                        e(T, d), e(T, m), e(d, T))
+    return e(n_stages, T, d), e(T, d), (e(T, m), e(T, 3 * d), e(T, T), e(T, d), e(T, m),
+                                        e(d, T))
 
 
 def make_vjp_scratch(W, T, d, dtype):
@@ -159,36 +153,41 @@ def attention_tangent(V, wqkv, wo, n_heads, beta, causal, rs, js, out):
     packed as ``(d_h, T)`` blocks), ``dP[j, i] = P[j, i]·(dS[j, i] − Σ_k P[k, i] dS[k, i])``
     (column-wise, element-wise over queries), and
     ``dO_h = dPᵀ V_h + Pᵀ dV_h`` (two products reading ``dP`` and ``P`` transposed).
-    When ``Ps`` has one slot, each head's softmax is recomputed exactly as the
-    forward pass did.
+    The forward pass left ``(s Q)ᵀ`` in ``qt`` and every head's probabilities in
+    ``P``, unless ``H·T²`` passed ``config.SOFTMAX_BLOCK_BYTES``: then ``P`` holds a
+    group of heads at a time and each group is recomputed by ``kernels.head_probs``
+    exactly as the forward pass computed it.
     """
-    qkv, _, _, mt, qt, _ = rs
-    Ps, _, dqkv, dP, dheads, _, qtd = js
+    qkv, _, _, mt, qt, P = rs
+    _, dqkv, dP, dheads, _, qtd = js
     T, d = V.shape
     dh = d // n_heads
-    scale = V.dtype.type(beta / math.sqrt(dh))
+    G = P.shape[1] // T
+    C = P.shape[1]
     z = V.dtype.type(0.0)
     gemm(V, wqkv, dqkv, False)
-    for h in range(n_heads):
-        P = Ps[h % Ps.shape[0]]
-        if Ps.shape[0] < n_heads:
-            kernels.head_probs(qkv, h, dh, scale, causal, qt, P, mt)
-        else:
-            kernels.transpose_scaled(qkv, h * dh, dh, scale, qt)
-        kernels.transpose_scaled(dqkv, h * dh, dh, scale, qtd)
-        gemm_ld(qkv, d + h * dh, 3 * d, 1, qtd, 0, T, dP, 0, T, T, dh, T, False)
-        gemm_ld(dqkv, d + h * dh, 3 * d, 1, qt, 0, T, dP, 0, T, T, dh, T, True)
-        mean = mt[0]
-        for i in range(T):
-            mean[i] = z
-        for j in range(T):
+    kernels.transpose_scaled(dqkv, 0, d, V.dtype.type(beta / math.sqrt(dh)), qtd)
+    for h0 in range(0, n_heads, G):
+        g = min(G, n_heads - h0)
+        if G < n_heads:
+            kernels.head_probs(qkv, h0, g, dh, causal, qt, P, mt)
+        for k in range(g):
+            h = h0 + k
+            gemm_ld(qkv, d + h * dh, 3 * d, 1, qtd, h * dh * T, T, dP, 0, T, T, dh, T, False)
+            gemm_ld(dqkv, d + h * dh, 3 * d, 1, qt, h * dh * T, T, dP, 0, T, T, dh, T, True)
+            mean = mt[0]
             for i in range(T):
-                mean[i] += P[j, i] * dP[j, i]
-        for j in range(T):
-            for i in range(T):
-                dP[j, i] = P[j, i] * (dP[j, i] - mean[i])
-        gemm_ld(dP, 0, 1, T, qkv, 2 * d + h * dh, 3 * d, dheads, h * dh, d, T, T, dh, False)
-        gemm_ld(P, 0, 1, T, dqkv, 2 * d + h * dh, 3 * d, dheads, h * dh, d, T, T, dh, True)
+                mean[i] = z
+            for j in range(T):
+                for i in range(T):
+                    mean[i] += P[j, k * T + i] * dP[j, i]
+            for j in range(T):
+                for i in range(T):
+                    dP[j, i] = P[j, k * T + i] * (dP[j, i] - mean[i])
+            gemm_ld(dP, 0, 1, T, qkv, 2 * d + h * dh, 3 * d, dheads, h * dh, d, T, T, dh,
+                    False)
+            gemm_ld(P, k * T, 1, C, dqkv, 2 * d + h * dh, 3 * d, dheads, h * dh, d, T, T,
+                    dh, True)
     gemm(dheads, wo, out, True)
 
 
@@ -197,21 +196,20 @@ def rhs_and_jvp(X, V, W, fp, ip, layer, out, dout, rs, js):
     """``out = f(X)`` (bit-identical to :func:`kernels.rhs`) and ``dout = f'(X)·V``.
 
     One forward pass, the operations of ``kernels.rhs`` in the same order (its own
-    pieces: ``damped_linear``, ``attention_packed`` with a softmax slot per head,
-    and ``ffn_packed``'s steps with σ'(z) kept in ``js``); the JVP then costs only
+    pieces: ``damped_linear``, ``attention_packed``, and ``ffn_packed``'s steps with σ'(z) kept in ``js``); the JVP then costs only
     the products with the tangent. ``rs`` from ``kernels.make_scratch``, ``js`` from
     :func:`make_jvp_scratch`.
     """
     A, w1, w2, b1, b2 = W[6][layer], W[2][layer], W[4][layer], W[3][layer], W[5][layer]
-    qkv, heads, hidden, mt, qt, _ = rs
-    Ps, S, dhidden = js[0], js[1], js[5]
+    qkv, heads, hidden, mt, qt, P = rs
+    S, dhidden = js[0], js[4]
     γ = fp[FP_DAMPING]
     T, d = X.shape
     # the forward pass: kernels.rhs with the activations kept
     kernels.damped_linear(X, γ, A, ip[IP_LIN], out)
     if ip[IP_ATTN]:
         kernels.attention_packed(X, W[0][layer], W[1][layer], ip[IP_HEADS], fp[FP_BETA],
-                                 ip[IP_CAUSAL], qkv, heads, qt, Ps, mt, out)
+                                 ip[IP_CAUSAL], qkv, heads, qt, P, mt, out)
     if ip[IP_FFN]:
         gemm(X, w1, hidden, False)
         bias_activate_prime(hidden, b1, ip[IP_ACT], S)
@@ -366,7 +364,7 @@ def jvp_kernel(X, V, W, fp, ip, layers, out):
     T, d = X.shape[1:]
 
     def body(lo, hi):
-        _, fx, rs = kernels.make_scratch(W, T, d, 1, X.dtype)
+        _, fx, rs = kernels.make_scratch(W, ip, T, d, 1, X.dtype)
         js = make_jvp_scratch(W, ip, T, d, 1, X.dtype)[2]
         _jvp_batch(X[lo:hi], V[lo:hi], W, fp, ip, layers[lo:hi], out[lo:hi], (fx, rs, js))
 
@@ -541,7 +539,7 @@ def decay_kernel(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, log
         _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start + lo, eps, logr[lo:hi],
                      status[lo:hi], kernels.empty_aligned((T, d), dt),
                      kernels.empty_aligned((T, d), dt),
-                     *kernels.make_scratch(W, T, d, b.shape[0], dt),
+                     *kernels.make_scratch(W, ip, T, d, b.shape[0], dt),
                      *make_jvp_scratch(W, ip, T, d, b.shape[0], dt))
 
     api.run_threads(body, logr.shape[0])

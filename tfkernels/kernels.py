@@ -317,86 +317,105 @@ def bias_activate(H, b, act):
 
 
 @_jit
-def softmax_columns(P, causal, m, total):
-    """Softmax over each *column* of the transposed scores ``P (T keys, T queries)``
-    in place; with ``causal``, query i keeps keys ``j <= i`` and the rest are 0.
+def softmax_columns(P, n, causal, mt):
+    """Softmax over each of the first ``n`` *columns* of the transposed scores
+    ``P (T keys, ≥ n)`` in place. Column i holds the scores of query ``i % T`` (the
+    heads' ``(T, T)`` blocks stand side by side); with ``causal`` that query keeps
+    keys ``j <= i % T`` and the rest are 0.
 
-    Column i holds query i's scores, so the running maximum, the exponentials and
-    their sums are element-wise operations along contiguous rows (``m``, ``total``:
-    scratch of length ≥ T) and vectorize with no horizontal reduction. The maximum
-    uses ``>`` (a NaN score is skipped there) but NaN still reaches the column
-    through ``exp(s − m)``. Equivalent to a stable ``softmax(Pᵀ, axis=-1)ᵀ``.
+    The running maximum, the exponentials and their sums are element-wise operations
+    along contiguous rows of all ``n`` columns (scratch ``mt (3, ≥ n)``: maximum, sum
+    and the query index of each column, as a float so that the mask is a vector
+    compare) and vectorize with no horizontal reduction; the rows of all heads
+    together fill the vectors even at T = 8, where one head's row of 8 ran in the
+    scalar remainder of LLVM's 16-lane × 4 loop. The maximum uses ``>`` (a NaN score is
+    skipped there) but NaN still reaches the column through ``exp(s − m)``. Each
+    column is ``softmax`` of its query's scores, whatever else stands in ``P``.
     """
     T = P.shape[0]
     dt = P.dtype.type
     lo = dt(EXP_LO)
     every = not causal
-    for i in range(T):
+    m, total, q = mt[0], mt[1], mt[2]
+    for i in range(n):
         m[i] = P[0, i]
         total[i] = dt(0.0)
+        q[i] = dt(i % T)
     # Full-length rows with the causal mask as a select: a loop starting at j ran
     # 4x slower (short, misaligned trip counts); masked entries are computed, unused.
     for j in range(1, T):
-        for i in range(T):
+        jf = dt(j)
+        for i in range(n):
             x = P[j, i]
-            m[i] = x if (x > m[i]) & ((i >= j) | every) else m[i]
+            m[i] = x if (x > m[i]) & ((q[i] >= jf) | every) else m[i]
     for j in range(T):
-        for i in range(T):
+        jf = dt(j)
+        for i in range(n):
             e = exp_neg(P[j, i] - m[i], dt, lo)
-            e = e if (i >= j) | every else dt(0.0)
+            e = e if (q[i] >= jf) | every else dt(0.0)
             P[j, i] = e
             total[i] += e
-    for i in range(T):
+    for i in range(n):
         m[i] = dt(1.0) / total[i]
     for j in range(T):
-        for i in range(T):
+        for i in range(n):
             P[j, i] *= m[i]
 
 
 @_ijit
 def transpose_scaled(A, a0, n, scale, out):
-    """``out[c, i] = scale·A[i, a0 + c]`` for ``c < n``: columns ``a0 … a0 + n − 1`` of
-    ``A (T, ·)`` (one head's Q or dQ in ``qkv``) transposed into ``out (≥ n, T)``."""
+    """``out[c, i] = scale·A[i, a0 + c]`` for ``c < n``: a block of columns of ``A``
+    transposed into the rows of ``out (≥ n, T)``."""
     for i in range(A.shape[0]):
         for c in range(n):
             out[c, i] = A[i, a0 + c] * scale
 
 
 @_ijit
-def head_probs(qkv, h, dh, scale, causal, qt, P, mt):
-    """Attention probabilities of head ``h``, transposed: ``P (T keys, T queries)``.
+def head_probs(qkv, h0, g, dh, causal, qt, P, mt):
+    """Attention probabilities of heads ``h0 … h0 + g − 1``, transposed, side by side:
+    head ``h0 + k``'s ``(T keys, T queries)`` block in columns ``k·T … (k+1)·T − 1``
+    of ``P (T, ≥ g·T)``.
 
-    ``qt (≥ d_h, T)`` takes ``scale·Q_hᵀ`` in its first ``d_h`` rows
-    (:func:`transpose_scaled`); the scores ``P = K_h qt`` are a
-    :func:`~tfkernels.simd.gemm_ld` product reading ``K_h`` in place from
-    ``qkv (T, 3d)``; :func:`softmax_columns` (scratch ``mt (2, ≥T)``) normalizes each
-    query's column.
+    ``qt (d, T)`` holds ``scale·Qᵀ`` of every head (:func:`transpose_scaled`); each
+    head's scores ``K_h (scale Q_h)ᵀ`` are a :func:`~tfkernels.simd.gemm_ld` product
+    reading ``K_h`` in place from ``qkv (T, 3d)``, and one :func:`softmax_columns`
+    call (scratch ``mt (3, ≥ g·T)``) normalizes every query's column of the group.
     """
     T = qkv.shape[0]
     d = qkv.shape[1] // 3
-    transpose_scaled(qkv, h * dh, dh, scale, qt)
-    gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, 0, T, P, 0, T, T, dh, T, False)
-    softmax_columns(P, causal, mt[0], mt[1])
+    for k in range(g):
+        h = h0 + k
+        gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, h * dh * T, T, P, k * T, P.shape[1],
+                T, dh, T, False)
+    softmax_columns(P, g * T, causal, mt)
 
 
 @_ijit
-def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, qt, Ps, mt, out):
+def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, qt, P, mt, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o``.
 
-    ``qkv (T, 3d)`` gets ``X [Wq|Wk|Wv]`` in one product; head h's probabilities
-    (:func:`head_probs`, transposed) go to ``Ps[h % len(Ps)]`` (one slot in the flow;
-    the decay study's tangent keeps every head's); ``Pᵀ V_h`` is a second
-    :func:`~tfkernels.simd.gemm_ld` product (``P`` read transposed, ``V_h`` in place)
-    written straight into head h's columns of ``heads (T, d)``.
+    ``qkv (T, 3d)`` gets ``X [Wq|Wk|Wv]`` in one product and ``qt (d, T)`` the scaled
+    ``Qᵀ``. The heads go in groups of as many as ``P (T, G·T)`` holds (all of them
+    unless ``H·T²`` exceeds ``config.SOFTMAX_BLOCK_BYTES``, see :func:`make_scratch`):
+    :func:`head_probs` leaves the group's probabilities in ``P``, and each head's
+    ``Pᵀ V_h`` is a :func:`~tfkernels.simd.gemm_ld` product (its block of ``P`` read
+    transposed, ``V_h`` in place) written straight into head h's columns of
+    ``heads (T, d)``. The last group's probabilities stay in ``P`` for the decay
+    study's tangent.
     """
     T, d = X.shape
     dh = d // n_heads
-    scale = X.dtype.type(beta / math.sqrt(dh))
+    G = P.shape[1] // T
     gemm(X, wqkv, qkv, False)
-    for h in range(n_heads):
-        P = Ps[h % Ps.shape[0]]
-        head_probs(qkv, h, dh, scale, causal, qt, P, mt)
-        gemm_ld(P, 0, 1, T, qkv, 2 * d + h * dh, 3 * d, heads, h * dh, d, T, T, dh, False)
+    transpose_scaled(qkv, 0, d, X.dtype.type(beta / math.sqrt(dh)), qt)
+    for h0 in range(0, n_heads, G):
+        g = min(G, n_heads - h0)
+        head_probs(qkv, h0, g, dh, causal, qt, P, mt)
+        for k in range(g):
+            h = h0 + k
+            gemm_ld(P, k * T, 1, P.shape[1], qkv, 2 * d + h * dh, 3 * d, heads, h * dh, d,
+                    T, T, dh, False)
     gemm(heads, wo, out, True)
 
 
@@ -430,11 +449,11 @@ def rhs(X, W, fp, ip, layer, out, scratch):
     ``W`` from :func:`pack_params` (the weights in their natural layout);
     ``scratch`` from :func:`make_scratch`.
     """
-    qkv, heads, hidden, mt, qt, Ps = scratch
+    qkv, heads, hidden, mt, qt, P = scratch
     damped_linear(X, fp[FP_DAMPING], W[6][layer], ip[IP_LIN], out)
     if ip[IP_ATTN]:
         attention_packed(X, W[0][layer], W[1][layer], ip[IP_HEADS], fp[FP_BETA],
-                         ip[IP_CAUSAL], qkv, heads, qt, Ps, mt, out)
+                         ip[IP_CAUSAL], qkv, heads, qt, P, mt, out)
     if ip[IP_FFN]:
         ffn_packed(X, W[2][layer], W[3][layer], W[4][layer], W[5][layer], ip[IP_ACT],
                    hidden, out)
@@ -450,21 +469,25 @@ def empty_aligned(shape, dtype):
     return buf[off:off + nbytes].view(dtype).reshape(shape)
 
 
-def make_scratch(W, T, d, n_stages, dtype):
+def make_scratch(W, ip, T, d, n_stages, dtype):
     """Allocate one slice's scratch: RK stages, stage input and ``rhs`` buffers.
 
     Plain Python, called once per slice of a batch (``api.run_threads``): the
     compiled drivers allocate nothing, so they run without reference counting (see
     :func:`integrate_kernel`). ``rhs`` buffers: ``(qkv (T, 3d), heads (T, d),
-    hidden (T, m), mt (2, T), qt (d, T), Ps (1, T, T))``.
+    hidden (T, m), mt (3, G·T), qt (d, T), P (T, G·T))``: ``P`` holds the
+    probabilities of G heads side by side, every head unless ``H·T²`` elements pass
+    ``config.SOFTMAX_BLOCK_BYTES``.
     """
     m = W[2].shape[2]
+    H = ip[IP_HEADS] if ip[IP_ATTN] else 1
+    G = max(1, min(H, config.SOFTMAX_BLOCK_BYTES // (T * T * np.dtype(dtype).itemsize)))
 
     def e(*shape):
         return empty_aligned(shape, dtype)
 
-    return e(n_stages, T, d), e(T, d), (e(T, 3 * d), e(T, d), e(T, m), e(2, T), e(d, T),
-                                        e(1, T, T))
+    return e(n_stages, T, d), e(T, d), (e(T, 3 * d), e(T, d), e(T, m), e(3, G * T), e(d, T),
+                                        e(T, G * T))
 
 
 @_ijit

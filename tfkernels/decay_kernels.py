@@ -196,9 +196,9 @@ def rhs_and_jvp(X, V, W, fp, ip, layer, out, dout, rs, js):
     """``out = f(X)`` (bit-identical to :func:`kernels.rhs`) and ``dout = f'(X)·V``.
 
     One forward pass, the operations of ``kernels.rhs`` in the same order (its own
-    pieces: ``damped_linear``, ``attention_packed``, and ``ffn_packed``'s steps with σ'(z) kept in ``js``); the JVP then costs only
-    the products with the tangent. ``rs`` from ``kernels.make_scratch``, ``js`` from
-    :func:`make_jvp_scratch`.
+    pieces: ``damped_linear``, ``attention_packed``, and ``ffn_packed``'s steps with
+    σ'(z) kept in ``js``); the JVP then costs only the products with the tangent.
+    ``rs`` from ``kernels.make_scratch``, ``js`` from :func:`make_jvp_scratch`.
     """
     A, w1, w2, b1, b2 = W[6][layer], W[2][layer], W[4][layer], W[3][layer], W[5][layer]
     qkv, heads, hidden, mt, qt, P = rs

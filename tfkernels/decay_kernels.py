@@ -56,45 +56,48 @@ def activate_prime(z, act):
 
 
 @_ijit
-def gelu_prime(H, S, dt, short):
-    """``S[i, j] = GELU'(z) = Φ(z) + z·φ(z)`` from ``z = S[i, j]`` and ``H[i, j] = GELU(z)``.
+def gelu_bias_prime(H, b, S, dt, short):
+    """``H[i, j] = GELU(z)`` and ``S[i, j] = GELU'(z) = Φ(z) + z·φ(z)`` for
+    ``z = H[i, j] + b[j]``, in one pass.
 
-    ``Φ(z) = GELU(z)/z`` (½ where ``|z| < 1e-20``, whose GELU may have lost its
-    digits to underflow; the error there is below ``|z|·φ(0)``), so no second erfc is
-    evaluated; ``φ(z) = e^{−z²/2}/√(2π)`` from :func:`kernels.exp_neg`. Branch-free,
-    so the loop vectorizes.
+    ``H`` is computed exactly as :func:`kernels.gelu_bias` computes it (the same
+    :func:`kernels.two_cdf`, so the state stays bit-identical to the plain flow's)
+    and ``Φ(z)`` is half that same ``2Φ(z)``: no second erfc and no division.
+    ``φ(z) = e^{−z²/2}/√(2π)`` from :func:`kernels.exp_neg`. Branch-free, so the loop
+    vectorizes.
     """
     T, m = H.shape
     lo = dt(EXP_LO)
     for i in range(T):
         for j in range(m):
-            z = S[i, j]
+            z = H[i, j] + b[j]
+            g = kernels.two_cdf(z, dt, lo, short)
+            H[i, j] = dt(0.5) * z * g
             phi = exp_neg(dt(-0.5) * z * z, dt, lo, short) * dt(_INV_SQRT_2PI)
-            cdf = H[i, j] / z if abs(z) > dt(1e-20) else dt(0.5)
-            S[i, j] = cdf + z * phi
+            S[i, j] = dt(0.5) * g + z * phi
 
 
 @_jit
 def bias_activate_prime(H, b, act, S):
-    """``H[i, j] = σ(z)`` by :func:`kernels.bias_activate` itself (so the state is
-    bit-identical to the plain flow's) and ``S[i, j] = σ'(z)``, ``z = H[i, j] + b[j]``.
+    """``H[i, j] = σ(z)`` (bit-identical to :func:`kernels.bias_activate`, so the
+    state follows the plain flow's) and ``S[i, j] = σ'(z)``, ``z = H[i, j] + b[j]``.
 
-    GELU takes the vectorized :func:`gelu_prime` (float32 with the short exp, the
-    dtype test outside the loop as in ``bias_activate``); the other activations
-    :func:`activate_prime`.
+    GELU takes the fused, vectorized :func:`gelu_bias_prime` (float32 with the short
+    polynomials, the dtype test outside the loop as in ``bias_activate``); the other
+    activations ``kernels.bias_activate`` and :func:`activate_prime`.
     """
     dt = H.dtype.type
     T, m = H.shape
+    if act == GELU:
+        if H.itemsize == 4:
+            gelu_bias_prime(H, b, S, dt, True)
+        else:
+            gelu_bias_prime(H, b, S, dt, False)
+        return
     for i in range(T):
         for j in range(m):
             S[i, j] = H[i, j] + b[j]
     kernels.bias_activate(H, b, act)
-    if act == GELU:
-        if H.itemsize == 4:
-            gelu_prime(H, S, dt, True)
-        else:
-            gelu_prime(H, S, dt, False)
-        return
     for i in range(T):
         for j in range(m):
             S[i, j] = dt(activate_prime(S[i, j], act))
@@ -118,7 +121,7 @@ def make_jvp_scratch(W, ip, T, d, n_stages, dtype):
         Tangent stage input.
     js : tuple
         Buffers of :func:`rhs_and_jvp`: ``(S (T, m), dqkv (T, 3d), dP (T, T),
-        dheads (T, d), dhidden (T, m), qtd (d, T))``; ``S`` keeps the activation's
+        dheads (d, T), dhidden (T, m), qtd (d, T))``; ``S`` keeps the activation's
         derivative σ'(z). (The softmax the tangent reuses is ``kernels.make_scratch``'s
         ``P``.)
     """
@@ -127,7 +130,7 @@ def make_jvp_scratch(W, ip, T, d, n_stages, dtype):
     def e(*shape):
         return kernels.empty_aligned(shape, dtype)
 
-    return e(n_stages, T, d), e(T, d), (e(T, m), e(T, 3 * d), e(T, T), e(T, d), e(T, m),
+    return e(n_stages, T, d), e(T, d), (e(T, m), e(T, 3 * d), e(T, T), e(d, T), e(T, m),
                                         e(d, T))
 
 
@@ -152,7 +155,9 @@ def attention_tangent(V, wqkv, wo, n_heads, beta, causal, rs, js, out):
     :func:`~tfkernels.simd.gemm_ld` products against ``(s dQ_h)ᵀ`` and ``(s Q_h)ᵀ``
     packed as ``(d_h, T)`` blocks), ``dP[j, i] = P[j, i]·(dS[j, i] − Σ_k P[k, i] dS[k, i])``
     (column-wise, element-wise over queries), and
-    ``dO_h = dPᵀ V_h + Pᵀ dV_h`` (two products reading ``dP`` and ``P`` transposed).
+    ``dO_hᵀ = V_hᵀ dP + dV_hᵀ P`` (two products reading ``V_h`` and ``dV_h``
+    transposed, into head h's rows of ``dheads (d, T)``, transposed as in the forward
+    pass).
     The forward pass left ``(s Q)ᵀ`` in ``qt`` and every head's probabilities in
     ``P``, unless ``H·T²`` passed ``config.SOFTMAX_BLOCK_BYTES``: then ``P`` holds a
     group of heads at a time and each group is recomputed by ``kernels.head_probs``
@@ -184,11 +189,11 @@ def attention_tangent(V, wqkv, wo, n_heads, beta, causal, rs, js, out):
             for j in range(T):
                 for i in range(T):
                     dP[j, i] = P[j, k * T + i] * (dP[j, i] - mean[i])
-            gemm_ld(dP, 0, 1, T, qkv, 2 * d + h * dh, 3 * d, dheads, h * dh, d, T, T, dh,
-                    False)
-            gemm_ld(P, k * T, 1, C, dqkv, 2 * d + h * dh, 3 * d, dheads, h * dh, d, T, T,
-                    dh, True)
-    gemm(dheads, wo, out, True)
+            gemm_ld(qkv, 2 * d + h * dh, 1, 3 * d, dP, 0, T, dheads, h * dh * T, T, dh, T,
+                    T, False)
+            gemm_ld(dqkv, 2 * d + h * dh, 1, 3 * d, P, k * T, C, dheads, h * dh * T, T, dh,
+                    T, T, True)
+    gemm_ld(dheads, 0, 1, T, wo, 0, d, out, 0, d, T, d, d, True)
 
 
 @_jit

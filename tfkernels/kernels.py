@@ -275,6 +275,19 @@ def erfc_pos(x, dt, lo, short=False):
 
 
 @_ijit
+def two_cdf(z, dt, lo, short):
+    """``2Φ(z) = 1 + erf(z/√2)``, branch-free: ``2 − erfc(x)`` for ``x = z/√2 >= 0``
+    and ``erfc(|x|)`` below (``|x|`` clamped at 6, where erfc < 2.2e-17). GELU is
+    ``½z·2Φ(z)``; the decay study's GELU' reuses the same value for its ``Φ(z)``."""
+    x = z * dt(_SQRT_HALF)
+    ax = abs(x)
+    if ax > dt(_ERFC_XMAX):
+        ax = dt(_ERFC_XMAX)
+    e = erfc_pos(ax, dt, lo, short)
+    return e if x < dt(0.0) else dt(2.0) - e
+
+
+@_ijit
 def gelu_bias(H, b, dt, short):
     """``H[i, j] = GELU(H[i, j] + b[j])`` in place (see :func:`bias_activate`)."""
     T, m = H.shape
@@ -282,13 +295,7 @@ def gelu_bias(H, b, dt, short):
     for i in range(T):
         for j in range(m):
             z = H[i, j] + b[j]
-            x = z * dt(_SQRT_HALF)
-            ax = abs(x)
-            if ax > dt(_ERFC_XMAX):
-                ax = dt(_ERFC_XMAX)
-            e = erfc_pos(ax, dt, lo, short)
-            g = e if x < dt(0.0) else dt(2.0) - e
-            H[i, j] = dt(0.5) * z * g
+            H[i, j] = dt(0.5) * z * two_cdf(z, dt, lo, short)
 
 
 @_jit
@@ -399,10 +406,14 @@ def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, qt, P, mt, 
     ``Qᵀ``. The heads go in groups of as many as ``P (T, G·T)`` holds (all of them
     unless ``H·T²`` exceeds ``config.SOFTMAX_BLOCK_BYTES``, see :func:`make_scratch`):
     :func:`head_probs` leaves the group's probabilities in ``P``, and each head's
-    ``Pᵀ V_h`` is a :func:`~tfkernels.simd.gemm_ld` product (its block of ``P`` read
-    transposed, ``V_h`` in place) written straight into head h's columns of
-    ``heads (T, d)``. The last group's probabilities stay in ``P`` for the decay
-    study's tangent.
+    output, transposed, ``V_hᵀ P_h`` (``V_h`` read transposed in place, its block of
+    ``P`` as it stands), is a :func:`~tfkernels.simd.gemm_ld` product into head h's
+    rows of ``heads (d, T)``; the output projection reads ``heads`` transposed.
+    Transposed, the product is ``T`` wide instead of ``d_h``: full vectors where
+    ``d_h`` filled half of one (small float32) or one vector with 4 latency-bound
+    accumulators where ``T`` fills two panels (medium, large). Every element is the
+    same chain of fused multiply-adds over the keys either way. The last group's
+    probabilities stay in ``P`` for the decay study's tangent.
     """
     T, d = X.shape
     dh = d // n_heads
@@ -414,9 +425,9 @@ def attention_packed(X, wqkv, wo, n_heads, beta, causal, qkv, heads, qt, P, mt, 
         head_probs(qkv, h0, g, dh, causal, qt, P, mt)
         for k in range(g):
             h = h0 + k
-            gemm_ld(P, k * T, 1, P.shape[1], qkv, 2 * d + h * dh, 3 * d, heads, h * dh, d,
-                    T, T, dh, False)
-    gemm(heads, wo, out, True)
+            gemm_ld(qkv, 2 * d + h * dh, 1, 3 * d, P, k * T, P.shape[1], heads, h * dh * T,
+                    T, dh, T, T, False)
+    gemm_ld(heads, 0, 1, T, wo, 0, d, out, 0, d, T, d, d, True)
 
 
 @_ijit
@@ -474,7 +485,7 @@ def make_scratch(W, ip, T, d, n_stages, dtype):
 
     Plain Python, called once per slice of a batch (``api.run_threads``): the
     compiled drivers allocate nothing, so they run without reference counting (see
-    :func:`integrate_kernel`). ``rhs`` buffers: ``(qkv (T, 3d), heads (T, d),
+    :func:`integrate_kernel`). ``rhs`` buffers: ``(qkv (T, 3d), heads (d, T),
     hidden (T, m), mt (3, G·T), qt (d, T), P (T, G·T))``: ``P`` holds the
     probabilities of G heads side by side, every head unless ``H·T²`` elements pass
     ``config.SOFTMAX_BLOCK_BYTES``.
@@ -486,7 +497,7 @@ def make_scratch(W, ip, T, d, n_stages, dtype):
     def e(*shape):
         return empty_aligned(shape, dtype)
 
-    return e(n_stages, T, d), e(T, d), (e(T, 3 * d), e(T, d), e(T, m), e(3, G * T), e(d, T),
+    return e(n_stages, T, d), e(T, d), (e(T, 3 * d), e(d, T), e(T, m), e(3, G * T), e(d, T),
                                         e(T, G * T))
 
 

@@ -559,9 +559,7 @@ def rk_step(X, W, fp, ip, layer, a, b, h, stages, xs, scratch):
 @_ijit
 def add_noise(X, σ, noise_key, n):
     """``X += σ·z`` with z the normals of layer ``n`` of this trajectory's noise key."""
-    size = X.size
-    for i in range(size):
-        X.flat[i] += σ * rng.normal(noise_key, n * size + i)
+    rng.add_normal(noise_key, n * X.size, σ, X)
 
 
 @_ijit

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import tfkernels as tfk
 from tfkernels import config, reference, rng
-from tfkernels.kernels import empty_aligned
+from tfkernels.kernels import aligned_buffers, empty_aligned
 
 
 def rel_err(a, b):
@@ -139,3 +139,15 @@ def test_empty_aligned_is_a_64_byte_aligned_c_array(shape, dtype):
         assert a.shape == shape and a.dtype == np.dtype(dtype)
         assert a.flags.c_contiguous and a.flags.writeable and a.flags.aligned
         assert a.ctypes.data % 64 == 0
+
+
+def test_aligned_buffers_do_not_overlap(dtype):
+    shapes = [(3,), (5, 7), (1, 8, 8), (0, 4), (2, 3, 4)]
+    bufs = aligned_buffers(shapes, dtype)
+    assert [b.shape for b in bufs] == shapes
+    for i, b in enumerate(bufs):
+        assert b.flags.c_contiguous and b.flags.writeable
+        assert b.size == 0 or b.ctypes.data % 64 == 0   # an empty array has no data
+        b[...] = i
+    for i, b in enumerate(bufs):              # no write reached another buffer
+        assert np.all(b == i)

@@ -127,11 +127,9 @@ def make_jvp_scratch(W, ip, T, d, n_stages, dtype):
     """
     m = W[2].shape[2]
 
-    def e(*shape):
-        return kernels.empty_aligned(shape, dtype)
-
-    return e(n_stages, T, d), e(T, d), (e(T, m), e(T, 3 * d), e(T, T), e(d, T), e(T, m),
-                                        e(d, T))
+    dstages, ds, *js = kernels.aligned_buffers(((n_stages, T, d), (T, d), (T, m), (T, 3 * d),
+                                                (T, T), (d, T), (T, m), (d, T)), dtype)
+    return dstages, ds, tuple(js)
 
 
 def make_vjp_scratch(W, T, d, dtype):
@@ -141,8 +139,8 @@ def make_vjp_scratch(W, T, d, dtype):
     (T, T), (T, T), (T, m), (T, m)``.
     """
     m = W[2].shape[2]
-    return tuple(kernels.empty_aligned(shape, dtype) for shape in
-                 ((T, 3 * d), (T, 3 * d), (T, d), (T, T), (T, T), (T, m), (T, m)))
+    return tuple(kernels.aligned_buffers(((T, 3 * d), (T, 3 * d), (T, d), (T, T), (T, T),
+                                          (T, m), (T, m)), dtype))
 
 
 # ------------------------------------------------------------------------ JVP

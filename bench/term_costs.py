@@ -20,7 +20,7 @@ from numba import njit
 import tfkernels as tfk
 from tfkernels import config
 from tfkernels import kernels as K
-from tfkernels.simd import gemm
+from tfkernels.simd import gemm, gemm_ld
 
 CONFIGS = {"tiny": (8, 16, 2), "small": (16, 32, 4), "medium": (32, 64, 4),
            "large": (64, 128, 8)}
@@ -50,6 +50,16 @@ def _gelu(n, hidden, b):
 def _gemm(n, X, w, out):
     for _ in range(n):
         gemm(X, w, out, False)
+
+
+@_jit
+def _gemm_t(n, Xt, w, out):
+    """``out = Xtᵀ w``, ``Xt (K, R)`` read transposed: the W_o product, whose input
+    ``heads (d, T)`` holds the heads' outputs transposed."""
+    K_, R = Xt.shape
+    m = w.shape[1]
+    for _ in range(n):
+        gemm_ld(Xt, 0, 1, R, w, 0, m, out, 0, m, R, K_, m, False)
 
 
 @_jit
@@ -107,7 +117,7 @@ def term_costs(name, dtype):
         "  QKV product": (per_call_ns(_gemm, X, W[0][0], qkv), 1),
         "  scores + softmax (all heads)": (per_call_ns(_heads, qkv, H, qt, P, mt), 1),
         "  softmax (all heads)": (per_call_ns(_softmax, scores, mt), 1),
-        "  W_o product": (per_call_ns(_gemm, heads, W[1][0], out), 1),
+        "  W_o product": (per_call_ns(_gemm_t, heads, W[1][0], out), 1),
         "FFN": (per_call_ns(_ffn, X, W, scratch, out), 1),
         "  W_1 product": (per_call_ns(_gemm, X, W[2][0], hidden), 1),
         "  GELU": (per_call_ns(_gelu, hidden, W[3][0]), 1),

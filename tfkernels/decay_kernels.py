@@ -431,6 +431,16 @@ def initial_tangent(X, D, seed, g):
 
 
 @_jit
+def advance_state(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch):
+    """``kernels.advance`` compiled once as its own function and called for both states
+    of a pair. Inlined twice into :func:`run_pair` (as it was), the pair loop of the
+    default study (T = 4, float64) ran 15–20 % slower when loaded from Numba's cache
+    than freshly compiled (1.85 against 1.57 µs per layer of a pair), for a reason
+    not found; called, it runs at 1.6 µs either way."""
+    return kernels.advance(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
+
+
+@_jit
 def run_pair(X, Y, W, fp, ip, a, b, h, σ, noise_key, log0, stages, xs, scratch, logr):
     """All layers of one pair; fills ``logr`` and returns the status."""
     if not np.isfinite(log0):
@@ -438,8 +448,8 @@ def run_pair(X, Y, W, fp, ip, a, b, h, σ, noise_key, log0, stages, xs, scratch,
         return 0
     logr[0] = 0.0
     for n in range(h.shape[0]):
-        okx = kernels.advance(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
-        oky = kernels.advance(Y, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
+        okx = advance_state(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
+        oky = advance_state(Y, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
         lr = 0.5 * math.log(sq_dist(X, Y)) - log0 if okx and oky else np.nan
         if not np.isfinite(lr):
             logr[n + 1:] = np.nan

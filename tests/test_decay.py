@@ -54,7 +54,7 @@ def test_heads_in_groups_give_the_same_bits():
     W, fp, ip = kernels.pack_params(p)
     X, V = (tfk.random_states(1, 4, 6, seed=s)[0] for s in (1, 2))
     _, fx, rs = kernels.make_scratch(W, ip, 4, 6, 1, X.dtype)
-    _, _, js = dk.make_jvp_scratch(W, ip, 4, 6, 1, X.dtype)
+    _, _, js = dk.make_jvp_scratch(W, 4, 6, 1, X.dtype)
     assert rs[5].shape == (4, 12)                    # all three heads side by side
     jvp_all, f_all = np.empty_like(X), np.empty_like(X)
     dk.rhs_jvp(X, V, W, fp, ip, 0, jvp_all, (f_all, rs, js))
@@ -149,7 +149,7 @@ def test_tangent_state_follows_the_flow_bit_for_bit(dtype, method, activation, c
     x0 = tfk.random_states(1, T, 8, seed=0, dtype=dtype)
     X, D = x0[0].copy(), directions(1, T, 8)[0].astype(dtype)
     stages, xs, rs = kernels.make_scratch(W, ip, T, 8, b.shape[0], X.dtype)
-    dstages, ds, js = dk.make_jvp_scratch(W, ip, T, 8, b.shape[0], X.dtype)
+    dstages, ds, js = dk.make_jvp_scratch(W, T, 8, b.shape[0], X.dtype)
     key = np.uint64(rng.key(seed, rng.STREAM_NOISE, g))
     status = dk.run_tangent(X, D, W, fp, ip, a, b, h, sigma, key, 0.0, stages, xs, rs,
                             dstages, ds, js, np.empty(N + 1))

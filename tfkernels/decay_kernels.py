@@ -109,7 +109,7 @@ def layer_of(W, n):
     return n if W[0].shape[0] > 1 or W[6].shape[0] > 1 or W[2].shape[0] > 1 else 0
 
 
-def make_jvp_scratch(W, ip, T, d, n_stages, dtype):
+def make_jvp_scratch(W, T, d, n_stages, dtype):
     """Allocate one slice's tangent scratch (beside ``kernels.make_scratch``'s);
     plain Python, like it.
 
@@ -126,7 +126,6 @@ def make_jvp_scratch(W, ip, T, d, n_stages, dtype):
         ``P``.)
     """
     m = W[2].shape[2]
-
     dstages, ds, *js = kernels.aligned_buffers(((n_stages, T, d), (T, d), (T, m), (T, 3 * d),
                                                 (T, T), (d, T), (T, m), (d, T)), dtype)
     return dstages, ds, tuple(js)
@@ -368,7 +367,7 @@ def jvp_kernel(X, V, W, fp, ip, layers, out):
 
     def body(lo, hi):
         _, fx, rs = kernels.make_scratch(W, ip, T, d, 1, X.dtype)
-        js = make_jvp_scratch(W, ip, T, d, 1, X.dtype)[2]
+        js = make_jvp_scratch(W, T, d, 1, X.dtype)[2]
         _jvp_batch(X[lo:hi], V[lo:hi], W, fp, ip, layers[lo:hi], out[lo:hi], (fx, rs, js))
 
     api.run_threads(body, X.shape[0])
@@ -550,9 +549,8 @@ def decay_kernel(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, log
 
     def body(lo, hi):
         _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start + lo, eps, logr[lo:hi],
-                     status[lo:hi], kernels.empty_aligned((T, d), dt),
-                     kernels.empty_aligned((T, d), dt),
+                     status[lo:hi], *kernels.aligned_buffers(((T, d), (T, d)), dt),
                      *kernels.make_scratch(W, ip, T, d, b.shape[0], dt),
-                     *make_jvp_scratch(W, ip, T, d, b.shape[0], dt))
+                     *make_jvp_scratch(W, T, d, b.shape[0], dt))
 
     api.run_threads(body, logr.shape[0])

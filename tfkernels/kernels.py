@@ -511,7 +511,6 @@ def make_scratch(W, ip, T, d, n_stages, dtype):
     m = W[2].shape[2]
     H = ip[IP_HEADS] if ip[IP_ATTN] else 1
     G = max(1, min(H, config.SOFTMAX_BLOCK_BYTES // (T * T * np.dtype(dtype).itemsize)))
-
     stages, xs, *rs = aligned_buffers(((n_stages, T, d), (T, d), (T, 3 * d), (d, T), (T, m),
                                        (3, G * T), (d, T), (T, G * T)), dtype)
     return stages, xs, tuple(rs)

@@ -37,7 +37,7 @@ def _rhs(n, X, W, fp, ip, out, scratch):
 @_jit
 def _softmax(n, P, mt):
     for _ in range(n):
-        K.softmax_columns(P, P.shape[1], False, mt)
+        K.softmax_columns(P, P.shape[1], False, mt, 1)
 
 
 @_jit

@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
+from tfkernels import config
 
 
-@pytest.fixture
-def setup(dtype):
+@pytest.fixture(params=["lanes", "rows"])
+def setup(dtype, request, monkeypatch):
+    # T·d = 32: integrate picks the lane kernels; both families must be deterministic
+    monkeypatch.setattr(config, "LANES_MAX_SIZE", 10**9 if request.param == "lanes" else 0)
     p = tfk.TransformerParams.random(d=8, n_heads=2, d_ff=16, damping=1.0, seed=1, dtype=dtype)
     x0 = tfk.random_states(37, 4, 8, seed=2, dtype=dtype)
     return p, x0

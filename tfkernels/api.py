@@ -8,7 +8,7 @@ import numba
 import numpy as np
 
 from . import _validate as v
-from . import config, kernels, rng
+from . import config, kernels, lanes, rng
 from .methods import METHODS, tableau
 from .params import TransformerParams
 
@@ -187,10 +187,20 @@ def vector_field(params, X, *, layer=0, n_threads=None):
         raise ValueError(f"`layer`={layer} but `params` has {params.n_sets or 1} weight set(s)")
     W, fp, ip = kernels.pack_params(params)
     out = np.empty_like(X)
+    B, T, d = X.shape
+    if lanes.use_lanes(T, d):
+        WL = lanes.pack_lanes(W, X.dtype)
+
+        def body(lo, hi):
+            G, _, F, scratch = lanes.make_scratch(W, ip, T, d, 1, X.dtype)
+            lanes.vector_field_lanes(X[lo:hi], WL, fp, ip, layer, out[lo:hi], G, F,
+                                     scratch)
+    else:
+        def body(lo, hi):
+            kernels.vector_field_kernel(X[lo:hi], W, fp, ip, layer, out[lo:hi],
+                                        kernels.make_scratch(W, ip, T, d, 1, X.dtype)[2])
     with threads(n_threads):
-        run_threads(lambda lo, hi: kernels.vector_field_kernel(
-            X[lo:hi], W, fp, ip, layer, out[lo:hi],
-            kernels.make_scratch(W, ip, *X.shape[1:], 1, X.dtype)[2]), X.shape[0])
+        run_threads(body, B)
     return out
 
 
@@ -340,11 +350,23 @@ def integrate(params, x0, n_layers, *, method="euler", t_final=1.0, save_every=N
     B, T, d = x0.shape
     out = np.empty((B, n_out, T, d), dtype=x0.dtype)
     status = np.empty(B, dtype=np.int64)
+    if lanes.use_lanes(T, d):
+        WL = lanes.pack_lanes(W, x0.dtype)
+
+        def body(lo, hi):
+            lanes.integrate_lanes(x0[lo:hi], WL, fp, ip, a, b, h, σ, seed, start + lo, k,
+                                  first, out[lo:hi], status[lo:hi],
+                                  kernels.empty_aligned((T, d), x0.dtype),
+                                  *lanes.make_scratch(W, ip, T, d, b.shape[0], x0.dtype))
+    else:
+        def body(lo, hi):
+            kernels.integrate_kernel(x0[lo:hi], W, fp, ip, a, b, h, σ, seed, start + lo, k,
+                                     first, out[lo:hi], status[lo:hi],
+                                     kernels.empty_aligned((T, d), x0.dtype),
+                                     *kernels.make_scratch(W, ip, T, d, b.shape[0],
+                                                           x0.dtype))
     with threads(n_threads):
-        run_threads(lambda lo, hi: kernels.integrate_kernel(
-            x0[lo:hi], W, fp, ip, a, b, h, σ, seed, start + lo, k, first, out[lo:hi],
-            status[lo:hi], kernels.empty_aligned((T, d), x0.dtype),
-            *kernels.make_scratch(W, ip, T, d, b.shape[0], x0.dtype)), B)
+        run_threads(body, B)
     if throw:
         raise_on_status(status, start)
     return out[:, 0] if save_every is None else out

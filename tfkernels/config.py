@@ -53,6 +53,13 @@ BLOCK = 8
 #: scalar: the softmax took twice as long). Past it, heads go G at a time.
 SOFTMAX_BLOCK_BYTES = 1 << 20
 
+#: Largest state (``T·d`` elements) that ``integrate`` and ``vector_field`` run with
+#: the trajectories across the vector lanes (:mod:`tfkernels.lanes`) instead of one
+#: trajectory at a time (:mod:`tfkernels.kernels`). The two give identical bits;
+#: the lanes win where a trajectory's rows are too short to fill vectors (measured
+#: in docs/performance.md). 0 turns them off.
+LANES_MAX_SIZE = 512
+
 #: Default number of trajectories per chunk in the Monte Carlo drivers (bounds memory).
 CHUNK_SIZE = 65_536
 

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from . import api, kernels, rng
+from . import api, kernels, lanes, rng
 from .simd import gemm, gemm_ld
 from .kernels import _djit, _ijit, _jit  # the same compile flags as the flow
 from .kernels import (EXP_LO, FP_BETA, FP_DAMPING, GELU, GELU_TANH, IP_ACT, IP_ATTN,
@@ -442,7 +442,7 @@ def advance_state(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch):
 @_jit
 def run_pair(X, Y, W, fp, ip, a, b, h, σ, noise_key, log0, stages, xs, scratch, logr):
     """All layers of one pair; fills ``logr`` and returns the status."""
-    if not np.isfinite(log0):
+    if not kernels.is_finite(log0):
         logr[:] = np.nan
         return 0
     logr[0] = 0.0
@@ -450,7 +450,7 @@ def run_pair(X, Y, W, fp, ip, a, b, h, σ, noise_key, log0, stages, xs, scratch,
         okx = advance_state(X, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
         oky = advance_state(Y, W, fp, ip, n, a, b, h, σ, noise_key, stages, xs, scratch)
         lr = 0.5 * math.log(sq_dist(X, Y)) - log0 if okx and oky else np.nan
-        if not np.isfinite(lr):
+        if not kernels.is_finite(lr):
             logr[n + 1:] = np.nan
             return n + 1
         logr[n + 1] = lr
@@ -488,7 +488,7 @@ def run_tangent(X, D, W, fp, ip, a, b, h, σ, noise_key, log0, stages, xs, scrat
                              scratch, dstages, ds, js)
         if ok:
             nrm = math.sqrt(sq_norm(D))
-            ok = nrm > 0.0 and np.isfinite(nrm)
+            ok = nrm > 0.0 and kernels.is_finite(nrm)
         if not ok:
             logr[n + 1:] = np.nan
             return n + 1
@@ -541,16 +541,270 @@ def _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start, eps, logr, status, X
                                     stages, xs, scratch, dstages, ds, js, logr[k])
 
 
+@_jit
+def lane_sq_dist(X, Y, l, diff):
+    """``‖X_l − Y_l‖²`` (``diff``) or ``‖X_l‖²`` of lane ``l`` of groups ``X``, ``Y``,
+    summed in float64 in the element order of :func:`sq_dist` / :func:`sq_norm`."""
+    L = lanes.lanes(X)
+    s = 0.0
+    for t in range(X.shape[0]):
+        for j in range(l, X.shape[1], L):
+            v = np.float64(X[t, j]) - np.float64(Y[t, j]) if diff else np.float64(X[t, j])
+            s += v * v
+    return s
+
+
+@_djit
+def _pair_lanes(W, fp, ip, a, b, h, σ, seed, start, eps, logr, status, u, v, log0, X, Y,
+                stages, xs, scratch):
+    """Pair mode of :func:`_decay_batch` with the trajectories in groups of L across
+    the vector lanes (:mod:`tfkernels.lanes`): the states ``X``, ``Y`` of L pairs
+    are two groups ``(T, d·L)``, each layer :func:`lanes.advance_group` on both (the
+    noise of trajectory g on both of its states, as in :func:`run_pair`).
+
+    The states are bit-identical to :func:`run_pair`'s; ``log r_n`` agrees to
+    rounding (the squared distance is summed lane by lane in the same order, but
+    LLVM may reassociate :func:`sq_dist`'s reduction). A pair whose ``r_n`` is not
+    finite (a state that overflowed gives an infinite or NaN distance: the same test
+    as :func:`run_pair`'s) is finished as there and its lanes zeroed. ``u``, ``v``:
+    ``(T, d)`` scratch; ``log0 (L,)`` float64 scratch.
+    """
+    B = logr.shape[0]
+    L = lanes.lanes(X)
+    N = h.shape[0]
+    for g0 in range(0, B, L):
+        nl = min(L, B - g0)
+        live = 0
+        for l in range(L):
+            if l < nl:
+                lg = initial_pair(u, v, seed, start + g0 + l, eps)
+                log0[l] = lg
+                logr[g0 + l, 0] = 0.0
+                status[g0 + l] = STATUS_OK
+                if kernels.is_finite(lg):
+                    live += 1
+                else:
+                    logr[g0 + l, :] = np.nan
+                    status[g0 + l] = 0
+            if l < nl and status[g0 + l] == STATUS_OK:
+                lanes.load_lane(u, l, X)
+                lanes.load_lane(v, l, Y)
+            else:
+                lanes.zero_lane(X, l)
+                lanes.zero_lane(Y, l)
+        st = status[g0:g0 + nl]
+        for n in range(N):
+            if live == 0:
+                break
+            lanes.advance_group(X, W, fp, ip, n, a, b, h, σ, seed, start + g0, st, u,
+                                stages, xs, scratch)
+            lanes.advance_group(Y, W, fp, ip, n, a, b, h, σ, seed, start + g0, st, u,
+                                stages, xs, scratch)
+            for l in range(nl):
+                if st[l] != STATUS_OK:
+                    continue
+                lr = 0.5 * math.log(lane_sq_dist(X, Y, l, True)) - log0[l]
+                if kernels.is_finite(lr):
+                    logr[g0 + l, n + 1] = lr
+                else:
+                    logr[g0 + l, n + 1:] = np.nan
+                    st[l] = n + 1
+                    live -= 1
+                    lanes.zero_lane(X, l)
+                    lanes.zero_lane(Y, l)
+
+
+@_jit
+def attention_tangent_lanes(V, wqkv, wo, n_heads, beta, L, rs, js, out):
+    """:func:`attention_tangent` for a group (:mod:`tfkernels.lanes` layout), from
+    the activations ``lanes.attention_lanes`` left: ``qkv`` with its Q block already
+    scaled by ``s = β/√d_h``, every head's transposed probabilities in
+    ``P (T, H·T·L)``. The same products in the same k order, so the same bits:
+    ``dS = K_h (s dQ_h)ᵀ + dK_h (s Q_h)ᵀ``, ``dP = P∘(dS − Σ_keys P∘dS)`` per query
+    column, ``dO_h = dP V_h + P_h dV_h``, ``out += dO W_o``."""
+    qkv, P, _, _, mt = rs
+    _, dqkv, dP, dheads, _ = js
+    T = V.shape[0]
+    d = V.shape[1] // L
+    dh = d // n_heads
+    e = 3 * d * L
+    c = n_heads * T * L
+    TL = T * L
+    z = V.dtype.type(0.0)
+    lanes.lgemm(V, 0, d * L, L, wqkv, 0, 3 * d, 1, False, dqkv, 0, e, L, T, d, 3 * d, False)
+    scale = V.dtype.type(beta / math.sqrt(dh))
+    for i in range(T):
+        for j in range(d * L):
+            dqkv[i, j] *= scale
+    for h in range(n_heads):
+        lanes.lgemm(dqkv, h * dh * L, e, L, qkv, (d + h * dh) * L, L, e, True,
+                    dP, 0, L, TL, T, dh, T, False)
+        lanes.lgemm(qkv, h * dh * L, e, L, dqkv, (d + h * dh) * L, L, e, True,
+                    dP, 0, L, TL, T, dh, T, True)
+        mean = mt[0]
+        for i in range(TL):
+            mean[i] = z
+        for j in range(T):
+            for i in range(TL):
+                mean[i] += P[j, h * TL + i] * dP[j, i]
+        for j in range(T):
+            for i in range(TL):
+                dP[j, i] = P[j, h * TL + i] * (dP[j, i] - mean[i])
+        lanes.lgemm(dP, 0, L, TL, qkv, (2 * d + h * dh) * L, e, L, True,
+                    dheads, h * dh * L, d * L, L, T, T, dh, False)
+        lanes.lgemm(P, h * TL, L, c, dqkv, (2 * d + h * dh) * L, e, L, True,
+                    dheads, h * dh * L, d * L, L, T, T, dh, True)
+    lanes.lgemm(dheads, 0, d * L, L, wo, 0, d, 1, False, out, 0, d * L, L, T, d, d, True)
+
+
+@_jit
+def rhs_and_jvp_lanes(X, V, W, fp, ip, layer, out, dout, rs, js):
+    """:func:`rhs_and_jvp` for a group (``W`` from ``lanes.pack_lanes``, ``rs`` the
+    ``rhs`` scratch of ``lanes.make_scratch``, ``js`` from
+    :func:`make_jvp_lanes_scratch`); the same bits as :func:`rhs_and_jvp` per lane."""
+    A, w1, w2, b1, b2 = W[6][layer], W[2][layer], W[4][layer], W[3][layer], W[5][layer]
+    qkv, P, heads, hidden, mt = rs
+    S, dhidden = js[0], js[4]
+    L = lanes.lanes(X)
+    T = X.shape[0]
+    d = X.shape[1] // L
+    m = w1.shape[1]
+    γ = fp[FP_DAMPING]
+    lanes.damped_linear(X, γ, A, ip[IP_LIN], L, out)
+    if ip[IP_ATTN]:
+        lanes.attention_lanes(X, W[0][layer], W[1][layer], ip[IP_HEADS], fp[FP_BETA],
+                              ip[IP_CAUSAL], L, qkv, P, heads, mt, out)
+    if ip[IP_FFN]:
+        lanes.lgemm(X, 0, d * L, L, w1, 0, m, 1, False, hidden, 0, m * L, L, T, d, m, False)
+        bias_activate_prime(hidden, b1, ip[IP_ACT], S)
+        lanes.lgemm(hidden, 0, m * L, L, w2, 0, d, 1, False, out, 0, d * L, L, T, m, d, True)
+        for i in range(T):
+            for j in range(d * L):
+                out[i, j] += b2[j]
+    lanes.damped_linear(V, γ, A, ip[IP_LIN], L, dout)
+    if ip[IP_ATTN]:
+        attention_tangent_lanes(V, W[0][layer], W[1][layer], ip[IP_HEADS], fp[FP_BETA], L,
+                                rs, js, dout)
+    if ip[IP_FFN]:
+        lanes.lgemm(V, 0, d * L, L, w1, 0, m, 1, False, dhidden, 0, m * L, L, T, d, m,
+                    False)
+        for i in range(T):
+            for j in range(m * L):
+                dhidden[i, j] *= S[i, j]
+        lanes.lgemm(dhidden, 0, m * L, L, w2, 0, d, 1, False, dout, 0, d * L, L, T, m, d,
+                    True)
+
+
+def make_jvp_lanes_scratch(W, T, d, n_stages, dtype):
+    """:func:`make_jvp_scratch` for a group: ``dstages (n_stages, T, d·L)``,
+    ``ds (T, d·L)`` and ``(S (T, m·L), dqkv (T, 3d·L), dP (T, T·L), dheads (T, d·L),
+    dhidden (T, m·L))``."""
+    L = lanes.group_width(dtype)
+    m = W[2].shape[2]
+    dstages, ds, *js = kernels.aligned_buffers(
+        ((n_stages, T, d * L), (T, d * L), (T, m * L), (T, 3 * d * L), (T, T * L),
+         (T, d * L), (T, m * L)), dtype)
+    return dstages, ds, tuple(js)
+
+
+@_jit
+def step_tangent_lanes(X, D, W, fp, ip, layer, a, b, h, stages, xs, rs, dstages, ds, js):
+    """:func:`step_tangent` for a group."""
+    for i in range(b.shape[0]):
+        if i == 0:
+            rhs_and_jvp_lanes(X, D, W, fp, ip, layer, stages[0], dstages[0], rs, js)
+            continue
+        kernels.stage_input(X, stages, a, h, i, xs)
+        kernels.stage_input(D, dstages, a, h, i, ds)
+        rhs_and_jvp_lanes(xs, ds, W, fp, ip, layer, stages[i], dstages[i], rs, js)
+    kernels.step_update(X, stages, b, h, xs)
+    kernels.step_update(D, dstages, b, h, ds)
+
+
+@_djit
+def _tangent_lanes(W, fp, ip, a, b, h, σ, seed, start, logr, status, u, v, acc, X, D,
+                   stages, xs, rs, dstages, ds, js):
+    """Tangent mode of :func:`_decay_batch` (:func:`run_tangent`) with the
+    trajectories in groups of L across the vector lanes. The states and tangents are
+    bit-identical to :func:`run_tangent`'s; the norms are summed lane by lane in the
+    same order (LLVM may reassociate :func:`sq_norm`'s reduction). ``acc (L,)``
+    float64 scratch: each lane's running ``log r``."""
+    B = logr.shape[0]
+    L = lanes.lanes(X)
+    N = h.shape[0]
+    for g0 in range(0, B, L):
+        nl = min(L, B - g0)
+        for l in range(L):
+            if l < nl:
+                acc[l] = -initial_tangent(u, v, seed, start + g0 + l)
+                logr[g0 + l, 0] = 0.0
+                status[g0 + l] = STATUS_OK
+                lanes.load_lane(u, l, X)
+                lanes.load_lane(v, l, D)
+            else:
+                lanes.zero_lane(X, l)
+                lanes.zero_lane(D, l)
+        live = nl
+        st = status[g0:g0 + nl]
+        for n in range(N):
+            if live == 0:
+                break
+            step_tangent_lanes(X, D, W, fp, ip, layer_of(W, n), a, b, h[n], stages, xs, rs,
+                               dstages, ds, js)
+            lanes.add_group_noise(X, n, σ, seed, start + g0, st, u)
+            for l in range(nl):
+                if st[l] != STATUS_OK:
+                    continue
+                ok = lanes.lane_finite(X, l)
+                if ok:
+                    nrm = math.sqrt(lane_sq_dist(D, D, l, False))
+                    ok = nrm > 0.0 and kernels.is_finite(nrm)
+                if not ok:
+                    logr[g0 + l, n + 1:] = np.nan
+                    st[l] = n + 1
+                    live -= 1
+                    lanes.zero_lane(X, l)
+                    lanes.zero_lane(D, l)
+                    continue
+                acc[l] += math.log(nrm)
+                logr[g0 + l, n + 1] = acc[l]
+                inv = 1.0 / nrm
+                for t in range(D.shape[0]):
+                    for j in range(l, D.shape[1], L):
+                        D[t, j] = np.float64(D[t, j]) * inv
+
+
 def decay_kernel(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, logr, status):
     """:func:`_decay_batch` on slices of the batch in parallel (``api.run_threads``);
-    same arguments. Trajectory ``start + k`` gives the same bits in any slice."""
+    same arguments. Trajectory ``start + k`` gives the same bits in any slice. Both
+    modes run on the lane kernels (:func:`_pair_lanes`, :func:`_tangent_lanes`) where
+    the flow does (``lanes.use_lanes``)."""
     T, d = dtype_like.shape
     dt = dtype_like.dtype
 
-    def body(lo, hi):
-        _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start + lo, eps, logr[lo:hi],
-                     status[lo:hi], *kernels.aligned_buffers(((T, d), (T, d)), dt),
-                     *kernels.make_scratch(W, ip, T, d, b.shape[0], dt),
-                     *make_jvp_scratch(W, T, d, b.shape[0], dt))
+    if mode == MODE_PAIR and lanes.use_lanes(T, d):
+        WL = lanes.pack_lanes(W, dt)
+
+        def body(lo, hi):
+            X, stages, xs, scratch = lanes.make_scratch(W, ip, T, d, b.shape[0], dt)
+            Y, u, v = kernels.aligned_buffers((X.shape, (T, d), (T, d)), dt)
+            _pair_lanes(WL, fp, ip, a, b, h, σ, seed, start + lo, eps, logr[lo:hi],
+                        status[lo:hi], u, v, np.empty(X.shape[1] // d), X, Y, stages,
+                        xs, scratch)
+    elif lanes.use_lanes(T, d):
+        WL = lanes.pack_lanes(W, dt)
+
+        def body(lo, hi):
+            X, stages, xs, rs = lanes.make_scratch(W, ip, T, d, b.shape[0], dt)
+            D, u, v = kernels.aligned_buffers((X.shape, (T, d), (T, d)), dt)
+            _tangent_lanes(WL, fp, ip, a, b, h, σ, seed, start + lo, logr[lo:hi],
+                           status[lo:hi], u, v, np.empty(X.shape[1] // d), X, D, stages,
+                           xs, rs, *make_jvp_lanes_scratch(W, T, d, b.shape[0], dt))
+    else:
+        def body(lo, hi):
+            _decay_batch(mode, W, fp, ip, a, b, h, σ, seed, start + lo, eps, logr[lo:hi],
+                         status[lo:hi], *kernels.aligned_buffers(((T, d), (T, d)), dt),
+                         *kernels.make_scratch(W, ip, T, d, b.shape[0], dt),
+                         *make_jvp_scratch(W, T, d, b.shape[0], dt))
 
     api.run_threads(body, logr.shape[0])

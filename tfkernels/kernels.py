@@ -27,7 +27,7 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from . import config, rng
-from .simd import gemm, gemm_ld
+from .simd import gemm, gemm_ld, runtime
 from .methods import ACTIVATIONS
 
 # Slots of the integer settings ``ip`` and float settings ``fp``.
@@ -324,11 +324,13 @@ def bias_activate(H, b, act):
 
 
 @_jit
-def softmax_columns(P, n, causal, mt):
+def softmax_columns(P, n, causal, mt, width):
     """Softmax over each of the first ``n`` *columns* of the transposed scores
-    ``P (T keys, ≥ n)`` in place. Column i holds the scores of query ``i % T`` (the
-    heads' ``(T, T)`` blocks stand side by side); with ``causal`` that query keeps
-    keys ``j <= i % T`` and the rest are 0.
+    ``P (T keys, ≥ n)`` in place. Column i holds the scores of query
+    ``(i // width) % T`` (the heads' ``(T, T)`` blocks stand side by side, each query's
+    column repeated ``width`` times: 1 here, the group's lanes in
+    :mod:`tfkernels.lanes`); with ``causal`` that query keeps keys up to its own index and
+    the rest are 0.
 
     The running maximum, the exponentials and their sums are element-wise operations
     along contiguous rows of all ``n`` columns (scratch ``mt (3, ≥ n)``: maximum, sum
@@ -347,7 +349,7 @@ def softmax_columns(P, n, causal, mt):
     for i in range(n):
         m[i] = P[0, i]
         total[i] = dt(0.0)
-        q[i] = dt(i % T)
+        q[i] = dt((i // width) % T)
     # Full-length rows with the causal mask as a select: a loop starting at j ran
     # 4x slower (short, misaligned trip counts); masked entries are computed, unused.
     for j in range(1, T):
@@ -395,7 +397,7 @@ def head_probs(qkv, h0, g, dh, causal, qt, P, mt):
         h = h0 + k
         gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, h * dh * T, T, P, k * T, P.shape[1],
                 T, dh, T, False)
-    softmax_columns(P, g * T, causal, mt)
+    softmax_columns(P, g * T, causal, mt, runtime(1))
 
 
 @_ijit
@@ -590,6 +592,14 @@ def all_finite(X):
     for i in range(X.size):
         acc += X.flat[i] * z
     return acc == z
+
+
+@_ijit
+def is_finite(x):
+    """``np.isfinite(x)`` for a float, as the kernels need it: under ``FASTMATH``,
+    ``np.isfinite(0.5·log(s) − c)`` came out True for ``s = inf`` and NaN (each flag
+    alone was fine); ``x·0 == 0`` is False for NaN and ±inf either way."""
+    return x * 0.0 == 0.0
 
 
 @_ijit

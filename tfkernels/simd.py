@@ -13,7 +13,7 @@ Intrinsics (all take arrays through their flat, C-order element offset):
 * :func:`vload` / :func:`vstore` — unaligned load / store of ``LANES`` consecutive
   elements;
 * :func:`vsplat` — a vector with every lane equal to a scalar;
-* :func:`vfma` — lane-wise ``a·b + c`` with one rounding (``llvm.fma``);
+* :func:`vfma` — lane-wise ``a·b + c`` with one rounding (``llvm.fma``; also scalar);
 * :func:`lanes` — the lane count for an array's dtype (a compile-time constant).
 
 :func:`gemm` is the micro-kernel the transformer kernels use for every projection:
@@ -192,15 +192,21 @@ def vsplat(typingctx, x, like):
 
 @intrinsic
 def vfma(typingctx, a, b, c):
-    """Lane-wise ``a·b + c`` with a single rounding (``llvm.fma``)."""
-    if not (isinstance(a, VecType) and a == b == c):
+    """Lane-wise ``a·b + c`` with a single rounding (``llvm.fma``); for three floats of
+    one type, the scalar ``fma`` (a chain of them is never reassociated, unlike
+    ``s + x·w`` under the ``reassoc`` fast-math flag, which LLVM may vectorize as a
+    reduction in a different order)."""
+    if isinstance(a, VecType) and a == b == c:
+        name = f"llvm.fma.v{a.count}f{a.dtype.bitwidth}"
+    elif isinstance(a, types.Float) and a == b == c:
+        name = f"llvm.fma.f{a.bitwidth}"
+    else:
         return None
 
     def codegen(context, builder, sig, args):
         vty = context.get_value_type(a)
         fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty] * 3),
-            f"llvm.fma.v{a.count}f{a.dtype.bitwidth}")
+            builder.module, ir.FunctionType(vty, [vty] * 3), name)
         return builder.call(fn, args)
 
     return a(a, b, c), codegen
@@ -463,7 +469,7 @@ def _gemm_ld(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
             for jj in range(j, n):
                 s = sload(out, oo + i * ldo + jj) if accumulate else zero
                 for k in range(K):
-                    s = s + sload(X, xo + i * ldx + k * cx) * sload(W, wo + k * ldw + jj)
+                    s = vfma(sload(X, xo + i * ldx + k * cx), sload(W, wo + k * ldw + jj), s)
                 sstore(out, oo + i * ldo + jj, s)
 
 

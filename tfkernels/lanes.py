@@ -230,7 +230,8 @@ def pack_lanes(W, dtype):
     """``kernels.pack_params``'s weights with the biases repeated per lane:
     ``b1 (n_sets, m·L)``, ``b2 (n_sets, d·L)``, lane-interleaved like the states."""
     L = group_width(dtype)
-    return W[:3] + (np.repeat(W[3], L, axis=-1),) + W[4:5] + (np.repeat(W[5], L, axis=-1),) + W[6:7]
+    b1, b2 = (np.repeat(b, L, axis=-1) for b in (W[3], W[5]))
+    return W[:3] + (b1, W[4], b2, W[6])
 
 
 def make_scratch(W, ip, T, d, n_stages, dtype):
@@ -347,8 +348,8 @@ def integrate_lanes(x0, W, fp, ip, a, b, h, σ, seed, start, save_every, first, 
     the whole group; only when it fails are the lanes checked one by one, and a lane
     that became non-finite gets its status and NaN snapshots as in
     ``integrate_kernel`` and is then zeroed (as are the padding lanes of a last,
-    partial group), so that the group check passes again and the other lanes go on. Noise is added lane by lane (``rng.add_normal`` on the
-    lane's own copy: the same operations on the same values as the row kernel).
+    partial group), so that the group check passes again and the other lanes go on.
+    Noise is added lane by lane (:func:`advance_group`).
     """
     B = x0.shape[0]
     L = lanes(X)
@@ -362,8 +363,8 @@ def integrate_lanes(x0, W, fp, ip, a, b, h, σ, seed, start, save_every, first, 
             if first == 0:
                 store_lane(X, l, out[g0 + l, 0])
         for n in range(N):
-            advance_group(X, W, fp, ip, n, a, b, h, σ, seed, start + g0, status[g0:g0 + nl],
-                          lane, stages, xs, scratch)
+            advance_group(X, W, fp, ip, n, a, b, h, σ, seed, start + g0,
+                          status[g0:g0 + nl], lane, stages, xs, scratch)
             if not K.all_finite(X):
                 for l in range(L):
                     if l < nl and status[g0 + l] == K.STATUS_OK:

@@ -19,8 +19,8 @@ from numba import njit
 
 import tfkernels as tfk
 from tfkernels import config
-from tfkernels import kernels as K
-from tfkernels.simd import gemm, gemm_ld
+from tfkernels.kernels import rows as K
+from tfkernels.kernels.simd import gemm, gemm_ld
 
 CONFIGS = {"tiny": (8, 16, 2), "small": (16, 32, 4), "medium": (32, 64, 4),
            "large": (64, 128, 8)}

@@ -9,7 +9,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "tfkernels"
 
 def test_njit_flags_come_from_config():
     bad = []
-    for path in PKG.glob("*.py"):
+    for path in PKG.rglob("*.py"):
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             for flag in ("fastmath", "cache", "parallel"):
                 m = re.search(rf"\b{flag}=([^,)\s]+)", line)

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels import api, decay, kernels, rng
-from tfkernels import decay_kernels as dk
+from tfkernels import api
+from tfkernels.kernels import rng
+from tfkernels.kernels import rows as kernels
+from tfkernels.studies import decay
+from tfkernels.kernels import decay as dk
 from tfkernels import reference as ref
 
 RUN = dict(method="euler", t_final=1.0, alpha=None, c=1.0, noise=0.0)

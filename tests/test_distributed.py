@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels import decay
-from tfkernels import distributed as tfd
+from tfkernels.studies import decay
+from tfkernels.studies import distributed as tfd
 
 dd = pytest.importorskip("distributed")
 tqdm_auto = pytest.importorskip("tqdm.auto")
@@ -199,7 +199,7 @@ def test_missing_dask_names_the_extra(monkeypatch):
 def test_local_run_does_not_import_dask():
     code = (
         "import sys\n"
-        "import tfkernels as tfk, tfkernels.distributed\n"
+        "import tfkernels as tfk, tfkernels.studies.distributed\n"
         "p = tfk.TransformerParams.random(d=4, n_heads=2, d_ff=8, damping=3.0, seed=0)\n"
         "res = tfk.perturbation_decay(p, 50, 2, 4, chunk_size=20, progress=False)\n"
         "assert res.n_trajectories == 50\n"

@@ -6,7 +6,7 @@ machine (the measurement counts the CPU time of its threads, not the wall time).
 
 import pytest
 
-from tfkernels import flops
+from tfkernels.bench import flops
 
 
 @pytest.fixture(scope="module")

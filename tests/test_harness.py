@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels import flops, harness, paper, peers
+from tfkernels.bench import flops, harness, peers
+from tfkernels.studies import paper
 
 
 # --------------------------------------------------------------------- the sweep

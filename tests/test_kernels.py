@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tfkernels as tfk
-from tfkernels import config, reference, rng
+from tfkernels import config, reference
+from tfkernels.kernels import rng
 from tfkernels.kernels import aligned_buffers, empty_aligned
 
 

@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tfkernels as tfk
-from tfkernels import config, kernels, lanes
+from tfkernels import config
+from tfkernels.kernels import lanes
+from tfkernels.kernels import rows as kernels
 from test_kernels import SETTINGS, build, models
 
 
@@ -93,7 +95,7 @@ def test_is_finite_under_fastmath():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("method", ["euler", "rk4"])
 def test_pair_mode_on_lanes_matches_rows(dtype, method):
-    from tfkernels import decay
+    from tfkernels.studies import decay
 
     p = tfk.TransformerParams.random(d=8, n_heads=2, d_ff=12, damping=1.0, causal=True,
                                      seed=4, dtype=dtype)
@@ -109,7 +111,7 @@ def test_pair_mode_on_lanes_matches_rows(dtype, method):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("activation", ["gelu", "tanh"])
 def test_tangent_mode_on_lanes_matches_rows(dtype, activation):
-    from tfkernels import decay
+    from tfkernels.studies import decay
 
     p = tfk.TransformerParams.random(d=8, n_heads=2, d_ff=12, damping=1.0, causal=True,
                                      linear=True, activation=activation, seed=4, dtype=dtype)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from tfkernels import rng
+from tfkernels.kernels import rng
 
 
 @njit(cache=False)

@@ -6,7 +6,7 @@ trajectories at once and measures what the theory predicts.
 """
 
 from .api import integrate, random_states, vector_field
-from .decay import DecayResult, perturbation_decay
+from .studies.decay import DecayResult, perturbation_decay
 from .methods import ACTIVATIONS, METHODS
 from .params import TransformerParams
 

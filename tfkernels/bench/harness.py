@@ -540,7 +540,7 @@ def _compile_subprocess(dtype, cache_dir=None):
 def first_call(dtype, threads):
     """In this process: time of the first and second call of a tiny flow."""
     import tfkernels as tfk
-    from tfkernels import kernels
+    from tfkernels.kernels import rows as kernels
 
     p = tfk.TransformerParams.random(16, 2, damping=1.0, dtype=dtype)
     x = tfk.random_states(4, 8, 16, dtype=dtype)
@@ -589,7 +589,7 @@ def batch_for(settings, cfg):
     """
     if settings.batch:
         return settings.batch
-    from . import config
+    from .. import config
 
     fpl = flops.flops_per_layer(flow_config(cfg), settings.method)
     lo = settings.threads * config.BLOCK  # one block of trajectories per thread at least

@@ -32,7 +32,8 @@ import sys
 import threading
 import time
 
-from . import api, decay
+from .. import threads
+from . import decay
 
 #: Chunks submitted and not yet merged, per worker thread of the cluster: enough to
 #: keep every worker thread busy while the client fetches and merges results.
@@ -289,7 +290,7 @@ def _chunk_task(packed, chunk_start, chunk_len, cfg, n_threads):
     """
     with _KERNEL_LOCK:
         packed, cfg = _writable(packed, cfg)
-        with api.threads(_kernel_threads(n_threads)):
+        with threads.threads(_kernel_threads(n_threads)):
             return decay.decay_chunk(packed, chunk_start, chunk_len, cfg)
 
 

@@ -64,9 +64,9 @@ import numba
 import numpy as np
 from numba import njit
 
-from . import config
-from .methods import tableau
-from .simd import VECTOR_BYTES, lanes, sload, vfma, vload, vsplat, vstore, vzero
+from .. import config
+from ..methods import tableau
+from ..kernels.simd import VECTOR_BYTES, lanes, sload, vfma, vload, vsplat, vstore, vzero
 
 #: Flops per ``exp`` (range reduction + degree-5/6 polynomial + scaling, vectorized).
 EXP_FLOPS = 10
@@ -484,7 +484,7 @@ def _fma_chains(coef, out, o, n_iter):
 
 def _fma_threads(coef, out, n_iter):
     """:func:`_fma_chains` once per row of ``out``, one row per thread, in parallel."""
-    from .api import run_each
+    from ..threads import run_each
 
     n_rows, width = out.shape
     run_each(lambda t: _fma_chains(coef, out, t * width, n_iter), n_rows)
@@ -532,7 +532,7 @@ def measured_peak(dtype="float32", threads=1, min_seconds=0.2, repeats=5):
     >>> measured_peak("float32", threads=1, min_seconds=0.05, repeats=3) > 0
     True
     """
-    from .api import threads as threads_context
+    from ..threads import threads as threads_context
 
     dt = np.dtype(dtype)
     if dt.name not in ("float32", "float64"):

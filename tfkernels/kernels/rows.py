@@ -26,9 +26,10 @@ from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
-from . import config, rng
+from .. import config
+from . import rng
 from .simd import gemm, gemm_ld, runtime
-from .methods import ACTIVATIONS
+from ..methods import ACTIVATIONS
 
 # Slots of the integer settings ``ip`` and float settings ``fp``.
 IP_HEADS, IP_CAUSAL, IP_ACT, IP_ATTN, IP_FFN, IP_LIN = range(6)

@@ -1,8 +1,9 @@
 """The ``tfkernels`` command: ``decay``, ``bench`` and ``paper`` subcommands.
 
 Each subcommand lives in its own module, which provides ``configure_parser(parser)``
-and ``run_cli(args)``; modules are imported only when their subcommand runs, so
-``tfkernels --help`` starts fast.
+and ``run_cli(args)``. Only the module of the subcommand that runs is imported (for
+``tfkernels --help``, none), so the command starts fast and a subcommand never pays
+for another's imports.
 """
 
 import argparse
@@ -11,14 +12,24 @@ import sys
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "decay": ("tfkernels.decay", "Monte Carlo study of perturbation decay across layers"),
-    "bench": ("tfkernels.harness", "throughput and error-scaling sweeps against NumPy/PyTorch/JAX"),
-    "paper": ("tfkernels.paper", "reproduce the paper's Figures 1-3 with fitted slopes"),
+    "decay": ("tfkernels.studies.decay", "Monte Carlo study of perturbation decay across layers"),
+    "bench": ("tfkernels.bench.harness",
+              "throughput and error-scaling sweeps against NumPy/PyTorch/JAX"),
+    "paper": ("tfkernels.studies.paper", "reproduce the paper's Figures 1-3 with fitted slopes"),
 }
 
 
-def build_parser():
-    """Return the top-level argument parser with every subcommand configured."""
+def _command_of(argv):
+    """The subcommand named in ``argv`` (its first word that is not an option), or None."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in SUBCOMMANDS else None
+    return None
+
+
+def build_parser(argv=()):
+    """Return the top-level argument parser; only the subcommand named in ``argv`` is
+    configured (its module imported), the others are listed with their help line."""
     parser = argparse.ArgumentParser(
         prog="tfkernels",
         description=(
@@ -28,17 +39,20 @@ def build_parser():
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = _command_of(argv)
     for name, (module, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         p.set_defaults(_module=module)
-        importlib.import_module(module).configure_parser(p)
+        if name == chosen:
+            importlib.import_module(module).configure_parser(p)
     return parser
 
 
 def main(argv=None):
     """Entry point of the ``tfkernels`` console script."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

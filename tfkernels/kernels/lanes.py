@@ -26,8 +26,9 @@ import math
 
 import numpy as np
 
-from . import config, rng
-from . import kernels as K
+from .. import config
+from . import rng
+from . import rows as K
 from .simd import VECTOR_BYTES, lanes, sload, vfma, vload, vsplat, vstore, vzero
 
 _jit, _ijit, _djit = K._jit, K._ijit, K._djit

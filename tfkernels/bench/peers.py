@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .methods import METHODS, tableau
+from ..methods import METHODS, tableau
 
 PEERS = ("numpy", "torch", "jax")
 
@@ -482,7 +482,7 @@ class PeerProcess:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env["PYTHONPATH"]) if p)
         self.log = tempfile.TemporaryFile()
-        cmd = [sys.executable, "-m", "tfkernels.peers", "--serve", variant.peer,
+        cmd = [sys.executable, "-m", "tfkernels.bench.peers", "--serve", variant.peer,
                "--threads", str(threads), "--options", repr(variant.options)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, env=env)

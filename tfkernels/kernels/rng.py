@@ -31,7 +31,7 @@ from llvmlite import ir
 from numba import njit, types, uint64
 from numba.extending import intrinsic
 
-from . import config
+from .. import config
 
 #: Strict IEEE arithmetic (``config.RNG_FASTMATH``); the numpy error model, so that a
 #: division carries no ZeroDivisionError branch (an early exit that stops LLVM from

@@ -31,9 +31,10 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from . import _validate as v
-from . import api, config, kernels
-from .methods import ACTIVATIONS, METHODS, MODES
+from .. import _validate as v
+from .. import api, config, threads
+from ..kernels import rows as kernels
+from ..methods import ACTIVATIONS, METHODS, MODES
 
 #: Quantile levels reported per layer.
 QUANTILES = (0.01, 0.05, 0.25, 0.50, 0.75, 0.95, 0.99)
@@ -113,7 +114,7 @@ def chunk_log_ratios(packed, chunk_start, chunk_len, cfg):
     status : ndarray of int64, shape (chunk_len,)
         ``kernels.STATUS_OK`` or the first non-finite layer.
     """
-    from . import decay_kernels as dk
+    from ..kernels import decay as dk
 
     W, fp, ip = packed
     logr = np.empty((chunk_len, cfg.h.shape[0] + 1), dtype=np.float64)
@@ -403,7 +404,7 @@ def classify(rate_ci, mean_last, std_last, count):
 
 def _jacobian_dense(packed, X, layer):
     """Dense Jacobian (T·d × T·d, row-major vec) of f at X via T·d JVPs."""
-    from . import decay_kernels as dk
+    from ..kernels import decay as dk
 
     W, fp, ip = packed
     T, d = X.shape
@@ -419,7 +420,7 @@ def _lognorm_lanczos(packed, X, layer):
     """``(λ_max((J + Jᵀ)/2), σ_max(J))`` at X by Lanczos (eigsh) with JVP and VJP."""
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    from . import decay_kernels as dk
+    from ..kernels import decay as dk
 
     W, fp, ip = packed
     T, d = X.shape
@@ -711,7 +712,7 @@ def _check_args(params, n_trajectories, seq_len, n_layers, method, t_final, alph
     seed = v.check_int("seed", seed, minimum=0)
     chunk_size = config.CHUNK_SIZE if chunk_size is None else v.check_int(
         "chunk_size", chunk_size, minimum=1)
-    api.check_n_threads(n_threads)
+    threads.check_n_threads(n_threads)
     if not isinstance(progress, bool):
         raise TypeError(f"`progress` must be True or False, got {progress!r}")
     lambda_samples = v.check_int("lambda_samples", lambda_samples, minimum=1)
@@ -745,7 +746,7 @@ def _environment():
     import numba
     import scipy
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "versions": {"tfkernels": __version__, "python": platform.python_version(),
@@ -792,7 +793,7 @@ def log_ratios(params, n_trajectories, seq_len, n_layers, *, start=0, method="eu
                     noise, eps, mode, seed, None, n_threads, False, 1, None, None)
     start = v.check_int("start", start, minimum=0)
     cfg = _chunk_config(params, k, 0.0)
-    with api.threads(n_threads):
+    with threads.threads(n_threads):
         return chunk_log_ratios(kernels.pack_params(params), start, k["n_trajectories"], cfg)
 
 
@@ -890,7 +891,7 @@ def perturbation_decay(params, n_trajectories, seq_len, n_layers, *, method="eul
                     bound_rtol, client)
     run = dict(method=method, t_final=t_final, alpha=alpha, c=c, noise=noise)
     t_begin = time.perf_counter()
-    with api.threads(n_threads):
+    with threads.threads(n_threads):
         lam, lip, linfo = estimate_lipschitz(params, k["seq_len"], n_layers,
                                              n_samples=k["lambda_samples"], seed=k["seed"],
                                              run=run)
@@ -1017,7 +1018,7 @@ def configure_parser(parser):
 
 def run_cli(args):
     """Run ``tfkernels decay``: the study, a summary table, JSON + CSV + PNG."""
-    from .params import TransformerParams
+    from ..params import TransformerParams
 
     client = None
     try:

@@ -22,10 +22,12 @@ import math
 
 import numpy as np
 
-from . import api, kernels, lanes, rng
+from .. import threads
+from . import lanes, rng
+from . import rows as kernels
 from .simd import gemm, gemm_ld
-from .kernels import _djit, _ijit, _jit  # the same compile flags as the flow
-from .kernels import (EXP_LO, FP_BETA, FP_DAMPING, GELU, GELU_TANH, IP_ACT, IP_ATTN,
+from .rows import _djit, _ijit, _jit  # the same compile flags as the flow
+from .rows import (EXP_LO, FP_BETA, FP_DAMPING, GELU, GELU_TANH, IP_ACT, IP_ATTN,
                       IP_CAUSAL, IP_FFN, IP_HEADS, IP_LIN, RELU, STATUS_OK, TANH, exp_neg)
 
 #: Mode codes of :func:`decay_kernel` (``methods.MODES``).
@@ -370,13 +372,13 @@ def jvp_kernel(X, V, W, fp, ip, layers, out):
         js = make_jvp_scratch(W, T, d, 1, X.dtype)[2]
         _jvp_batch(X[lo:hi], V[lo:hi], W, fp, ip, layers[lo:hi], out[lo:hi], (fx, rs, js))
 
-    api.run_threads(body, X.shape[0])
+    threads.run_threads(body, X.shape[0])
 
 
 def vjp_kernel(X, G, W, fp, ip, layers, out):
     """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, parallel over k
     (``api.run_threads``)."""
-    api.run_threads(lambda lo, hi: _vjp_batch(
+    threads.run_threads(lambda lo, hi: _vjp_batch(
         X[lo:hi], G[lo:hi], W, fp, ip, layers[lo:hi], out[lo:hi],
         make_vjp_scratch(W, *X.shape[1:], X.dtype)), X.shape[0])
 
@@ -807,4 +809,4 @@ def decay_kernel(mode, W, fp, ip, a, b, h, σ, seed, start, eps, dtype_like, log
                          *kernels.make_scratch(W, ip, T, d, b.shape[0], dt),
                          *make_jvp_scratch(W, T, d, b.shape[0], dt))
 
-    api.run_threads(body, logr.shape[0])
+    threads.run_threads(body, logr.shape[0])

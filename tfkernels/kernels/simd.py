@@ -26,7 +26,7 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic, models, register_model
 
-from . import config
+from .. import config
 
 def _vector_bytes():
     """64 (one zmm register) where the host has AVX-512, else 32 (one ymm register)."""

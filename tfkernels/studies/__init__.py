@@ -1,0 +1,1 @@
+"""Monte Carlo studies on the fused kernels."""

@@ -1,12 +1,14 @@
 """Cost of each term of one ``rhs`` call, one thread, for the configurations of issue 5.
 
-Each piece of ``kernels.rhs`` (the four projections, the heads' scores + softmax, the
+Each piece of ``kernels.field.rhs`` in the row layout (the four projections, the heads' scores + softmax, the
 softmax alone, the GELU, the whole attention and FFN terms) is called in a compiled
 loop on one trajectory's buffers, so the figures are nanoseconds per call with no
 Python in between. The pieces overlap (attention contains the QKV product, the heads'
 probabilities and W_o), and a piece timed alone runs a little slower than inside
 ``rhs`` (its loop and call overhead is its own); read them as where the time goes,
-not as a partition.
+not as a partition. The last two lines time the lane layout's ``rhs`` and FFN on a
+group, per trajectory (against the row layout's ``rhs``: a ratio above 100 % means
+the lanes are slower for that configuration).
 
     python bench/term_costs.py [--configs tiny,small] [--dtypes float32,float64]
 """
@@ -19,7 +21,8 @@ from numba import njit
 
 import tfkernels as tfk
 from tfkernels import config
-from tfkernels.kernels import rows as K
+from tfkernels import kernels
+from tfkernels.kernels import attention, field, maths, structs
 from tfkernels.kernels.simd import gemm, gemm_ld
 
 CONFIGS = {"tiny": (8, 16, 2), "small": (16, 32, 4), "medium": (32, 64, 4),
@@ -29,21 +32,21 @@ _jit = njit(cache=False, fastmath=config.FASTMATH, error_model=config.ERROR_MODE
 
 
 @_jit
-def _rhs(n, X, W, fp, ip, out, scratch):
+def _rhs(n, layout, X, model, out, fs):
     for _ in range(n):
-        K.rhs(X, W, fp, ip, 0, out, scratch)
+        field.rhs(layout, X, model, 0, out, fs)
 
 
 @_jit
 def _softmax(n, P, mt):
     for _ in range(n):
-        K.softmax_columns(P, P.shape[1], False, mt, 1)
+        maths.softmax_columns(P, P.shape[1], False, mt, 1)
 
 
 @_jit
 def _gelu(n, hidden, b):
     for _ in range(n):
-        K.bias_activate(hidden, b, K.GELU)
+        maths.bias_activate(hidden, b, maths.GELU)
 
 
 @_jit
@@ -65,21 +68,21 @@ def _gemm_t(n, Xt, w, out):
 @_jit
 def _heads(n, qkv, H, qt, P, mt):
     for _ in range(n):
-        K.head_probs(qkv, 0, H, qkv.shape[1] // 3 // H, False, qt, P, mt)
+        attention.head_probs(qkv, 0, H, qkv.shape[1] // 3 // H, False, qt, P, mt)
 
 
 @_jit
-def _attention(n, X, W, ip, scratch, out):
-    qkv, heads, _, mt, qt, P = scratch
+def _attention(n, X, model, fs, out):
+    w, s = model.weights, model.settings
     for _ in range(n):
-        K.attention_packed(X, W[0][0], W[1][0], ip[K.IP_HEADS], 1.0, False, qkv, heads,
-                           qt, P, mt, out)
+        attention.attention_rows(X, w.wqkv[0], w.wo[0], s.n_heads, 1.0, False, fs, out)
 
 
 @_jit
-def _ffn(n, X, W, scratch, out):
+def _ffn(n, layout, X, model, fs, out):
+    w = model.weights
     for _ in range(n):
-        K.ffn_packed(X, W[2][0], W[3][0], W[4][0], W[5][0], K.GELU, scratch[2], out)
+        field.ffn(layout, X, w.w1[0], w.b1[0], w.w2[0], w.b2[0], maths.GELU, fs.hidden, out)
 
 
 def per_call_ns(fn, *args, min_time=0.2):
@@ -104,24 +107,35 @@ def term_costs(name, dtype):
     """``{term: (ns per call, calls per rhs)}`` for configuration ``name``."""
     T, d, H = CONFIGS[name]
     p = tfk.TransformerParams.random(d, H, damping=1.0, seed=0, dtype=dtype)
-    W, fp, ip = K.pack_params(p)
+    model = kernels.pack_params(p)
+    w = model.weights
+    rows = structs.ROWS
     X = tfk.random_states(1, T, d, seed=1, dtype=dtype)[0]
-    _, _, scratch = K.make_scratch(W, ip, T, d, 1, X.dtype)
-    qkv, heads, hidden, mt, qt, P = scratch
+    fs = structs.step_scratch(rows, model, T, d, 1, X.dtype).field
     out = np.zeros_like(X)
-    K.rhs(X, W, fp, ip, 0, out, scratch)          # fills qkv, qt, hidden with real values
-    scores = P.copy()
+    field.rhs(rows, X, model, 0, out, fs)          # fills qkv, qt, hidden with real values
+    scores = fs.P.copy()
+    lanes = structs.lanes_layout(dtype)
+    lm = structs.for_lanes(model)
+    XL = np.repeat(X, lanes.width, axis=1)         # a group of L copies, lane-interleaved
+    fl = structs.step_scratch(lanes, model, T, d, 1, X.dtype).field
+    outl = np.zeros_like(XL)
     return {
-        "rhs": (per_call_ns(_rhs, X, W, fp, ip, out, scratch), 1),
-        "attention": (per_call_ns(_attention, X, W, ip, scratch, out), 1),
-        "  QKV product": (per_call_ns(_gemm, X, W[0][0], qkv), 1),
-        "  scores + softmax (all heads)": (per_call_ns(_heads, qkv, H, qt, P, mt), 1),
-        "  softmax (all heads)": (per_call_ns(_softmax, scores, mt), 1),
-        "  W_o product": (per_call_ns(_gemm_t, heads, W[1][0], out), 1),
-        "FFN": (per_call_ns(_ffn, X, W, scratch, out), 1),
-        "  W_1 product": (per_call_ns(_gemm, X, W[2][0], hidden), 1),
-        "  GELU": (per_call_ns(_gelu, hidden, W[3][0]), 1),
-        "  W_2 product": (per_call_ns(_gemm, hidden, W[4][0], out), 1),
+        "rhs": (per_call_ns(_rhs, rows, X, model, out, fs), 1),
+        "attention": (per_call_ns(_attention, X, model, fs, out), 1),
+        "  QKV product": (per_call_ns(_gemm, X, w.wqkv[0], fs.qkv), 1),
+        "  scores + softmax (all heads)": (per_call_ns(_heads, fs.qkv, H, fs.qt, fs.P, fs.mt),
+                                           1),
+        "  softmax (all heads)": (per_call_ns(_softmax, scores, fs.mt), 1),
+        "  W_o product": (per_call_ns(_gemm_t, fs.heads, w.wo[0], out), 1),
+        "FFN": (per_call_ns(_ffn, rows, X, model, fs, out), 1),
+        "  W_1 product": (per_call_ns(_gemm, X, w.w1[0], fs.hidden), 1),
+        "  GELU": (per_call_ns(_gelu, fs.hidden, w.b1[0]), 1),
+        "  W_2 product": (per_call_ns(_gemm, fs.hidden, w.w2[0], out), 1),
+        "rhs, lane layout, per trajectory": (
+            per_call_ns(_rhs, lanes, XL, lm, outl, fl) / lanes.width, 1),
+        "  FFN, lane layout, per trajectory": (
+            per_call_ns(_ffn, lanes, XL, lm, fl, outl) / lanes.width, 1),
     }
 
 

@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels import api
 from tfkernels.kernels import rng
-from tfkernels.kernels import rows as kernels
+from tfkernels import kernels
 from tfkernels.studies import decay
-from tfkernels.kernels import decay as dk
 from tfkernels import reference as ref
 
 RUN = dict(method="euler", t_final=1.0, alpha=None, c=1.0, noise=0.0)
@@ -30,51 +28,7 @@ def small(damping=3.0, seed=0, **kw):
     return tfk.TransformerParams.random(d=4, n_heads=2, d_ff=8, damping=damping, seed=seed, **kw)
 
 
-# ----------------------------------------------------------------- JVP / VJP kernels
-@pytest.mark.parametrize("activation", list(tfk.ACTIVATIONS))
-@pytest.mark.parametrize("causal", [False, True])
-def test_jvp_and_vjp_match_reference(activation, causal):
-    p = tfk.TransformerParams.random(d=6, n_heads=2, d_ff=10, damping=0.5, linear=True,
-                                     activation=activation, causal=causal, seed=3)
-    W, fp, ip = kernels.pack_params(p)
-    X, V, G = (tfk.random_states(5, 4, 6, seed=s) for s in (1, 2, 3))
-    layers = np.zeros(5, dtype=np.int64)
-    jv, vj = np.empty_like(X), np.empty_like(X)
-    dk.jvp_kernel(X, V, W, fp, ip, layers, jv)
-    dk.vjp_kernel(X, G, W, fp, ip, layers, vj)
-    np.testing.assert_allclose(jv, ref.jvp(p, X, V), rtol=1e-12, atol=1e-12)
-    for b in range(5):  # the VJP is the adjoint: <G, J V> = <Jᵀ G, V>
-        J = ref.jacobian(p, X[b])
-        np.testing.assert_allclose(vj[b].ravel(), J.T @ G[b].ravel(), rtol=1e-12, atol=1e-12)
-
-
-def test_heads_in_groups_give_the_same_bits():
-    """Past ``config.SOFTMAX_BLOCK_BYTES`` the scratch holds fewer heads' probabilities
-    than H: the flow takes the heads in groups and the tangent recomputes each group,
-    with the same bits as when all heads fit."""
-    p = tfk.TransformerParams.random(d=6, n_heads=3, d_ff=10, damping=0.5, causal=True,
-                                     seed=3)
-    W, fp, ip = kernels.pack_params(p)
-    X, V = (tfk.random_states(1, 4, 6, seed=s)[0] for s in (1, 2))
-    _, fx, rs = kernels.make_scratch(W, ip, 4, 6, 1, X.dtype)
-    _, _, js = dk.make_jvp_scratch(W, 4, 6, 1, X.dtype)
-    assert rs[5].shape == (4, 12)                    # all three heads side by side
-    jvp_all, f_all = np.empty_like(X), np.empty_like(X)
-    dk.rhs_jvp(X, V, W, fp, ip, 0, jvp_all, (f_all, rs, js))
-    for g in (1, 2):                                 # groups {0}{1}{2} and {0,1}{2}
-        few = rs[:3] + (np.empty((3, 4 * g)), rs[4], np.empty((4, 4 * g)))
-        jvp_g, f_g, flow_g = np.empty_like(X), np.empty_like(X), np.empty_like(X)
-        dk.rhs_jvp(X, V, W, fp, ip, 0, jvp_g, (f_g, few, js))
-        kernels.rhs(X, W, fp, ip, 0, flow_g, few)
-        np.testing.assert_array_equal(jvp_g, jvp_all)
-        np.testing.assert_array_equal(f_g, f_all)
-        np.testing.assert_array_equal(flow_g, f_all)
-    np.testing.assert_allclose(jvp_all, ref.jvp(p, X[None], V[None])[0], rtol=1e-12,
-                               atol=1e-12)
-    np.testing.assert_allclose(f_all, ref.vector_field(p, X[None])[0], rtol=1e-12,
-                               atol=1e-12)
-
-
+# ----------------------------------------------------------------- the λ̂ estimate
 def test_lanczos_estimate_matches_dense():
     p = tfk.TransformerParams.random(d=6, n_heads=3, d_ff=12, damping=1.0, linear=True, seed=2)
     dense = decay.estimate_lipschitz(p, 5, 8, n_samples=4, run=RUN)
@@ -135,30 +89,6 @@ def test_pair_and_tangent_match_reference_with_noise(method):
         pair, np.log(ref.perturbation_ratios(p, x0, U, 1e-6, N, method, eta=eta)), atol=1e-8)
     np.testing.assert_allclose(
         tan, np.log(ref.tangent_ratios(p, x0, U, N, method, eta=eta)), atol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("method, activation, causal", [
-    ("euler", "gelu", False), ("rk4", "gelu", True), ("heun", "tanh", False),
-    ("averaged", "relu", True)])
-def test_tangent_state_follows_the_flow_bit_for_bit(dtype, method, activation, causal):
-    """The fused primal + tangent step advances X exactly as ``tfk.integrate`` does."""
-    p = tfk.TransformerParams.random(d=8, n_heads=2, damping=0.5, linear=True, seed=4,
-                                     activation=activation, causal=causal, dtype=dtype)
-    N, T, seed, g = 6, 5, 3, 2
-    kw = dict(method=method, t_final=1.0, alpha=None, c=1.0, noise=0.1)
-    a, b, h, sigma = api.prepare_run(p, N, **kw)
-    W, fp, ip = kernels.pack_params(p)
-    x0 = tfk.random_states(1, T, 8, seed=0, dtype=dtype)
-    X, D = x0[0].copy(), directions(1, T, 8)[0].astype(dtype)
-    stages, xs, rs = kernels.make_scratch(W, ip, T, 8, b.shape[0], X.dtype)
-    dstages, ds, js = dk.make_jvp_scratch(W, T, 8, b.shape[0], X.dtype)
-    key = np.uint64(rng.key(seed, rng.STREAM_NOISE, g))
-    status = dk.run_tangent(X, D, W, fp, ip, a, b, h, sigma, key, 0.0, stages, xs, rs,
-                            dstages, ds, js, np.empty(N + 1))
-    assert status == kernels.STATUS_OK
-    flow = tfk.integrate(p, x0, N, seed=seed, start=g, **kw)
-    np.testing.assert_array_equal(X, flow[0])
 
 
 def test_pair_agrees_with_tangent_to_first_order():

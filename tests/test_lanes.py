@@ -1,5 +1,5 @@
-"""The lane-interleaved kernels (:mod:`tfkernels.lanes`) give the same bits as the
-one-trajectory-at-a-time kernels (:mod:`tfkernels.kernels`), which the other test
+"""The lane layout (``kernels.structs.Lanes``) gives the same bits as the
+one-trajectory-at-a-time row layout, which the other test
 files check against the reference: every term, every method, noise, per-layer
 weights, partial groups and trajectories that blow up part-way."""
 
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import tfkernels as tfk
 from tfkernels import config
-from tfkernels.kernels import lanes
-from tfkernels.kernels import rows as kernels
+from tfkernels import kernels
+from tfkernels.kernels import maths, structs
 from test_kernels import SETTINGS, build, models
 
 
@@ -66,21 +66,24 @@ def test_blow_ups_in_a_group(dtype):
 
 
 def test_dispatch_threshold():
-    assert lanes.use_lanes(8, 16) == (8 * 16 <= config.LANES_MAX_SIZE)
-    assert not lanes.use_lanes(64, 128)
+    assert kernels.use_lanes(8, 16) == (8 * 16 <= config.LANES_MAX_SIZE)
+    assert not kernels.use_lanes(64, 128)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 def test_lane_scratch_shapes(dtype):
     p = tfk.TransformerParams.random(8, 2, dtype=dtype)
-    W, fp, ip = kernels.pack_params(p)
-    L = lanes.group_width(dtype)
-    X, stages, xs, (qkv, P, heads, hidden, mt) = lanes.make_scratch(W, ip, 4, 8, 2, dtype)
-    assert X.shape == xs.shape == heads.shape == (4, 8 * L)
-    assert stages.shape == (2, 4, 8 * L) and hidden.shape == (4, 32 * L)
-    assert P.shape == (4, 2 * 4 * L) and mt.shape == (3, 2 * 4 * L)
-    WL = lanes.pack_lanes(W, dtype)
-    assert np.array_equal(WL[3][0, :L], np.full(L, W[3][0, 0]))
+    model = kernels.pack_params(p)
+    layout = structs.lanes_layout(dtype)
+    L = layout.width
+    assert L == structs.group_width(dtype)
+    ss = structs.step_scratch(layout, model, 4, 8, 2, dtype)
+    fs = ss.field
+    assert ss.xs.shape == fs.heads.shape == (4, 8 * L)
+    assert ss.stages.shape == (2, 4, 8 * L) and fs.hidden.shape == (4, 32 * L)
+    assert fs.P.shape == (4, 2 * 4 * L) and fs.mt.shape == (3, 2 * 4 * L)
+    lm = structs.for_lanes(model)
+    assert np.array_equal(lm.weights.b1[0, :L], np.full(L, model.weights.b1[0, 0]))
 
 
 def test_is_finite_under_fastmath():
@@ -88,7 +91,7 @@ def test_is_finite_under_fastmath():
     from numba import njit
 
     f = njit(fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)(
-        lambda s: kernels.is_finite(0.5 * np.log(s) - 1.0))
+        lambda s: maths.is_finite(0.5 * np.log(s) - 1.0))
     assert f(2.0) and not f(np.inf) and not f(np.nan)
 
 

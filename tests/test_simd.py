@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from numba import njit
 
 from tfkernels import config
-from tfkernels.kernels import rows as kernels
+from tfkernels.kernels import maths as kernels
 from tfkernels.kernels import simd
 
 TOL = {np.float32: 2e-6, np.float64: 1e-14}

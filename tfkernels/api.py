@@ -4,7 +4,8 @@ import numpy as np
 
 from . import _validate as v
 from . import config
-from .kernels import lanes, rows as kernels, rng
+from . import kernels
+from .kernels import rng
 from .threads import check_n_threads, run_threads, threads  # noqa: F401  (re-exported)
 from .methods import METHODS, tableau
 from .params import TransformerParams
@@ -97,22 +98,9 @@ def vector_field(params, X, *, layer=0, n_threads=None):
     layer = v.check_int("layer", layer, minimum=0)
     if layer >= (params.n_sets or 1):
         raise ValueError(f"`layer`={layer} but `params` has {params.n_sets or 1} weight set(s)")
-    W, fp, ip = kernels.pack_params(params)
     out = np.empty_like(X)
-    B, T, d = X.shape
-    if lanes.use_lanes(T, d):
-        WL = lanes.pack_lanes(W, X.dtype)
-
-        def body(lo, hi):
-            G, _, F, scratch = lanes.make_scratch(W, ip, T, d, 1, X.dtype)
-            lanes.vector_field_lanes(X[lo:hi], WL, fp, ip, layer, out[lo:hi], G, F,
-                                     scratch)
-    else:
-        def body(lo, hi):
-            kernels.vector_field_kernel(X[lo:hi], W, fp, ip, layer, out[lo:hi],
-                                        kernels.make_scratch(W, ip, T, d, 1, X.dtype)[2])
     with threads(n_threads):
-        run_threads(body, B)
+        kernels.vector_field(kernels.pack_params(params), X, layer, out)
     return out
 
 
@@ -258,27 +246,12 @@ def integrate(params, x0, n_layers, *, method="euler", t_final=1.0, save_every=N
         if n_layers % k:
             raise ValueError(f"`save_every`={k} must divide `n_layers`={n_layers}")
         first, n_out = 0, n_layers // k + 1
-    W, fp, ip = kernels.pack_params(params)
     B, T, d = x0.shape
     out = np.empty((B, n_out, T, d), dtype=x0.dtype)
     status = np.empty(B, dtype=np.int64)
-    if lanes.use_lanes(T, d):
-        WL = lanes.pack_lanes(W, x0.dtype)
-
-        def body(lo, hi):
-            lanes.integrate_lanes(x0[lo:hi], WL, fp, ip, a, b, h, σ, seed, start + lo, k,
-                                  first, out[lo:hi], status[lo:hi],
-                                  kernels.empty_aligned((T, d), x0.dtype),
-                                  *lanes.make_scratch(W, ip, T, d, b.shape[0], x0.dtype))
-    else:
-        def body(lo, hi):
-            kernels.integrate_kernel(x0[lo:hi], W, fp, ip, a, b, h, σ, seed, start + lo, k,
-                                     first, out[lo:hi], status[lo:hi],
-                                     kernels.empty_aligned((T, d), x0.dtype),
-                                     *kernels.make_scratch(W, ip, T, d, b.shape[0],
-                                                           x0.dtype))
     with threads(n_threads):
-        run_threads(body, B)
+        kernels.integrate(kernels.pack_params(params), x0, kernels.Schedule(a, b, h, σ), seed,
+                          start, k, first, out, status)
     if throw:
         raise_on_status(status, start)
     return out[:, 0] if save_every is None else out

@@ -28,19 +28,15 @@ CACHE = True
 ERROR_MODEL = "numpy"
 
 #: Reference counting (Numba's NRT) in the compiled code. Every array a jitted
-#: function receives or slices gets an atomic incref/decref pair; with dozens of
-#: array arguments per layer (the packed weights alone are 12) perf measured 35 % of
-#: the tiny configuration's time in those atomics. No compiled function allocates
-#: (the drivers' buffers come from ``kernels.make_scratch``, called from Python per
-#: slice), so workers and drivers are all compiled without NRT. (A driver with NRT
-#: still paid about 200 ns per layer: the layer step is inlined into it, and Numba's
-#: pruning left incref/decref pairs around each ``rhs`` call.)
+#: function receives or slices gets an atomic incref/decref pair, dozens per layer.
+#: No compiled function allocates (the drivers' buffers come from
+#: ``kernels.structs``, allocated in Python per slice), so workers and drivers are all
+#: compiled without NRT (``docs/performance.md``, "Drivers without reference counting").
 WORKER_NRT = False
 
 #: No kernel uses ``prange``: every driver is a serial GIL-free kernel over a slice of
-#: the batch, and ``api.run_threads`` runs the slices in parallel threads. A cold
-#: compile of a ``prange`` driver cost about 4 s more (Numba re-optimizes the fused
-#: body in the parfor function, its gufunc wrapper and the driver).
+#: the batch, and ``threads.run_threads`` runs the slices in parallel threads (a
+#: ``prange`` driver compiles its fused body several times over: ``docs/performance.md``).
 #:
 #: Slices of a batch are cut at multiples of this many trajectories. Any value gives
 #: bit-identical per-trajectory results because trajectories never interact.
@@ -49,15 +45,15 @@ BLOCK = 8
 #: Largest block of attention probabilities (bytes) a trajectory's scratch holds: the
 #: heads' transposed ``(T, T)`` blocks stand side by side in one ``(T, G·T)`` array,
 #: all H of them while ``H·T²`` elements fit, so that the softmax runs along rows of
-#: H·T columns (at T = 8 a single head's row is shorter than the vector loop and ran
-#: scalar: the softmax took twice as long). Past it, heads go G at a time.
+#: H·T columns, long enough to fill the vector loop even at T = 8. Past it, heads go
+#: G at a time.
 SOFTMAX_BLOCK_BYTES = 1 << 20
 
-#: Largest state (``T·d`` elements) that ``integrate`` and ``vector_field`` run with
-#: the trajectories across the vector lanes (:mod:`tfkernels.lanes`) instead of one
-#: trajectory at a time (:mod:`tfkernels.kernels`). The two give identical bits;
-#: the lanes win where a trajectory's rows are too short to fill vectors (measured
-#: in docs/performance.md). 0 turns them off.
+#: Largest state (``T·d`` elements) that the kernels run in the lane layout (a group of
+#: trajectories across the vector lanes, ``kernels.structs.Lanes``) instead of the row
+#: layout (one trajectory at a time). The two give identical bits; the lanes win where
+#: a trajectory's rows are too short to fill vectors (``docs/performance.md``). 0 turns
+#: them off.
 LANES_MAX_SIZE = 512
 
 #: Default number of trajectories per chunk in the Monte Carlo drivers (bounds memory).

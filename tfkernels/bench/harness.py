@@ -540,14 +540,14 @@ def _compile_subprocess(dtype, cache_dir=None):
 def first_call(dtype, threads):
     """In this process: time of the first and second call of a tiny flow."""
     import tfkernels as tfk
-    from tfkernels.kernels import rows as kernels
+    from tfkernels.kernels import drivers as kernels
 
     p = tfk.TransformerParams.random(16, 2, damping=1.0, dtype=dtype)
     x = tfk.random_states(4, 8, 16, dtype=dtype)
-    before = _cache_counts(kernels.integrate_kernel)
+    before = _cache_counts(kernels.integrate_lanes)
     t_first = _timed(lambda: tfk.integrate(p, x, 4, n_threads=threads))
     t_second = _timed(lambda: tfk.integrate(p, x, 4, n_threads=threads))
-    hits, misses = (a - b for a, b in zip(_cache_counts(kernels.integrate_kernel), before))
+    hits, misses = (a - b for a, b in zip(_cache_counts(kernels.integrate_lanes), before))
     how = "cache miss (compiled)" if misses else "cache hit (loaded)" if hits else \
         "already loaded"
     return {"first_call_s": t_first, "second_call_s": t_second,

@@ -1,9 +1,30 @@
-"""Everything compiled: SIMD vectors and products, maths functions, the counter-based
-RNG, the vector field and its JVP/VJP, the steps and the fused drivers.
+"""Everything compiled, for the public API and for tools that build on the kernels.
+
+Read top-down:
+
+* :mod:`~tfkernels.kernels.jit` — the compile decorators, flags from ``config``;
+* :mod:`~tfkernels.kernels.simd` — explicit SIMD vectors and the register-tiled
+  products of the two layouts (``gemm`` for rows, ``lgemm`` for lanes);
+* :mod:`~tfkernels.kernels.maths` — exp, erfc, GELU, activations and their derivatives,
+  the column softmax, finiteness tests, norms;
+* :mod:`~tfkernels.kernels.rng` — the counter-based random numbers;
+* :mod:`~tfkernels.kernels.structs` — the named structures the kernels take (weights,
+  settings, schedule, scratch, the two layouts) and the Python that builds them;
+* :mod:`~tfkernels.kernels.attention` — attention, its JVP and VJP, per layout;
+* :mod:`~tfkernels.kernels.layout` — the primitives that differ between layouts;
+* :mod:`~tfkernels.kernels.field` — the vector field, its JVP and VJP, written once;
+* :mod:`~tfkernels.kernels.steps` — the Runge–Kutta step of a state and of its tangent;
+* :mod:`~tfkernels.kernels.drivers` — all layers of many trajectories in one call;
+* :mod:`~tfkernels.kernels.dispatch` — layout choice, buffers, threads.
 
 Nothing here imports the public API (:mod:`tfkernels.api`) or the studies.
 """
 
-from .rows import STATUS_OK, aligned_buffers, empty_aligned, pack_params
+from .dispatch import decay_kernel, integrate, jvp_kernel, vector_field, vjp_kernel
+from .drivers import MODE_PAIR, MODE_TANGENT
+from .structs import (STATUS_OK, Model, Schedule, Settings, Weights, aligned_buffers,
+                      empty_aligned, pack_params, use_lanes)
 
-__all__ = ["STATUS_OK", "aligned_buffers", "empty_aligned", "pack_params"]
+__all__ = ["MODE_PAIR", "MODE_TANGENT", "STATUS_OK", "Model", "Schedule", "Settings",
+           "Weights", "aligned_buffers", "decay_kernel", "empty_aligned", "integrate",
+           "jvp_kernel", "pack_params", "use_lanes", "vector_field", "vjp_kernel"]

@@ -14,10 +14,8 @@ by the caller.
 
 ``ln u₁`` and ``cos 2πu₂`` are evaluated here (:func:`log_unit`, :func:`cos_2pi`),
 straight-line float64 code with strict IEEE arithmetic instead of libm calls, so
-that a loop of draws vectorizes and the numbers are the same on every platform.
-A normal costs about 2.6 ns on one core, against ~18 ns with libm's scalar
-``log``/``cos`` (the noise of one tiny layer, 128 normals, cost twice the layer).
-Measured on 2·10⁵ draws (``tests/test_rng.py``): ``log_unit`` within 1 ulp of
+that a loop of draws vectorizes and the numbers are the same on every platform
+(their cost: ``docs/performance.md``). Measured on 2·10⁵ draws (``tests/test_rng.py``): ``log_unit`` within 1 ulp of
 libm's ``log``, ``cos_2pi`` within 1.5 ulp of the exact value (libm's ``cos(2π·u)``
 itself errs by up to 4e-16 near u = 1, rounding its argument); the normals agree
 with libm's Box–Muller to 1e-15 times the radius ``√(−2 ln u₁)``, the size of

@@ -16,17 +16,21 @@ Intrinsics (all take arrays through their flat, C-order element offset):
 * :func:`vfma` — lane-wise ``a·b + c`` with one rounding (``llvm.fma``; also scalar);
 * :func:`lanes` — the lane count for an array's dtype (a compile-time constant).
 
-:func:`gemm` is the micro-kernel the transformer kernels use for every projection:
-``out (+)= X @ W`` with ``W`` in its natural ``(K, n)`` layout.
+:func:`gemm` / :func:`gemm_ld` are the micro-kernels of the row layout: ``out (+)= X @ W``
+with ``W`` in its natural ``(K, n)`` layout, vectorized along the rows of ``out``.
+:func:`lgemm` is the product of the lane layout (a group of trajectories
+lane-interleaved, see ``structs.Lanes``): every element a full-width vector, ``4 × 4``
+tiles of accumulators in registers. Both compute every output element as the same
+chain of fused multiply-adds in ``k`` order, so the two layouts give the same bits.
 """
 
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic, models, register_model
 
-from .. import config
+from .jit import ijit as _ijit
+from .jit import jit as _jit
 
 def _vector_bytes():
     """64 (one zmm register) where the host has AVX-512, else 32 (one ymm register)."""
@@ -227,15 +231,6 @@ def runtime(typingctx, x):
         return context.cast(builder, args[0], sig.args[0], t)
 
     return t(x), codegen
-
-
-#: Serial workers: no reference counting (``config.WORKER_NRT``), they allocate nothing.
-_jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
-            _nrt=config.WORKER_NRT)
-#: Thin entry points, inlined into the caller so that :func:`runtime` strips the
-#: caller's literals before the compiled kernel sees them.
-_ijit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
-             inline="always", _nrt=config.WORKER_NRT)
 
 
 #: With 32 vector registers (AVX-512) the 2-vector column panels also take tiles of
@@ -493,3 +488,113 @@ def gemm(X, W, out, accumulate):
     R, K = X.shape
     n = W.shape[1]
     gemm_ld(X, 0, K, 1, W, 0, n, out, 0, n, R, K, n, accumulate)
+
+
+# ------------------------------------------------- lane-interleaved products
+@_ijit
+def _wvec(W, off, vec, z):
+    """Element ``off`` of ``W`` as a vector: a lane array's vector (``vec``) or a
+    scalar weight broadcast."""
+    if vec:
+        return vload(W, off, z)
+    return vsplat(sload(W, off), z)
+
+
+@_jit
+def _tile(X, x0, x1, x2, x3, cx, W, w0, w1, w2, w3, ldw, vec, out, o0, o1, o2, o3, p0,
+          p1, p2, p3, K_, accumulate, z):
+    """A 4-row × 4-column tile of :func:`lgemm`: rows at offsets ``x0 … x3`` of ``X``
+    (k-stride ``cx``) and ``o0 … o3`` of ``out``, columns at
+    offsets ``w0 … w3`` of ``W`` (k-stride ``ldw``) and ``p0 … p3`` within a row of
+    ``out`` (output ``(r, c)`` at ``o_r + p_c``). Sixteen accumulators stay in
+    registers through the k loop; per k, 4 vector loads of X and 4 of W."""
+    if accumulate:
+        c00 = vload(out, o0 + p0, z)
+        c01 = vload(out, o0 + p1, z)
+        c02 = vload(out, o0 + p2, z)
+        c03 = vload(out, o0 + p3, z)
+        c10 = vload(out, o1 + p0, z)
+        c11 = vload(out, o1 + p1, z)
+        c12 = vload(out, o1 + p2, z)
+        c13 = vload(out, o1 + p3, z)
+        c20 = vload(out, o2 + p0, z)
+        c21 = vload(out, o2 + p1, z)
+        c22 = vload(out, o2 + p2, z)
+        c23 = vload(out, o2 + p3, z)
+        c30 = vload(out, o3 + p0, z)
+        c31 = vload(out, o3 + p1, z)
+        c32 = vload(out, o3 + p2, z)
+        c33 = vload(out, o3 + p3, z)
+    else:
+        c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = z
+        c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = z
+    for k in range(K_):
+        b0 = _wvec(W, w0 + k * ldw, vec, z)
+        b1 = _wvec(W, w1 + k * ldw, vec, z)
+        b2 = _wvec(W, w2 + k * ldw, vec, z)
+        b3 = _wvec(W, w3 + k * ldw, vec, z)
+        a = vload(X, x0 + k * cx, z)
+        c00 = vfma(a, b0, c00)
+        c01 = vfma(a, b1, c01)
+        c02 = vfma(a, b2, c02)
+        c03 = vfma(a, b3, c03)
+        a = vload(X, x1 + k * cx, z)
+        c10 = vfma(a, b0, c10)
+        c11 = vfma(a, b1, c11)
+        c12 = vfma(a, b2, c12)
+        c13 = vfma(a, b3, c13)
+        a = vload(X, x2 + k * cx, z)
+        c20 = vfma(a, b0, c20)
+        c21 = vfma(a, b1, c21)
+        c22 = vfma(a, b2, c22)
+        c23 = vfma(a, b3, c23)
+        a = vload(X, x3 + k * cx, z)
+        c30 = vfma(a, b0, c30)
+        c31 = vfma(a, b1, c31)
+        c32 = vfma(a, b2, c32)
+        c33 = vfma(a, b3, c33)
+    vstore(out, o0 + p0, c00)
+    vstore(out, o0 + p1, c01)
+    vstore(out, o0 + p2, c02)
+    vstore(out, o0 + p3, c03)
+    vstore(out, o1 + p0, c10)
+    vstore(out, o1 + p1, c11)
+    vstore(out, o1 + p2, c12)
+    vstore(out, o1 + p3, c13)
+    vstore(out, o2 + p0, c20)
+    vstore(out, o2 + p1, c21)
+    vstore(out, o2 + p2, c22)
+    vstore(out, o2 + p3, c23)
+    vstore(out, o3 + p0, c30)
+    vstore(out, o3 + p1, c31)
+    vstore(out, o3 + p2, c32)
+    vstore(out, o3 + p3, c33)
+
+
+@_ijit
+def lgemm(X, xo, ldx, cx, W, wo, ldw, cw, vec, out, oo, ldo, co, R, K_, n, accumulate):
+    """``out (+)= X @ W`` on lane-interleaved matrices (offsets and strides in elements
+    of the flat C-contiguous buffers, BLAS style).
+
+    ``X``'s element ``(i, k)`` is the vector at ``xo + i·ldx + k·cx``, ``out``'s
+    ``(i, j)`` the one at ``oo + i·ldo + j·co``, and ``W``'s ``(k, j)`` sits at
+    ``wo + k·ldw + j·cw``: a scalar weight (broadcast to every lane) or, with ``vec``
+    (a literal), a vector of a lane array (the heads' products of two states).
+    ``R × n`` is covered by :func:`_tile` tiles; at a ragged edge the tile's last rows
+    or columns repeat the edge row or column (clamped offsets), computing and storing
+    the same element twice with the same value, so any shape takes one code path.
+    Every element is the FMA chain ``((out|0) + x_0 w_0) + x_1 w_1 + …`` in k order.
+    """
+    z = vzero(out)
+    for i in range(0, R, 4):
+        i1 = min(i + 1, R - 1)
+        i2 = min(i + 2, R - 1)
+        i3 = min(i + 3, R - 1)
+        for j in range(0, n, 4):
+            j1 = min(j + 1, n - 1)
+            j2 = min(j + 2, n - 1)
+            j3 = min(j + 3, n - 1)
+            _tile(X, xo + i * ldx, xo + i1 * ldx, xo + i2 * ldx, xo + i3 * ldx, cx,
+                  W, wo + j * cw, wo + j1 * cw, wo + j2 * cw, wo + j3 * cw, ldw, vec,
+                  out, oo + i * ldo, oo + i1 * ldo, oo + i2 * ldo, oo + i3 * ldo,
+                  j * co, j1 * co, j2 * co, j3 * co, K_, accumulate, z)

@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from .. import _validate as v
 from .. import api, config, threads
-from ..kernels import rows as kernels
+from .. import kernels
 from ..methods import ACTIVATIONS, METHODS, MODES
 
 #: Quantile levels reported per layer.
@@ -114,13 +114,10 @@ def chunk_log_ratios(packed, chunk_start, chunk_len, cfg):
     status : ndarray of int64, shape (chunk_len,)
         ``kernels.STATUS_OK`` or the first non-finite layer.
     """
-    from ..kernels import decay as dk
-
-    W, fp, ip = packed
     logr = np.empty((chunk_len, cfg.h.shape[0] + 1), dtype=np.float64)
     status = np.empty(chunk_len, dtype=np.int64)
     like = np.empty((cfg.seq_len, cfg.d), dtype=cfg.dtype)
-    dk.decay_kernel(cfg.mode, W, fp, ip, cfg.a, cfg.b, cfg.h, cfg.sigma, cfg.seed,
+    kernels.decay_kernel(cfg.mode, packed, cfg.a, cfg.b, cfg.h, cfg.sigma, cfg.seed,
                     chunk_start, cfg.eps, like, logr, status)
     return logr, status
 
@@ -404,15 +401,12 @@ def classify(rate_ci, mean_last, std_last, count):
 
 def _jacobian_dense(packed, X, layer):
     """Dense Jacobian (T·d × T·d, row-major vec) of f at X via T·d JVPs."""
-    from ..kernels import decay as dk
-
-    W, fp, ip = packed
     T, d = X.shape
     n = T * d
     Xs = np.ascontiguousarray(np.broadcast_to(X, (n, T, d)))
     E = np.eye(n).reshape(n, T, d)
     out = np.empty_like(Xs)
-    dk.jvp_kernel(Xs, E, W, fp, ip, np.full(n, layer, dtype=np.int64), out)
+    kernels.jvp_kernel(Xs, E, packed, np.full(n, layer, dtype=np.int64), out)
     return out.reshape(n, n).T
 
 
@@ -420,9 +414,6 @@ def _lognorm_lanczos(packed, X, layer):
     """``(λ_max((J + Jᵀ)/2), σ_max(J))`` at X by Lanczos (eigsh) with JVP and VJP."""
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    from ..kernels import decay as dk
-
-    W, fp, ip = packed
     T, d = X.shape
     n = T * d
     X3 = X.reshape(1, T, d)
@@ -430,11 +421,11 @@ def _lognorm_lanczos(packed, X, layer):
     buf = np.empty((1, T, d))
 
     def jv(u):
-        dk.jvp_kernel(X3, np.ascontiguousarray(u.reshape(1, T, d)), W, fp, ip, lay, buf)
+        kernels.jvp_kernel(X3, np.ascontiguousarray(u.reshape(1, T, d)), packed, lay, buf)
         return buf.ravel().copy()
 
     def vj(u):
-        dk.vjp_kernel(X3, np.ascontiguousarray(u.reshape(1, T, d)), W, fp, ip, lay, buf)
+        kernels.vjp_kernel(X3, np.ascontiguousarray(u.reshape(1, T, d)), packed, lay, buf)
         return buf.ravel().copy()
 
     v0 = np.random.default_rng(0).standard_normal(n)  # fixed: deterministic result

@@ -32,6 +32,8 @@ import sys
 import threading
 import time
 
+import numpy as np
+
 from .. import threads
 from . import decay
 
@@ -319,7 +321,7 @@ def _writable(packed, cfg):
     differently and would compile (and cache) a second specialization of the kernel.
     Copies are made once per scattered input and kept for the next chunks.
     """
-    arrays = list(packed[0]) + [packed[1], packed[2], cfg.a, cfg.b, cfg.h, cfg.sigma]
+    arrays = _arrays(packed) + [cfg.a, cfg.b, cfg.h, cfg.sigma]
     if all(a.flags.writeable for a in arrays):
         return packed, cfg
     hit = _WRITABLE.get("last")
@@ -329,8 +331,22 @@ def _writable(packed, cfg):
     def w(a):
         return a if a.flags.writeable else a.copy()
 
-    W, fp, ip = packed
-    out = ((tuple(w(a) for a in W), w(fp), w(ip)),
+    out = (_map_arrays(w, packed),
            dataclasses.replace(cfg, a=w(cfg.a), b=w(cfg.b), h=w(cfg.h), sigma=w(cfg.sigma)))
     _WRITABLE["last"] = (packed, cfg, out)
     return out
+
+
+def _arrays(x):
+    """Every ndarray inside the nested (named) tuples ``x``."""
+    if isinstance(x, tuple):
+        return [a for item in x for a in _arrays(item)]
+    return [x] if isinstance(x, np.ndarray) else []
+
+
+def _map_arrays(fn, x):
+    """``x`` with ``fn`` applied to every ndarray inside its nested (named) tuples."""
+    if isinstance(x, tuple):
+        items = [_map_arrays(fn, item) for item in x]
+        return type(x)._make(items) if hasattr(x, "_make") else tuple(items)
+    return fn(x) if isinstance(x, np.ndarray) else x

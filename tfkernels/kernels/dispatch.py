@@ -1,0 +1,112 @@
+"""The kernels' Python entry points: pick the layout, allocate each slice's buffers,
+and run the slices of a batch in parallel threads (:func:`tfkernels.threads.run_threads`).
+
+Inputs are validated by the callers (:mod:`tfkernels.api`, the studies). A ``(T, d)``
+configuration of at most ``config.LANES_MAX_SIZE`` elements runs in the lane layout
+(``structs.use_lanes``), anything larger in the row layout; both give the same bits
+(``tests/test_lanes.py``), so the choice is one of speed. Trajectory ``start + k`` gets
+the same bits in any slice.
+"""
+
+import numpy as np
+
+from ..threads import run_threads
+from . import drivers, structs
+from .structs import ROWS
+
+
+def integrate(model, x0, sched, seed, start, save_every, first, out, status):
+    """Run every layer of ``sched`` on every trajectory of ``x0`` into ``out``/``status``
+    (see ``drivers.integrate_rows`` for the arguments)."""
+    B, T, d = x0.shape
+    dt = x0.dtype
+    if structs.use_lanes(T, d):
+        layout = structs.lanes_layout(dt)
+        lm = structs.for_lanes(model)
+
+        def body(lo, hi):
+            lane, X = structs.aligned_buffers(((T, d), (T, d * layout.width)), dt)
+            ss = structs.step_scratch(layout, model, T, d, sched.b.shape[0], dt)
+            drivers.integrate_lanes(layout, x0[lo:hi], lm, sched, seed, start + lo,
+                                    save_every, first, out[lo:hi], status[lo:hi], lane, X, ss)
+    else:
+        def body(lo, hi):
+            X = structs.empty_aligned((T, d), dt)
+            ss = structs.step_scratch(ROWS, model, T, d, sched.b.shape[0], dt)
+            drivers.integrate_rows(ROWS, x0[lo:hi], model, sched, seed, start + lo,
+                                   save_every, first, out[lo:hi], status[lo:hi], X, ss)
+    run_threads(body, B)
+
+
+def vector_field(model, X, layer, out):
+    """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b."""
+    B, T, d = X.shape
+    dt = X.dtype
+    if structs.use_lanes(T, d):
+        layout = structs.lanes_layout(dt)
+        lm = structs.for_lanes(model)
+
+        def body(lo, hi):
+            G, F = structs.aligned_buffers(((T, d * layout.width),) * 2, dt)
+            fs = structs.step_scratch(layout, model, T, d, 1, dt).field
+            drivers.vector_field_lanes(layout, X[lo:hi], lm, layer, out[lo:hi], G, F, fs)
+    else:
+        def body(lo, hi):
+            fs = structs.step_scratch(ROWS, model, T, d, 1, dt).field
+            drivers.vector_field_rows(ROWS, X[lo:hi], model, layer, out[lo:hi], fs)
+    run_threads(body, B)
+
+
+def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr, status):
+    """``log r_n`` of trajectories ``start … start + B − 1`` (``drivers.decay_rows`` for
+    the arguments; ``a, b, h, sigma`` the schedule, ``dtype_like`` a ``(T, d)`` array of
+    the state dtype). Both modes run in the lane layout where the flow does."""
+    T, d = dtype_like.shape
+    dt = dtype_like.dtype
+    sched = structs.Schedule(a, b, h, sigma)
+    S = b.shape[0]
+    if structs.use_lanes(T, d):
+        layout = structs.lanes_layout(dt)
+        lm = structs.for_lanes(model)
+        L = layout.width
+
+        def body(lo, hi):
+            X, Y, u, v = structs.aligned_buffers(((T, d * L), (T, d * L), (T, d), (T, d)), dt)
+            ss = structs.step_scratch(layout, model, T, d, S, dt)
+            if mode == drivers.MODE_PAIR:
+                drivers.pair_lanes(layout, lm, sched, seed, start + lo, eps, logr[lo:hi],
+                                   status[lo:hi], u, v, np.empty(L), X, Y, ss)
+            else:
+                ts = structs.tangent_scratch(layout, model, T, d, S, dt)
+                drivers.tangent_lanes(layout, lm, sched, seed, start + lo, logr[lo:hi],
+                                      status[lo:hi], u, v, np.empty(L), X, Y, ss, ts)
+    else:
+        def body(lo, hi):
+            X, Y = structs.aligned_buffers(((T, d), (T, d)), dt)
+            ss = structs.step_scratch(ROWS, model, T, d, S, dt)
+            ts = structs.tangent_scratch(ROWS, model, T, d, S, dt)
+            drivers.decay_rows(ROWS, mode, model, sched, seed, start + lo, eps, logr[lo:hi],
+                               status[lo:hi], X, Y, ss, ts)
+    run_threads(body, logr.shape[0])
+
+
+def jvp_kernel(X, V, model, layers, out):
+    """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, parallel over k
+    (C-contiguous arrays, validated by the caller)."""
+    T, d = X.shape[1:]
+
+    def body(lo, hi):
+        fx = structs.empty_aligned((T, d), X.dtype)
+        fs = structs.step_scratch(ROWS, model, T, d, 1, X.dtype).field
+        ts = structs.tangent_scratch(ROWS, model, T, d, 1, X.dtype)
+        drivers.jvp_batch(ROWS, X[lo:hi], V[lo:hi], model, layers[lo:hi], out[lo:hi], fx, fs,
+                          ts)
+
+    run_threads(body, X.shape[0])
+
+
+def vjp_kernel(X, G, model, layers, out):
+    """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, parallel over k."""
+    run_threads(lambda lo, hi: drivers.vjp_batch(
+        X[lo:hi], G[lo:hi], model, layers[lo:hi], out[lo:hi],
+        structs.vjp_scratch(model, *X.shape[1:], X.dtype)), X.shape[0])

@@ -1,0 +1,458 @@
+"""The fused drivers: all N layers of many trajectories in one compiled call.
+
+A driver is serial over its slice of the batch, releases the GIL and allocates nothing
+(its buffers come from ``structs``, allocated in Python per slice):
+:mod:`tfkernels.kernels.dispatch` runs slices in parallel threads. There is one driver
+per task and layout, because what happens between two layers differs: a trajectory in
+the row layout is advanced, noised and tested on its own, while a group in the lane
+layout is advanced together, then noised lane by lane (each trajectory with its own
+key), tested with one vectorized check, and a lane that blew up is recorded and
+cleared so that the others go on. The layer itself (:mod:`tfkernels.kernels.steps`) is
+the same code in both, so a trajectory gets the same bits in either.
+
+* :func:`integrate_rows`, :func:`integrate_lanes` — the flow, with snapshots;
+* :func:`vector_field_rows`, :func:`vector_field_lanes` — ``f`` of every state;
+* :func:`decay_rows`, :func:`pair_lanes`, :func:`tangent_lanes` — the perturbation
+  study: ``log r_n`` of a pair ``(X, X + εU)`` or of a tangent δ;
+* :func:`jvp_batch`, :func:`vjp_batch` — ``f'(X)·V`` and ``f'(X)ᵀ·G`` of many states.
+"""
+
+import math
+
+import numpy as np
+
+from . import rng
+from .field import rhs, rhs_and_jvp, rhs_vjp
+from .jit import djit as _djit
+from .jit import ijit as _ijit
+from .jit import jit as _jit
+from .layout import lane_finite, lane_sq_dist, load_group, load_lane, store_lane, zero_lane
+from .maths import all_finite, is_finite, sq_dist, sq_norm
+from .simd import lanes
+from .steps import layer_of, rk_step, step_tangent
+from .structs import STATUS_OK
+
+#: Mode codes of the decay drivers (``methods.MODES``).
+MODE_PAIR, MODE_TANGENT = 0, 1
+
+
+# ------------------------------------------------------------------ one layer
+@_ijit
+def add_noise(X, σ, noise_key, n):
+    """``X += σ·z`` with z the normals of layer ``n`` of this trajectory's noise key."""
+    rng.add_normal(noise_key, n * X.size, σ, X)
+
+
+@_ijit
+def advance(layout, X, model, sched, n, noise_key, ss):
+    """Layer ``n`` of one trajectory (row layout): RK step, then noise; returns whether
+    X is finite. ``sched`` a ``structs.Schedule``, ``ss`` a ``structs.StepScratch``."""
+    rk_step(layout, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
+    if sched.sigma[n] != 0:
+        add_noise(X, sched.sigma[n], noise_key, n)
+    return all_finite(X)
+
+
+@_ijit
+def add_group_noise(X, n, σ, seed, start, status, lane):
+    """The noise of layer ``n`` on each lane ``l`` of the group ``X`` whose ``status[l]``
+    is ``STATUS_OK``: trajectory ``start + l``'s own draws added to the lane's own copy
+    by ``rng.add_normal`` (the same operations on the same values as the row layout;
+    ``lane (T, d)`` scratch)."""
+    if σ[n] != 0:
+        for l in range(status.shape[0]):
+            if status[l] == STATUS_OK:
+                store_lane(X, l, lane)
+                add_noise(lane, σ[n], rng.key(seed, rng.STREAM_NOISE, start + l), n)
+                load_lane(lane, l, X)
+
+
+@_jit
+def advance_group(layout, X, model, sched, n, seed, start, status, lane, ss):
+    """Layer ``n`` of a group (lane layout): one Runge–Kutta step of every lane, then
+    :func:`add_group_noise`. No finiteness test: the drivers test the group."""
+    rk_step(layout, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
+    add_group_noise(X, n, sched.sigma, seed, start, status, lane)
+
+
+@_ijit
+def copy_state(src, dst):
+    """``dst[:, :] = src`` for two ``(T, d)`` states of the same shape.
+
+    An explicit loop: array-to-array slice assignment makes Numba compile its
+    shape-mismatch error message (string formatting, about 2 s of every cold compile).
+    """
+    T, d = src.shape
+    for i in range(T):
+        for j in range(d):
+            dst[i, j] = src[i, j]
+
+
+@_ijit
+def first_unsaved(n, save_every, first):
+    """Slot of ``out`` of the first snapshot after layer ``n`` fails (NaN from there)."""
+    return max(0, (n + 1 + save_every - 1) // save_every - first)
+
+
+# ---------------------------------------------------------------- the flow
+@_djit
+def integrate_rows(layout, x0, model, sched, seed, start, save_every, first, out, status, X,
+                   ss):
+    """Run all ``N = len(sched.h)`` layers of every trajectory of ``x0`` (row layout).
+
+    Parameters
+    ----------
+    layout : structs.Rows
+    x0 : ndarray, shape (B, T, d)
+    model : structs.Model
+    sched : structs.Schedule
+    seed, start : int
+        Noise of trajectory ``b`` is keyed by ``(seed, STREAM_NOISE, start + b)``.
+    save_every : int
+        Store the state after layer n when ``n % save_every == 0``...
+    first : int
+        ...in slot ``n // save_every - first`` of ``out`` (``first = 1`` skips X_0).
+    out : ndarray, shape (B, S, T, d)
+        Snapshots; filled with NaN from the first non-finite layer onward.
+    status : ndarray of int64, shape (B,)
+        ``STATUS_OK`` or the first layer n (1-based: state X_n) that was non-finite.
+    X, ss
+        Buffers: the state ``(T, d)`` and a ``structs.StepScratch``.
+    """
+    B = x0.shape[0]
+    N = sched.h.shape[0]
+    for bi in range(B):
+        copy_state(x0[bi], X)
+        noise_key = rng.key(seed, rng.STREAM_NOISE, start + bi)
+        status[bi] = STATUS_OK
+        if first == 0:
+            copy_state(X, out[bi, 0])
+        for n in range(N):
+            if not advance(layout, X, model, sched, n, noise_key, ss):
+                status[bi] = n + 1
+                out[bi, first_unsaved(n, save_every, first):] = np.nan
+                break
+            if (n + 1) % save_every == 0:
+                copy_state(X, out[bi, (n + 1) // save_every - first])
+
+
+@_djit
+def integrate_lanes(layout, x0, model, sched, seed, start, save_every, first, out, status,
+                    lane, X, ss):
+    """:func:`integrate_rows` with the trajectories in groups of L across the vector
+    lanes (same arguments and results, bit for bit; ``layout`` a ``structs.Lanes``,
+    ``model`` from ``structs.for_lanes``; ``lane (T, d)`` scratch, ``X (T, d·L)`` the
+    group's state).
+
+    A group runs every layer together. After each layer one vectorized check covers
+    the whole group; only when it fails are the lanes checked one by one, and a lane
+    that became non-finite gets its status and NaN snapshots as in
+    :func:`integrate_rows` and is then zeroed (as are the padding lanes of a last,
+    partial group), so that the group check passes again and the other lanes go on.
+    """
+    B = x0.shape[0]
+    L = lanes(X)
+    N = sched.h.shape[0]
+    for g0 in range(0, B, L):
+        nl = min(L, B - g0)
+        load_group(x0, g0, X)
+        live = nl
+        for l in range(nl):
+            status[g0 + l] = STATUS_OK
+            if first == 0:
+                store_lane(X, l, out[g0 + l, 0])
+        for n in range(N):
+            advance_group(layout, X, model, sched, n, seed, start + g0, status[g0:g0 + nl],
+                          lane, ss)
+            if not all_finite(X):
+                for l in range(L):
+                    if l < nl and status[g0 + l] == STATUS_OK:
+                        if lane_finite(X, l):
+                            continue
+                        status[g0 + l] = n + 1
+                        out[g0 + l, first_unsaved(n, save_every, first):] = np.nan
+                        live -= 1
+                    zero_lane(X, l)         # a finished lane, or padding
+                if live == 0:
+                    break
+            if (n + 1) % save_every == 0:
+                for l in range(nl):
+                    if status[g0 + l] == STATUS_OK:
+                        store_lane(X, l, out[g0 + l, (n + 1) // save_every - first])
+
+
+@_djit
+def vector_field_rows(layout, X, model, layer, out, fs):
+    """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b;
+    ``fs`` a ``structs.FieldScratch``."""
+    for bi in range(X.shape[0]):
+        rhs(layout, X[bi], model, layer, out[bi], fs)
+
+
+@_djit
+def vector_field_lanes(layout, X, model, layer, out, G, F, fs):
+    """``out[b] = f(X[b])`` for every trajectory b, in groups of L (``G``, ``F``:
+    ``(T, d·L)`` scratch for a group's input and output)."""
+    B = X.shape[0]
+    L = lanes(G)
+    for g0 in range(0, B, L):
+        load_group(X, g0, G)
+        rhs(layout, G, model, layer, F, fs)
+        for l in range(min(L, B - g0)):
+            store_lane(F, l, out[g0 + l])
+
+
+# ------------------------------------------------------- the perturbation study
+@_jit
+def initial_pair(X, Y, seed, g, eps):
+    """``X = X_0``, ``Y = X_0 + ε·U`` of trajectory ``g``; returns ``log ‖X_0 − Y_0‖``.
+
+    ``X_0`` is the standard normal state of ``tfk.random_states`` (stream
+    ``STREAM_STATE``), U a unit-Frobenius direction from ``STREAM_DIRECTION``;
+    ``Y`` is used as scratch for U first.
+    """
+    rng.fill_normal(rng.key(seed, rng.STREAM_STATE, g), 0, 1.0, X)
+    rng.fill_normal(rng.key(seed, rng.STREAM_DIRECTION, g), 0, 1.0, Y)
+    scale = eps / math.sqrt(sq_norm(Y))
+    for i in range(X.size):
+        Y.flat[i] = X.flat[i] + scale * np.float64(Y.flat[i])
+    return 0.5 * math.log(sq_dist(X, Y))
+
+
+@_jit
+def initial_tangent(X, D, seed, g):
+    """``X = X_0``, ``D = U`` (unit direction) of trajectory ``g``; returns ``log ‖D‖``."""
+    rng.fill_normal(rng.key(seed, rng.STREAM_STATE, g), 0, 1.0, X)
+    rng.fill_normal(rng.key(seed, rng.STREAM_DIRECTION, g), 0, 1.0, D)
+    inv = 1.0 / math.sqrt(sq_norm(D))
+    for i in range(D.size):
+        D.flat[i] = np.float64(D.flat[i]) * inv
+    return 0.5 * math.log(sq_norm(D))
+
+
+@_jit
+def advance_state(layout, X, model, sched, n, noise_key, ss):
+    """:func:`advance` compiled once as its own function and called for both states of a
+    pair (inlined twice, the cached pair loop ran slower: ``docs/performance.md``)."""
+    return advance(layout, X, model, sched, n, noise_key, ss)
+
+
+@_jit
+def run_pair(layout, X, Y, model, sched, noise_key, log0, ss, logr):
+    """All layers of one pair; fills ``logr`` and returns the status."""
+    if not is_finite(log0):
+        logr[:] = np.nan
+        return 0
+    logr[0] = 0.0
+    for n in range(sched.h.shape[0]):
+        okx = advance_state(layout, X, model, sched, n, noise_key, ss)
+        oky = advance_state(layout, Y, model, sched, n, noise_key, ss)
+        lr = 0.5 * math.log(sq_dist(X, Y)) - log0 if okx and oky else np.nan
+        if not is_finite(lr):
+            logr[n + 1:] = np.nan
+            return n + 1
+        logr[n + 1] = lr
+    return STATUS_OK
+
+
+@_jit
+def advance_tangent(layout, X, D, model, sched, n, noise_key, ss, ts):
+    """Layer ``n`` of the state and its tangent: ``steps.step_tangent``, then the noise
+    (on X only) and finiteness test of :func:`advance`; returns whether X is finite."""
+    step_tangent(layout, X, D, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss,
+                 ts)
+    if sched.sigma[n] != 0:
+        add_noise(X, sched.sigma[n], noise_key, n)
+    return all_finite(X)
+
+
+@_jit
+def run_tangent(layout, X, D, model, sched, noise_key, log0, ss, ts, logr):
+    """All layers of one tangent trajectory, δ renormalized each layer.
+
+    Layer n is :func:`advance_tangent`, so ``X`` follows the plain flow bit for bit
+    (additive noise adds nothing to δ).
+    ``log r_n = Σ_{k<n} log ‖δ_{k+1}‖ − log ‖δ_0‖`` with δ rescaled to unit norm after
+    every layer, so it neither underflows nor overflows.
+    """
+    logr[0] = 0.0
+    acc = -log0
+    nrm = 1.0
+    for n in range(sched.h.shape[0]):
+        ok = advance_tangent(layout, X, D, model, sched, n, noise_key, ss, ts)
+        if ok:
+            nrm = math.sqrt(sq_norm(D))
+            ok = nrm > 0.0 and is_finite(nrm)
+        if not ok:
+            logr[n + 1:] = np.nan
+            return n + 1
+        acc += math.log(nrm)
+        logr[n + 1] = acc
+        inv = 1.0 / nrm
+        for i in range(D.size):
+            D.flat[i] = np.float64(D.flat[i]) * inv
+    return STATUS_OK
+
+
+@_djit
+def decay_rows(layout, mode, model, sched, seed, start, eps, logr, status, X, Y, ss, ts):
+    """Log growth ``log r_n`` of trajectories ``start … start + B − 1``, n = 0 … N
+    (row layout).
+
+    Parameters
+    ----------
+    layout : structs.Rows
+    mode : int
+        ``MODE_PAIR`` (finite perturbation ε) or ``MODE_TANGENT`` (exact linearization).
+    model : structs.Model
+    sched : structs.Schedule
+    seed, start : int
+        Trajectory ``g = start + k`` draws X_0, U and its noise from keys
+        ``(seed, STREAM_*, g)``; the noise is shared by X and Y.
+    eps : float
+        ε of the pair mode.
+    logr : ndarray of float64, shape (B, N + 1)
+        Output; NaN from the first non-finite layer on.
+    status : ndarray of int64, shape (B,)
+        ``STATUS_OK``; else the first layer n (1-based) where a state or r_n was not
+        finite (r_n = 0 included: X and Y collapsed), or 0 when ε·U vanished in the
+        state dtype (X_0 + ε·U == X_0).
+    X, Y, ss, ts
+        Buffers: two states ``(T, d)`` (Y holds δ in tangent mode), a
+        ``structs.StepScratch`` and a ``structs.TangentScratch``.
+    """
+    for k in range(logr.shape[0]):
+        g = start + k
+        noise_key = rng.key(seed, rng.STREAM_NOISE, g)
+        if mode == MODE_PAIR:
+            log0 = initial_pair(X, Y, seed, g, eps)
+            status[k] = run_pair(layout, X, Y, model, sched, noise_key, log0, ss, logr[k])
+        else:
+            log0 = initial_tangent(X, Y, seed, g)
+            status[k] = run_tangent(layout, X, Y, model, sched, noise_key, log0, ss, ts,
+                                    logr[k])
+
+
+@_djit
+def pair_lanes(layout, model, sched, seed, start, eps, logr, status, u, v, log0, X, Y, ss):
+    """Pair mode of :func:`decay_rows` with the trajectories in groups of L across the
+    vector lanes: the states ``X``, ``Y`` of L pairs are two groups ``(T, d·L)``, each
+    layer :func:`advance_group` on both (the noise of trajectory g on both of its
+    states, as in :func:`run_pair`).
+
+    The states are bit-identical to :func:`run_pair`'s; ``log r_n`` agrees to
+    rounding (the squared distance is summed lane by lane in the same order, but
+    LLVM may reassociate ``maths.sq_dist``'s reduction). A pair whose ``r_n`` is not
+    finite (a state that overflowed gives an infinite or NaN distance: the same test
+    as :func:`run_pair`'s) is finished as there and its lanes zeroed. ``u``, ``v``:
+    ``(T, d)`` scratch; ``log0 (L,)`` float64 scratch.
+    """
+    B = logr.shape[0]
+    L = lanes(X)
+    N = sched.h.shape[0]
+    for g0 in range(0, B, L):
+        nl = min(L, B - g0)
+        live = 0
+        for l in range(L):
+            if l < nl:
+                lg = initial_pair(u, v, seed, start + g0 + l, eps)
+                log0[l] = lg
+                logr[g0 + l, 0] = 0.0
+                status[g0 + l] = STATUS_OK
+                if is_finite(lg):
+                    live += 1
+                else:
+                    logr[g0 + l, :] = np.nan
+                    status[g0 + l] = 0
+            if l < nl and status[g0 + l] == STATUS_OK:
+                load_lane(u, l, X)
+                load_lane(v, l, Y)
+            else:
+                zero_lane(X, l)
+                zero_lane(Y, l)
+        st = status[g0:g0 + nl]
+        for n in range(N):
+            if live == 0:
+                break
+            advance_group(layout, X, model, sched, n, seed, start + g0, st, u, ss)
+            advance_group(layout, Y, model, sched, n, seed, start + g0, st, u, ss)
+            for l in range(nl):
+                if st[l] != STATUS_OK:
+                    continue
+                lr = 0.5 * math.log(lane_sq_dist(X, Y, l, True)) - log0[l]
+                if is_finite(lr):
+                    logr[g0 + l, n + 1] = lr
+                else:
+                    logr[g0 + l, n + 1:] = np.nan
+                    st[l] = n + 1
+                    live -= 1
+                    zero_lane(X, l)
+                    zero_lane(Y, l)
+
+
+@_djit
+def tangent_lanes(layout, model, sched, seed, start, logr, status, u, v, acc, X, D, ss, ts):
+    """Tangent mode of :func:`decay_rows` (:func:`run_tangent`) with the trajectories in
+    groups of L across the vector lanes. The states and tangents are bit-identical to
+    :func:`run_tangent`'s; the norms are summed lane by lane in the same order (LLVM
+    may reassociate ``maths.sq_norm``'s reduction). ``acc (L,)`` float64 scratch: each
+    lane's running ``log r``."""
+    B = logr.shape[0]
+    L = lanes(X)
+    N = sched.h.shape[0]
+    for g0 in range(0, B, L):
+        nl = min(L, B - g0)
+        for l in range(L):
+            if l < nl:
+                acc[l] = -initial_tangent(u, v, seed, start + g0 + l)
+                logr[g0 + l, 0] = 0.0
+                status[g0 + l] = STATUS_OK
+                load_lane(u, l, X)
+                load_lane(v, l, D)
+            else:
+                zero_lane(X, l)
+                zero_lane(D, l)
+        live = nl
+        st = status[g0:g0 + nl]
+        for n in range(N):
+            if live == 0:
+                break
+            step_tangent(layout, X, D, model, layer_of(model, n), sched.a, sched.b,
+                         sched.h[n], ss, ts)
+            add_group_noise(X, n, sched.sigma, seed, start + g0, st, u)
+            for l in range(nl):
+                if st[l] != STATUS_OK:
+                    continue
+                ok = lane_finite(X, l)
+                if ok:
+                    nrm = math.sqrt(lane_sq_dist(D, D, l, False))
+                    ok = nrm > 0.0 and is_finite(nrm)
+                if not ok:
+                    logr[g0 + l, n + 1:] = np.nan
+                    st[l] = n + 1
+                    live -= 1
+                    zero_lane(X, l)
+                    zero_lane(D, l)
+                    continue
+                acc[l] += math.log(nrm)
+                logr[g0 + l, n + 1] = acc[l]
+                inv = 1.0 / nrm
+                for t in range(D.shape[0]):
+                    for j in range(l, D.shape[1], L):
+                        D[t, j] = np.float64(D[t, j]) * inv
+
+
+# ------------------------------------------------------ JVP and VJP of many states
+@_djit
+def jvp_batch(layout, X, V, model, layers, out, fx, fs, ts):
+    """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, serially over k (row
+    layout); ``fx (T, d)`` receives ``f(X[k])``."""
+    for k in range(X.shape[0]):
+        rhs_and_jvp(layout, X[k], V[k], model, layers[k], fx, out[k], fs, ts)
+
+
+@_djit
+def vjp_batch(X, G, model, layers, out, vs):
+    """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, serially over k."""
+    for k in range(X.shape[0]):
+        rhs_vjp(X[k], G[k], model, layers[k], out[k], vs)

@@ -1,0 +1,134 @@
+"""The vector field ``f(X) = g(X) + h(X) − γX + X·A`` and its derivatives, written once
+for both layouts.
+
+Every function here takes the layout (``structs.ROWS`` or a ``structs.Lanes``) as its
+first argument and reaches what differs between the layouts only through the
+primitives of :mod:`tfkernels.kernels.layout` (the products and the attention); the
+rest runs along whole rows of a state ``(T, d·L)`` (L = 1 in rows). Numba compiles
+each once per layout and dtype.
+
+* :func:`rhs` — ``f(X)``;
+* :func:`rhs_and_jvp` — ``f(X)`` and the exact Jacobian–vector product ``f'(X)·V`` from
+  one forward pass, whose activations (Q, K, V, every head's softmax, σ'(z)) the JVP
+  reuses; the forward part is :func:`rhs` operation for operation, so the state it
+  yields is bit-identical to the plain flow's;
+* :func:`rhs_vjp` — the vector–Jacobian product ``f'(X)ᵀ·G`` (row layout only: it serves
+  the λ̂ estimate of the decay study, not a hot loop).
+
+Vectors are ``(T, d)`` matrices; ``Jᵀ`` is the adjoint for the Frobenius inner product,
+so ``⟨G, J V⟩ = ⟨Jᵀ G, V⟩``.
+"""
+
+from .attention import attention_vjp
+from .jit import ijit as _ijit
+from .jit import jit as _jit
+from .layout import attention, attention_tangent, product
+from .maths import activate_prime, bias_activate, bias_activate_prime
+from .simd import gemm
+
+
+@_ijit
+def add_bias(out, b):
+    """``out[i, j] += b[j]`` along whole rows (a bias repeated per lane in lanes)."""
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] += b[j]
+
+
+@_ijit
+def damped_linear(layout, X, γ, A, linear, out):
+    """``out = −γX`` (``+ X·A`` when ``linear``): the terms of ``f`` linear in X."""
+    for i in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            out[i, j] = -γ * X[i, j]
+    if linear:
+        product(layout, X, A, out, True)
+
+
+@_ijit
+def ffn(layout, X, w1, b1, w2, b2, act, hidden, out):
+    """``out += σ(X W_1 + b_1) W_2 + b_2``; ``hidden (T, m·L)``."""
+    product(layout, X, w1, hidden, False)
+    bias_activate(hidden, b1, act)
+    product(layout, hidden, w2, out, True)
+    add_bias(out, b2)
+
+
+@_jit
+def rhs(layout, X, model, layer, out, fs):
+    """``out = f(X)`` with weight set ``layer`` of ``model`` (a ``structs.Model``);
+    ``fs`` a ``structs.FieldScratch``."""
+    w, s = model.weights, model.settings
+    damped_linear(layout, X, s.damping, w.A[layer], s.linear, out)
+    if s.attention:
+        attention(layout, X, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs,
+                  out)
+    if s.ffn:
+        ffn(layout, X, w.w1[layer], w.b1[layer], w.w2[layer], w.b2[layer], s.activation,
+            fs.hidden, out)
+
+
+@_jit
+def rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
+    """``out = f(X)`` (bit-identical to :func:`rhs`) and ``dout = f'(X)·V``.
+
+    One forward pass, the operations of :func:`rhs` in the same order, with σ'(z) kept
+    in ``ts.S``; the JVP then costs only the products with the tangent. ``fs`` a
+    ``structs.FieldScratch``, ``ts`` a ``structs.TangentScratch``.
+    """
+    w, s = model.weights, model.settings
+    A, w1, b1, w2, b2 = w.A[layer], w.w1[layer], w.b1[layer], w.w2[layer], w.b2[layer]
+    # the forward pass: rhs with the activations kept
+    damped_linear(layout, X, s.damping, A, s.linear, out)
+    if s.attention:
+        attention(layout, X, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs,
+                  out)
+    if s.ffn:
+        product(layout, X, w1, fs.hidden, False)
+        bias_activate_prime(fs.hidden, b1, s.activation, ts.S)
+        product(layout, fs.hidden, w2, out, True)
+        add_bias(out, b2)
+    # the tangent
+    damped_linear(layout, V, s.damping, A, s.linear, dout)
+    if s.attention:
+        attention_tangent(layout, V, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal,
+                          fs, ts, dout)
+    if s.ffn:
+        dhidden, S = ts.dhidden, ts.S
+        product(layout, V, w1, dhidden, False)
+        for i in range(dhidden.shape[0]):
+            for j in range(dhidden.shape[1]):
+                dhidden[i, j] *= S[i, j]
+        product(layout, dhidden, w2, dout, True)
+
+
+# ------------------------------------------------------------------------ VJP
+@_jit
+def ffn_vjp(X, G, w1, w1_t, b1, w2_t, act, vs, out):
+    """``out += W_1 ((G W_2ᵀ) ⊙ σ'(X W_1 + b_1))`` in row form."""
+    hidden, gh = vs.hidden, vs.ghidden
+    gemm(X, w1, hidden, False)
+    gemm(G, w2_t, gh, False)
+    for i in range(X.shape[0]):
+        for j in range(hidden.shape[1]):
+            gh[i, j] *= activate_prime(hidden[i, j] + b1[j], act)
+    gemm(gh, w1_t, out, True)
+
+
+@_jit
+def rhs_vjp(X, G, model, layer, out, vs):
+    """``out = f'(X)ᵀ·G`` with weight set ``layer`` (row layout); ``vs`` a
+    ``structs.VjpScratch``."""
+    w, s = model.weights, model.settings
+    T, d = X.shape
+    for i in range(T):
+        for j in range(d):
+            out[i, j] = -s.damping * G[i, j]
+    if s.linear:
+        gemm(G, w.A_t[layer], out, True)
+    if s.attention:
+        attention_vjp(X, G, w.wqkv[layer], w.wqkv_t[layer], w.wo_t[layer], s.n_heads, s.beta,
+                      s.causal, vs, out)
+    if s.ffn:
+        ffn_vjp(X, G, w.w1[layer], w.w1_t[layer], w.b1[layer], w.w2_t[layer], s.activation,
+                vs, out)

@@ -1,0 +1,160 @@
+"""The layout primitives: what differs between the row and the lane layout.
+
+Each layout-generic kernel (the vector field, the FFN, the Runge–Kutta step, their
+JVPs: :mod:`tfkernels.kernels.field`, :mod:`tfkernels.kernels.steps`) takes a layout
+value as its first argument, ``structs.ROWS`` or a ``structs.Lanes``, and is written
+once. The primitives below have one implementation per layout, chosen from the
+layout's Numba *type* when the caller is compiled (``numba.extending.overload``, so
+the choice costs nothing at run time and a kernel compiles once per layout and dtype):
+
+* :func:`product` — ``out (+)= X @ W`` of a state-shaped ``X`` with a weight matrix:
+  ``simd.gemm`` in rows, ``simd.lgemm`` with broadcast weights in lanes;
+* :func:`attention`, :func:`attention_tangent` — the term laid out differently in the
+  two layouts (:mod:`tfkernels.kernels.attention`).
+
+Everything element-wise is the same code in both: it runs along whole rows of width
+``d`` (rows) or ``d·L`` (lanes), with the biases repeated per lane
+(``structs.for_lanes``). The lane layout's per-lane bookkeeping (moving one
+trajectory in or out of a group, testing or clearing one lane) is at the end.
+"""
+
+import numpy as np
+from numba.extending import overload
+
+from . import attention as att
+from .jit import OVERLOAD_FLAGS, is_layout
+from .jit import ijit as _ijit
+from .jit import jit as _jit
+from .simd import gemm, lanes, lgemm
+from .structs import Lanes, Rows
+
+
+def product(layout, X, W, out, accumulate):
+    """``out (+)= X @ W`` for a state-shaped ``X (T, k·L)`` and a weight ``W (k, n)``
+    into ``out (T, n·L)``, L = 1 in the row layout (compiled code only)."""
+    raise NotImplementedError("a compiled layout primitive")
+
+
+@overload(product, inline="always", jit_options=OVERLOAD_FLAGS)
+def _product(layout, X, W, out, accumulate):
+    if is_layout(layout, Rows):
+        def rows(layout, X, W, out, accumulate):
+            gemm(X, W, out, accumulate)
+        return rows
+    if is_layout(layout, Lanes):
+        def lanes_(layout, X, W, out, accumulate):
+            L = lanes(X)
+            k, n = W.shape
+            lgemm(X, 0, k * L, L, W, 0, n, 1, False, out, 0, n * L, L, X.shape[0], k, n,
+                  accumulate)
+        return lanes_
+    return None
+
+
+def attention(layout, X, wqkv, wo, n_heads, beta, causal, fs, out):
+    """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o`` (compiled code only):
+    ``attention.attention_rows`` or ``attention.attention_lanes``."""
+    raise NotImplementedError("a compiled layout primitive")
+
+
+@overload(attention, inline="always", jit_options=OVERLOAD_FLAGS)
+def _attention(layout, X, wqkv, wo, n_heads, beta, causal, fs, out):
+    if is_layout(layout, Rows):
+        def rows(layout, X, wqkv, wo, n_heads, beta, causal, fs, out):
+            att.attention_rows(X, wqkv, wo, n_heads, beta, causal, fs, out)
+        return rows
+    if is_layout(layout, Lanes):
+        def lanes_(layout, X, wqkv, wo, n_heads, beta, causal, fs, out):
+            att.attention_lanes(X, wqkv, wo, n_heads, beta, causal, fs, out)
+        return lanes_
+    return None
+
+
+def attention_tangent(layout, V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
+    """``out += g'(X)·V`` from the activations :func:`attention` left in ``fs``
+    (compiled code only)."""
+    raise NotImplementedError("a compiled layout primitive")
+
+
+@overload(attention_tangent, inline="always", jit_options=OVERLOAD_FLAGS)
+def _attention_tangent(layout, V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
+    if is_layout(layout, Rows):
+        def rows(layout, V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
+            att.attention_tangent_rows(V, wqkv, wo, n_heads, beta, causal, fs, ts, out)
+        return rows
+    if is_layout(layout, Lanes):
+        def lanes_(layout, V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
+            att.attention_tangent_lanes(V, wqkv, wo, n_heads, beta, causal, fs, ts, out)
+        return lanes_
+    return None
+
+
+# ------------------------------------------------- the lane layout's bookkeeping
+@_ijit
+def load_group(x0, g0, X):
+    """``X[t, j·L + l] = x0[g0 + l, t, j]`` for the lanes that have a trajectory; the
+    lanes past the end of ``x0`` get zeros (computed, never stored)."""
+    B, T, d = x0.shape
+    L = lanes(X)
+    z = X.dtype.type(0)
+    for l in range(L):
+        b = g0 + l
+        for t in range(T):
+            for j in range(d):
+                X[t, j * L + l] = x0[b, t, j] if b < B else z
+
+
+@_ijit
+def store_lane(X, l, dst):
+    """``dst[t, j] = X[t, j·L + l]``: lane ``l`` of the group as a ``(T, d)`` state."""
+    L = lanes(X)
+    T, d = dst.shape
+    for t in range(T):
+        for j in range(d):
+            dst[t, j] = X[t, j * L + l]
+
+
+@_ijit
+def load_lane(src, l, X):
+    """``X[t, j·L + l] = src[t, j]`` (the inverse of :func:`store_lane`)."""
+    L = lanes(X)
+    T, d = src.shape
+    for t in range(T):
+        for j in range(d):
+            X[t, j * L + l] = src[t, j]
+
+
+@_ijit
+def lane_finite(X, l):
+    """True when lane ``l`` of the group has no NaN or ±inf."""
+    L = lanes(X)
+    z = X.dtype.type(0)
+    acc = z
+    for t in range(X.shape[0]):
+        for j in range(l, X.shape[1], L):
+            acc += X[t, j] * z
+    return acc == z
+
+
+@_ijit
+def zero_lane(X, l):
+    """Lane ``l`` of the group set to 0."""
+    L = lanes(X)
+    z = X.dtype.type(0)
+    for t in range(X.shape[0]):
+        for j in range(l, X.shape[1], L):
+            X[t, j] = z
+
+
+@_jit
+def lane_sq_dist(X, Y, l, diff):
+    """``‖X_l − Y_l‖²`` (``diff``) or ``‖X_l‖²`` of lane ``l`` of groups ``X``, ``Y``,
+    summed in float64 in the element order of :func:`sq_dist` / :func:`sq_norm`."""
+    L = lanes(X)
+    s = 0.0
+    for t in range(X.shape[0]):
+        for j in range(l, X.shape[1], L):
+            v = np.float64(X[t, j]) - np.float64(Y[t, j]) if diff else np.float64(X[t, j])
+            s += v * v
+    return s
+

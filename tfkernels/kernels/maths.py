@@ -1,0 +1,408 @@
+"""Scalar and element-wise maths of the kernels, the same in both layouts.
+
+Straight-line, branch-free code wherever it sits in a hot loop, so that LLVM
+vectorizes the caller's loop: the exponential (:func:`exp_neg`), ``erfc``
+(:func:`erfc_pos`) and the GELU built on them (:func:`two_cdf`, :func:`gelu_bias`,
+:func:`gelu_bias_prime`), the other activations and their derivatives, the column
+softmax (:func:`softmax_columns`), finiteness tests, and squared norms accumulated in
+float64. Every function works on whole rows of a ``(T, width)`` array, so the row
+layout (width d) and the lane layout (width d·L) call the same code.
+"""
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
+
+from ..methods import ACTIVATIONS
+from .jit import ijit as _ijit
+from .jit import jit as _jit
+
+GELU, GELU_TANH, RELU, TANH, IDENTITY = (ACTIVATIONS[k] for k in
+                                        ("gelu", "gelu_tanh", "relu", "tanh", "identity"))
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_C = 0.044715
+
+
+@_jit
+def activate(z, act):
+    """σ(z) for the activation code ``act`` (see ``methods.ACTIVATIONS``)."""
+    if act == GELU:
+        return 0.5 * z * (1.0 + math.erf(z * _SQRT_HALF))
+    if act == GELU_TANH:
+        return 0.5 * z * (1.0 + math.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)))
+    if act == RELU:
+        return max(z, 0.0)
+    if act == TANH:
+        return math.tanh(z)
+    return z
+
+
+@intrinsic
+def exp2i(typingctx, n):
+    """``2**n`` for a float ``n`` holding an integer in the normal exponent range,
+    built from the exponent bits (``n`` float32: [-126, 127], float64: [-1022, 1023])."""
+    if not isinstance(n, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        (x,) = args
+        width, bias, shift = (32, 127, 23) if n.bitwidth == 32 else (64, 1023, 52)
+        ity = ir.IntType(width)
+        i = builder.fptosi(x, ity)
+        i = builder.shl(builder.add(i, ir.Constant(ity, bias)), ir.Constant(ity, shift))
+        return builder.bitcast(i, x.type)
+
+    return n(n), codegen
+
+
+#: Lower clamp of :func:`exp_neg`'s argument, one value for both dtypes: 2**n must
+#: stay a normal float32 (n >= -126). e^-87 ≈ 1.6e-38 stands in for anything
+#: smaller; a softmax weight or erfc that small is far below either tolerance.
+EXP_LO = -87.0
+
+_LN2_HI = 0.693145751953125          # 17 significant bits: n·_LN2_HI is exact
+_LN2_LO = math.log(2.0) - _LN2_HI    # exact in float64 (Sterbenz)
+
+#: Taylor coefficients 1/k! of e^r, k = 0 … 12.
+_EXP_POLY = tuple(1.0 / math.factorial(k) for k in range(13))
+
+@_ijit
+def estrin8(y, y2, y4, c0, c1, c2, c3, c4, c5, c6, c7):
+    """``Σ_{k<8} c_k y^k`` by Estrin's scheme, given ``y2 = y²`` and ``y4 = y⁴``.
+
+    Depth 3 multiply-adds instead of Horner's 7: the polynomials of :func:`exp_neg`
+    and :func:`erfc_pos` are latency-bound chains otherwise (``docs/performance.md``,
+    "estrin"). Equivalent to ``np.polynomial.polynomial.polyval(y, c)``.
+    """
+    return (((c0 + c1 * y) + (c2 + c3 * y) * y2)
+            + ((c4 + c5 * y) + (c6 + c7 * y) * y2) * y4)
+
+
+@_ijit
+def estrin5(y, y2, y4, c0, c1, c2, c3, c4):
+    """``Σ_{k<5} c_k y^k`` (Estrin, as :func:`estrin8`): the tail of a 13-term
+    polynomial. Padding :func:`estrin8` with zero coefficients instead costs three
+    vector operations per call, because ``0·y`` is not folded (no ``nnan``/``ninf``)."""
+    return ((c0 + c1 * y) + (c2 + c3 * y) * y2) + c4 * y4
+
+
+@_ijit
+def exp_neg(x, dt, lo, short=False):
+    """``exp(x)`` for ``x <= 0`` (and moderately positive x) in the dtype ``dt``.
+
+    Cody–Waite reduction ``x = n·ln2 + r``, ``|r| <= ln2/2``, degree-12 Taylor
+    polynomial of ``e^r`` (truncation < 2e-16; with ``short`` degree 7, truncation
+    < 6e-9, enough for float32) and ``2**n`` from the exponent bits.
+    Measured max relative error: float64 ≈ 3e-16 for |x| ≤ 1 and ≈ |x|·4e-17 beyond
+    (the conditioning of exp itself), float32 ≈ 3e-7. ``x`` below ``lo``
+    (``EXP_LO``) is clamped, giving e^lo instead of a smaller number or 0; NaN
+    propagates (the clamp compares false).
+    """
+    if x < lo:
+        x = lo
+    n = np.floor(x * dt(1.4426950408889634) + dt(0.5))
+    r = x - n * dt(_LN2_HI) - n * dt(_LN2_LO)
+    r2 = r * r
+    r4 = r2 * r2
+    E = _EXP_POLY
+    p = estrin8(r, r2, r4, dt(E[0]), dt(E[1]), dt(E[2]), dt(E[3]), dt(E[4]), dt(E[5]),
+                dt(E[6]), dt(E[7]))
+    if not short:
+        p += (r4 * r4) * estrin5(r, r2, r4, dt(E[8]), dt(E[9]), dt(E[10]), dt(E[11]),
+                                 dt(E[12]))
+    return p * exp2i(n)
+
+
+#: Chebyshev coefficients of ``F(t) = ln(erfc(x)/t) + x²`` with ``t = 2/(2+x)`` on
+#: ``x ∈ [0, 6]`` (t ∈ [1/4, 1], mapped to y ∈ [-1, 1]); computed with mpmath at 50
+#: digits (Chebyshev interpolation on 40 nodes). Terms beyond index 23 are < 5e-19.
+#: ``erfc(x) = t·exp(-x² + F(t))``, as in Numerical Recipes (3rd ed., §6.2.2).
+_ERFC_CHEB = (
+    -0.4985502230126517, 0.5003364655513497, 0.002907954374873043,
+    -0.004807433804460357, 1.4741810740729065e-05, 0.00010698213450336889,
+    -6.275656652474683e-06, -2.6555862047786477e-06, 4.14616364109913e-07,
+    4.7388983956557695e-08, -1.8774034558626204e-08, 4.5312073358856027e-10,
+    5.9934889163061e-10, -8.983766959581827e-11, -9.488744811443404e-12,
+    4.40703888430635e-12, -2.726952501786936e-13, -1.1336459307085183e-13,
+    2.5365165661713203e-14, 1.0028323407250651e-16, -8.330478547927849e-16,
+    1.1800447425838173e-16, 7.815467303883168e-18, -4.4310710601765106e-18,
+)
+
+_ERFC_XMAX = 6.0
+
+def _monomial(cheb, n):
+    """Monomial coefficients (in y) of the first ``n`` terms of a Chebyshev series,
+    padded with zeros to 24. Well conditioned here: Σ|p_k| = 1.047 for ``_ERFC_CHEB``,
+    so evaluating the monomial form loses nothing to cancellation."""
+    p = np.polynomial.chebyshev.cheb2poly(np.asarray(cheb[:n]))
+    return tuple(float(v) for v in p) + (0.0,) * (24 - n)
+
+
+#: ``F(y)`` of :func:`erfc_pos` as monomials: all 24 terms (float64), and the first
+#: 13 (float32, truncation < 1e-10).
+_ERFC_POLY = _monomial(_ERFC_CHEB, 24)
+_ERFC_POLY_SHORT = _monomial(_ERFC_CHEB, 13)
+
+@_ijit
+def erfc_pos(x, dt, lo, short=False):
+    """``erfc(x)`` for ``0 <= x <= 6`` (callers clamp), branch-free.
+
+    ``erfc(x) = t·exp(−x² + F(t))`` with ``t = 2/(2+x)``; ``F`` is the 24-term
+    Chebyshev series ``_ERFC_CHEB`` (relative error ~1e-16, float64) or with
+    ``short`` (a literal, for float32) its first 13 terms (truncation < 1e-10) and
+    the short exp, evaluated in monomial form by Estrin's scheme (:func:`estrin8`
+    and :func:`estrin5` blocks: depth 6 instead of the 24-step Clenshaw chain).
+    Straight-line code, so that LLVM vectorizes the caller's loop.
+    """
+    t = dt(2.0) / (dt(2.0) + x)
+    # y = (2t - (1 + t0)) / (1 - t0) with t0 = 1/4
+    y = t * dt(8.0 / 3.0) - dt(5.0 / 3.0)
+    y2 = y * y
+    y4 = y2 * y2
+    y8 = y4 * y4
+    if short:
+        C = _ERFC_POLY_SHORT
+        F = (estrin8(y, y2, y4, dt(C[0]), dt(C[1]), dt(C[2]), dt(C[3]), dt(C[4]),
+                     dt(C[5]), dt(C[6]), dt(C[7]))
+             + y8 * estrin5(y, y2, y4, dt(C[8]), dt(C[9]), dt(C[10]), dt(C[11]),
+                            dt(C[12])))
+    else:
+        C = _ERFC_POLY
+        F = (estrin8(y, y2, y4, dt(C[0]), dt(C[1]), dt(C[2]), dt(C[3]), dt(C[4]),
+                     dt(C[5]), dt(C[6]), dt(C[7]))
+             + y8 * (estrin8(y, y2, y4, dt(C[8]), dt(C[9]), dt(C[10]), dt(C[11]),
+                             dt(C[12]), dt(C[13]), dt(C[14]), dt(C[15]))
+                     + y8 * estrin8(y, y2, y4, dt(C[16]), dt(C[17]), dt(C[18]),
+                                    dt(C[19]), dt(C[20]), dt(C[21]), dt(C[22]),
+                                    dt(C[23]))))
+    return t * exp_neg(F - x * x, dt, lo, short)
+
+
+@_ijit
+def two_cdf(z, dt, lo, short):
+    """``2Φ(z) = 1 + erf(z/√2)``, branch-free: ``2 − erfc(x)`` for ``x = z/√2 >= 0``
+    and ``erfc(|x|)`` below (``|x|`` clamped at 6, where erfc < 2.2e-17). GELU is
+    ``½z·2Φ(z)``; the decay study's GELU' reuses the same value for its ``Φ(z)``."""
+    x = z * dt(_SQRT_HALF)
+    ax = abs(x)
+    if ax > dt(_ERFC_XMAX):
+        ax = dt(_ERFC_XMAX)
+    e = erfc_pos(ax, dt, lo, short)
+    return e if x < dt(0.0) else dt(2.0) - e
+
+
+@_ijit
+def gelu_bias(H, b, dt, short):
+    """``H[i, j] = GELU(H[i, j] + b[j])`` in place (see :func:`bias_activate`)."""
+    T, m = H.shape
+    lo = dt(EXP_LO)
+    for i in range(T):
+        for j in range(m):
+            z = H[i, j] + b[j]
+            H[i, j] = dt(0.5) * z * two_cdf(z, dt, lo, short)
+
+
+@_jit
+def bias_activate(H, b, act):
+    """``H[i, j] = σ(H[i, j] + b[j])`` in place.
+
+    GELU (erf form) is ``z·Φ(z) = ½z(1 + erf(z/√2))``, evaluated branch-free as
+    ``½z·(2 − erfc(x))`` for ``x = z/√2 >= 0`` and ``½z·erfc(|x|)`` below, with
+    ``erfc`` from :func:`erfc_pos` (|x| clamped at 6, where erfc < 2.2e-17).
+    float32 takes the short polynomials. The dtype test sits outside the loop and
+    each branch inlines :func:`gelu_bias` with a literal flag, which LLVM folds
+    (``itemsize`` is read at run time, so a test inside the loop would stop
+    vectorization). Other activations use :func:`activate`.
+    """
+    dt = H.dtype.type
+    if act == GELU:
+        if H.itemsize == 4:
+            gelu_bias(H, b, dt, True)
+        else:
+            gelu_bias(H, b, dt, False)
+    else:
+        T, m = H.shape
+        for i in range(T):
+            for j in range(m):
+                H[i, j] = dt(activate(H[i, j] + b[j], act))
+
+
+@_jit
+def activate_prime(z, act):
+    """σ'(z) for the activation code ``act`` (relu'(0) = 0); scalar, any activation."""
+    if act == GELU:
+        return 0.5 * (1.0 + math.erf(z * _SQRT_HALF)) + z * _INV_SQRT_2PI * math.exp(-0.5 * z * z)
+    if act == GELU_TANH:
+        th = math.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z * z * z))
+        du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * z * z)
+        return 0.5 * (1.0 + th) + 0.5 * z * (1.0 - th * th) * du
+    if act == RELU:
+        return 1.0 if z > 0.0 else 0.0
+    if act == TANH:
+        th = math.tanh(z)
+        return 1.0 - th * th
+    return 1.0
+
+
+@_ijit
+def gelu_bias_prime(H, b, S, dt, short):
+    """``H[i, j] = GELU(z)`` and ``S[i, j] = GELU'(z) = Φ(z) + z·φ(z)`` for
+    ``z = H[i, j] + b[j]``, in one pass.
+
+    ``H`` is computed exactly as :func:`gelu_bias` computes it (the same
+    :func:`two_cdf`, so the state stays bit-identical to the plain flow's)
+    and ``Φ(z)`` is half that same ``2Φ(z)``: no second erfc and no division.
+    ``φ(z) = e^{−z²/2}/√(2π)`` from :func:`exp_neg`. Branch-free, so the loop
+    vectorizes.
+    """
+    T, m = H.shape
+    lo = dt(EXP_LO)
+    for i in range(T):
+        for j in range(m):
+            z = H[i, j] + b[j]
+            g = two_cdf(z, dt, lo, short)
+            H[i, j] = dt(0.5) * z * g
+            phi = exp_neg(dt(-0.5) * z * z, dt, lo, short) * dt(_INV_SQRT_2PI)
+            S[i, j] = dt(0.5) * g + z * phi
+
+
+@_jit
+def bias_activate_prime(H, b, act, S):
+    """``H[i, j] = σ(z)`` (bit-identical to :func:`bias_activate`, so the
+    state follows the plain flow's) and ``S[i, j] = σ'(z)``, ``z = H[i, j] + b[j]``.
+
+    GELU takes the fused, vectorized :func:`gelu_bias_prime` (float32 with the short
+    polynomials, the dtype test outside the loop as in ``bias_activate``); the other
+    activations :func:`bias_activate` and :func:`activate_prime`.
+    """
+    dt = H.dtype.type
+    T, m = H.shape
+    if act == GELU:
+        if H.itemsize == 4:
+            gelu_bias_prime(H, b, S, dt, True)
+        else:
+            gelu_bias_prime(H, b, S, dt, False)
+        return
+    for i in range(T):
+        for j in range(m):
+            S[i, j] = H[i, j] + b[j]
+    bias_activate(H, b, act)
+    for i in range(T):
+        for j in range(m):
+            S[i, j] = dt(activate_prime(S[i, j], act))
+
+
+@_jit
+def softmax_columns(P, n, causal, mt, width):
+    """Softmax over each of the first ``n`` *columns* of the transposed scores
+    ``P (T keys, ≥ n)`` in place. Column i holds the scores of query
+    ``(i // width) % T`` (the heads' ``(T, T)`` blocks stand side by side, each query's
+    column repeated ``width`` times: 1 here, the group's lanes in
+    the lane layout); with ``causal`` that query keeps keys up to its own index and
+    the rest are 0.
+
+    The running maximum, the exponentials and their sums are element-wise operations
+    along contiguous rows of all ``n`` columns (scratch ``mt (3, ≥ n)``: maximum, sum
+    and the query index of each column, as a float so that the mask is a vector
+    compare) and vectorize with no horizontal reduction; the rows of all heads
+    together fill the vectors even at T = 8, where one head's row of 8 ran in the
+    scalar remainder of LLVM's 16-lane × 4 loop. The maximum uses ``>`` (a NaN score is
+    skipped there) but NaN still reaches the column through ``exp(s − m)``. Each
+    column is ``softmax`` of its query's scores, whatever else stands in ``P``.
+    """
+    T = P.shape[0]
+    dt = P.dtype.type
+    lo = dt(EXP_LO)
+    every = not causal
+    m, total, q = mt[0], mt[1], mt[2]
+    for i in range(n):
+        m[i] = P[0, i]
+        total[i] = dt(0.0)
+        q[i] = dt((i // width) % T)
+    # Full-length rows with the causal mask as a select: a loop starting at j ran
+    # 4x slower (short, misaligned trip counts); masked entries are computed, unused.
+    for j in range(1, T):
+        jf = dt(j)
+        for i in range(n):
+            x = P[j, i]
+            m[i] = x if (x > m[i]) & ((q[i] >= jf) | every) else m[i]
+    for j in range(T):
+        jf = dt(j)
+        for i in range(n):
+            e = exp_neg(P[j, i] - m[i], dt, lo)
+            e = e if (q[i] >= jf) | every else dt(0.0)
+            P[j, i] = e
+            total[i] += e
+    for i in range(n):
+        m[i] = dt(1.0) / total[i]
+    for j in range(T):
+        for i in range(n):
+            P[j, i] *= m[i]
+
+
+@_ijit
+def softmax_tangent_columns(P, p0, n, dP, mean):
+    """The tangent of :func:`softmax_columns`, in place: for the first ``n`` columns i of
+    ``dP (T, ≥ n)`` (the tangents ``dS`` of the scores), with the probabilities in
+    columns ``p0 + i`` of ``P``, ``dP[j, i] = P[j, p0 + i]·(dS[j, i] − Σ_k P[k, p0 + i]
+    dS[k, i])``; ``mean (≥ n)`` scratch. Element-wise along rows of ``n`` columns, the
+    same code for the row layout (one head's ``T`` queries) and the lanes (``T·L``)."""
+    T = dP.shape[0]
+    z = dP.dtype.type(0.0)
+    for i in range(n):
+        mean[i] = z
+    for j in range(T):
+        for i in range(n):
+            mean[i] += P[j, p0 + i] * dP[j, i]
+    for j in range(T):
+        for i in range(n):
+            dP[j, i] = P[j, p0 + i] * (dP[j, i] - mean[i])
+
+
+@_ijit
+def all_finite(X):
+    """True when no entry of ``X`` is NaN or ±inf (fastmath keeps these checks).
+
+    Branch-free so that it vectorizes: ``Σ x·0`` is 0 unless some x is NaN or ±inf
+    (``x·0`` cannot be folded to 0 because ``nnan``/``ninf`` are not in FASTMATH).
+    Equivalent to ``all(np.isfinite(X))``, left for reference.
+    """
+    z = X.dtype.type(0)
+    acc = z
+    for i in range(X.size):
+        acc += X.flat[i] * z
+    return acc == z
+
+
+@_ijit
+def is_finite(x):
+    """``np.isfinite(x)`` for a float, as the kernels need it: under ``FASTMATH``,
+    ``np.isfinite(0.5·log(s) − c)`` came out True for ``s = inf`` and NaN (each flag
+    alone was fine); ``x·0 == 0`` is False for NaN and ±inf either way."""
+    return x * 0.0 == 0.0
+
+
+@_jit
+def sq_norm(A):
+    """Σ A², accumulated in float64."""
+    s = 0.0
+    for i in range(A.size):
+        v = np.float64(A.flat[i])
+        s += v * v
+    return s
+
+
+@_jit
+def sq_dist(A, B):
+    """‖A − B‖²_F in float64 (exact differences of float32 inputs)."""
+    s = 0.0
+    for i in range(A.size):
+        v = np.float64(A.flat[i]) - np.float64(B.flat[i])
+        s += v * v
+    return s

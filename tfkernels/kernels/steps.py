@@ -1,0 +1,97 @@
+"""One layer: the explicit Runge–Kutta step of the state, and of the state with its
+tangent, written once for both layouts (first argument: the layout).
+
+A method is data (``methods.TABLEAUS``): the step :func:`rk_step` runs any explicit
+tableau ``(a, b)`` with step ``h``; with the Euler tableau and ``h = α_n·c`` it is the
+averaged update. The noise and finiteness bookkeeping after a step differs between a
+single trajectory and a group of lanes, and lives with the drivers
+(:mod:`tfkernels.kernels.drivers`).
+"""
+
+from .field import rhs, rhs_and_jvp
+from .jit import ijit as _ijit
+from .jit import jit as _jit
+
+
+@_ijit
+def layer_of(model, n):
+    """Weight set used by layer ``n``: n with per-layer weights, else 0."""
+    return n if model.settings.per_layer else 0
+
+
+@_ijit
+def stage_input(X, stages, a, h, i, xs):
+    """``xs = X + Σ_{j<i} (h a_ij) k_j``: the input of RK stage ``i``.
+
+    Each coefficient is read once outside its ``(T, d)`` loop (LLVM cannot hoist it
+    past stores that may alias ``a``); shared by :func:`rk_step` and :func:`step_tangent`, so both produce the same bits.
+    """
+    T, d = X.shape
+    for r in range(T):
+        for col in range(d):
+            xs[r, col] = X[r, col]
+    for j in range(i):
+        c = h * a[i, j]
+        for r in range(T):
+            for col in range(d):
+                xs[r, col] += c * stages[j, r, col]
+
+
+@_ijit
+def step_update(X, stages, b, h, acc):
+    """``X += h Σ_i b_i k_i``, the sum formed in ``acc (T, d)`` stage by stage."""
+    T, d = X.shape
+    z = X.dtype.type(0)
+    for r in range(T):
+        for col in range(d):
+            acc[r, col] = z
+    for i in range(b.shape[0]):
+        c = b[i]
+        for r in range(T):
+            for col in range(d):
+                acc[r, col] += c * stages[i, r, col]
+    for r in range(T):
+        for col in range(d):
+            X[r, col] += h * acc[r, col]
+
+
+@_ijit
+def rk_step(layout, X, model, layer, a, b, h, ss):
+    """Advance ``X`` in place by one explicit RK step of size ``h``.
+
+    ``k_i = f(X + h Σ_{j<i} a_ij k_j)`` (:func:`stage_input`), then
+    ``X += h Σ_i b_i k_i`` (:func:`step_update`, ``ss.xs`` holding the sum at the end).
+    ``ss`` is a ``structs.StepScratch``. One :func:`~tfkernels.kernels.field.rhs` call
+    site (each one is compiled in full).
+    """
+    stages, xs = ss.stages, ss.xs
+    for i in range(b.shape[0]):
+        src = X
+        if i > 0:
+            stage_input(X, stages, a, h, i, xs)
+            src = xs
+        rhs(layout, src, model, layer, stages[i], ss.field)
+    step_update(X, stages, b, h, xs)
+
+
+@_jit
+def step_tangent(layout, X, D, model, layer, a, b, h, ss, ts):
+    """One explicit RK step of the state and of its linearization, in place.
+
+    ``X`` advances exactly as in :func:`rk_step` (the same :func:`stage_input` /
+    :func:`step_update`, so bit-identical), and ``D ← D + h Σ b_i dk_i`` with
+    ``dk_i = f'(x_i)·(D + h Σ_{j<i} a_ij dk_j)`` at the stage states ``x_i``, each
+    stage's JVP taken from its own forward pass
+    (:func:`~tfkernels.kernels.field.rhs_and_jvp`). ``ss`` a ``structs.StepScratch``,
+    ``ts`` a ``structs.TangentScratch``.
+    """
+    stages, xs, dstages, ds = ss.stages, ss.xs, ts.dstages, ts.ds
+    for i in range(b.shape[0]):
+        if i == 0:
+            rhs_and_jvp(layout, X, D, model, layer, stages[0], dstages[0], ss.field, ts)
+            continue
+        stage_input(X, stages, a, h, i, xs)
+        stage_input(D, dstages, a, h, i, ds)
+        rhs_and_jvp(layout, xs, ds, model, layer, stages[i], dstages[i], ss.field, ts)
+    step_update(X, stages, b, h, xs)
+    step_update(D, dstages, b, h, ds)

@@ -10,15 +10,16 @@ the tolerances of ``config.RTOL`` (10× for 3 steps of ``integrate``, as in
 ``tests/test_kernels.py``).
 
 The noise: the reference takes η as an input array, as it shares no code with the
-kernels and has no generator. η_n is the package's counter-based draw keyed by the
-seed, the trajectory and the layer, so :func:`kernel_noise` reads it back through the
-public API: the zero vector field (``A = 0``) integrated from ``X_0 = 0`` with the
-noise on at layer n only ends exactly at η_n (the layers before n keep 0, layer n adds
-η_n to 0, the layers after it add ``Δt·0`` and no noise). It runs those calls on the row kernels (``config.LANES_MAX_SIZE = 0``), so
-the noise the lanes are checked against does not come from the lanes; the row kernels'
-noise meets the generator in ``test_kernels.test_noise_matches_reference``. What is
-tested here is where and how the noise enters (after each layer's update, for every
-method, for trajectory ``start + b``), not the generator (``tests/test_rng.py``).
+kernels and has no generator. η_n is the package's counter-based draw keyed by the seed,
+the trajectory and the layer, so :func:`kernel_noise` reads it back through the public
+API: the zero vector field (``A = 0``) integrated from ``X_0 = 0`` with the noise on at
+layer n only ends exactly at η_n (the layers before n keep 0, layer n adds η_n to 0, the
+layers after it add ``Δt·0`` and no noise). It runs those calls on the row kernels
+(``config.LANES_MAX_SIZE = 0``), so the noise the lanes are checked against does not
+come from the lanes; the row kernels' noise meets the generator in
+``test_kernels.test_noise_matches_reference``. What is tested here is where and how the
+noise enters (after each layer's update, for every method, for trajectory
+``start + b``), not the generator (``tests/test_rng.py``).
 """
 
 import numpy as np

@@ -5,12 +5,18 @@ tfkernels runs that flow (and its Runge–Kutta and averaged variants) for very 
 trajectories at once and measures what the theory predicts.
 """
 
+from importlib import metadata as _metadata
+
 from .api import integrate, random_states, vector_field
 from .studies.decay import DecayResult, perturbation_decay
 from .methods import ACTIVATIONS, METHODS
 from .params import TransformerParams
 
-__version__ = "0.1.0"
+try:
+    # The one version source is pyproject.toml, read back from the installed metadata.
+    __version__ = _metadata.version("tfkernels")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ACTIVATIONS",

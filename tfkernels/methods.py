@@ -1,8 +1,12 @@
-"""Integration methods and activations as data, mapped to integer codes for the kernels.
+"""Integration methods and the name registries that the public API validates against.
 
-A method is an explicit Runge–Kutta tableau, checked when it is built; the kernels run
-one generic explicit RK step driven by the tableau, so adding a method adds no code to
-the compiled kernels and no new specialization.
+A method is an explicit Runge–Kutta tableau, checked when it is built. ``api.prepare_run``
+turns the tableau into arrays ``a``, ``b`` and the per-layer step sizes ``h`` (in the
+state's dtype), and those arrays are what the kernels receive: they run one generic
+explicit RK step driven by them, so adding a method adds no code to the compiled kernels
+and no new specialization. The integer codes of :data:`METHODS` never reach the kernels;
+those of :data:`ACTIVATIONS` do (packed with the weights' integer settings), and so do
+those of :data:`MODES` (the decay study passes one to its kernel).
 """
 
 from dataclasses import dataclass
@@ -21,12 +25,20 @@ class ButcherTableau:
     b : array_like, shape (s,)
         Weights of the stages in the update; must sum to 1.
     order : int
-        Classical order of the method.
+        Classical order of the method (documentation; nothing checks or reads it).
+
+    Raises
+    ------
+    ValueError
+        If ``a`` is not ``s×s`` for ``s = len(b)``, is not strictly lower triangular,
+        or ``b`` does not sum to 1 (within 1e-15).
 
     Notes
     -----
     ``c_i = Σ_j a_ij`` (the stage times as fractions of Δt) is derived, not stored,
-    so the consistency condition holds by construction.
+    so the consistency condition holds by construction. The kernels do not use ``c``:
+    a layer's weights are constant over its step, so ``f`` does not depend on the
+    stage time.
     """
 
     a: tuple
@@ -46,7 +58,8 @@ class ButcherTableau:
 
     @property
     def arrays(self):
-        """``(a, b, c)`` as float64 arrays for the kernels."""
+        """``(a, b, c)`` as float64 arrays; ``api.prepare_run`` casts ``a`` and ``b`` to
+        the state's dtype for the kernels and drops ``c``."""
         a = np.asarray(self.a, dtype=np.float64)
         return a, np.asarray(self.b, dtype=np.float64), a.sum(axis=1)
 
@@ -66,17 +79,20 @@ TABLEAUS = {
     ),
 }
 
-#: Update rules; "averaged" is ``X + α_n·c·f(X) (+ η_n)``, a one-stage rule whose
-#: step size is ``α_n·c`` instead of Δt.
+#: Update rules by name. Only the names are used (validation, the CLI's choices); the
+#: codes are read nowhere. "averaged" is ``X + α_n·c·f(X) (+ η_n)``: Euler's tableau
+#: with the step size ``α_n·c`` instead of Δt (see :func:`tableau`).
 METHODS = {"euler": 0, "heun": 1, "rk4": 2, "averaged": 3}
 
-#: Activation σ of the feed-forward block.
+#: Activation σ of the feed-forward block; the code is what the kernels branch on.
 ACTIVATIONS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "tanh": 3, "identity": 4}
 
-#: Perturbation-study modes.
+#: Perturbation-study modes; the code is passed to the decay kernel, which defines
+#: the same values as ``MODE_PAIR`` and ``MODE_TANGENT``.
 MODES = {"pair": 0, "tangent": 1}
 
 
 def tableau(method):
-    """Return the Butcher tableau that advances ``method`` one layer."""
+    """Return the Butcher tableau that advances ``method`` one layer (Euler's for
+    ``"averaged"``, whose difference lies in the step sizes only)."""
     return TABLEAUS["euler" if method == "averaged" else method]

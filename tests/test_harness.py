@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels.bench import flops, harness, peers
+from tfkernels.bench import flops, output, peers, run, settings, throughput
+from tfkernels.cli import bench as bench_cli
 from tfkernels.studies import paper
 
 
@@ -26,9 +27,9 @@ from tfkernels.studies import paper
 def ci_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     # no waiting for a quiet machine in CI: the sweep's figures are not asserted on
-    settings = replace(harness.PRESETS["quick"], threads=harness.default_threads(),
-                       peers=("numpy",), wait_quiet_s=0.0)
-    doc = harness.run_sweep(settings, str(out), progress=False, plots=True)
+    quick = replace(settings.PRESETS["quick"], threads=settings.default_threads(),
+                    peers=("numpy",), wait_quiet_s=0.0)
+    doc = run.run_sweep(quick, str(out), progress=False, plots=True)
     return out, doc
 
 
@@ -42,7 +43,7 @@ def test_quick_sweep_writes_every_output(ci_run):
     assert "Nominal machine peak =" in readme and "Measured FMA peak" in readme
     assert "implied clock" in readme and "% peak uses the larger" in readme
     rows = (out / "bench-quick.csv").read_text().splitlines()
-    assert rows[0].split(",") == list(harness.CSV_FIELDS) and len(rows) > 10
+    assert rows[0].split(",") == list(output.CSV_FIELDS) and len(rows) > 10
 
 
 def test_quick_sweep_json_has_every_field(ci_run):
@@ -202,7 +203,7 @@ class _WrongPeer:
 
 def test_disagreeing_peer_is_reported_and_not_timed():
     x0 = np.ones((2, 3, 4))
-    check = harness.check_peer(_WrongPeer(), None, x0, x0, "float64")
+    check = throughput.check_peer(_WrongPeer(), None, x0, x0, "float64")
     assert check["status"] == "mismatch" and "not timed" in check["message"]
 
 
@@ -217,12 +218,12 @@ def test_peer_flow_spec_rejects_per_layer_weights_and_averaged():
 # ------------------------------------------------------------------ CLI settings
 def _args(*argv):
     parser = argparse.ArgumentParser()
-    harness.configure_parser(parser)
+    bench_cli.configure_parser(parser)
     return parser.parse_args(list(argv))
 
 
 def test_settings_grid_from_command_line():
-    s = harness.settings_from_args(_args("--n", "8,32", "--d", "16,64", "--seq-len", "16",
+    s = bench_cli.settings_from_args(_args("--n", "8,32", "--d", "16,64", "--seq-len", "16",
                                          "--dtype", "float32", "--peers", "none"))
     assert s.preset == "custom" and s.n_layers == (8, 32) and s.peers == ()
     assert [(c.seq_len, c.d, c.heads) for c in s.configs] == [(16, 16, 4), (16, 64, 4)]
@@ -236,7 +237,7 @@ def test_settings_grid_from_command_line():
 ])
 def test_settings_errors_name_the_option(argv, match):
     with pytest.raises(ValueError, match=match):
-        harness.settings_from_args(_args(*argv))
+        bench_cli.settings_from_args(_args(*argv))
 
 
 # -------------------------------------------------------------------------- paper

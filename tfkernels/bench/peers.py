@@ -31,7 +31,6 @@ own timing, so the pipe transfer is never timed.
 """
 
 import argparse
-import os
 import pickle
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..methods import METHODS, tableau
+from .fresh import child_env
 
 PEERS = ("numpy", "torch", "jax")
 
@@ -476,11 +476,7 @@ class PeerProcess:
     def __init__(self, variant, threads):
         self.variant, self.threads = variant, threads
         self.status, self.message, self.version = "ok", "", None
-        env = dict(os.environ)
-        env.update(variant.env)
-        env.setdefault("PYTHONPATH", "")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env["PYTHONPATH"]) if p)
+        env = child_env(variant.env)
         self.log = tempfile.TemporaryFile()
         cmd = [sys.executable, "-m", "tfkernels.bench.peers", "--serve", variant.peer,
                "--threads", str(threads), "--options", repr(variant.options)]

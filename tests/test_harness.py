@@ -11,13 +11,15 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels.bench import flops, output, peers, run, settings, throughput
+from tfkernels.bench import flops, fresh, output, peers, probes, run, settings, throughput
 from tfkernels.cli import bench as bench_cli
 from tfkernels.studies import paper
 
@@ -66,6 +68,11 @@ def test_quick_sweep_json_has_every_field(ci_run):
     assert {"python", "numpy", "numba", "scipy", "tfkernels", "torch", "jax"} <= \
         set(m["versions"])
     assert "first_call_s" in doc["compile"]["float32"]["in_process"]
+    # Fresh processes must see their kernels load (or compile), never "already loaded".
+    for dt in ("float32", "float64"):
+        warm = doc["compile"][dt]["warm"]
+        assert warm["how"] != "already loaded", warm
+        assert warm["loaded"] or warm["compiled"]
     for p in doc["throughput"]:
         for key in ("config", "dtype", "B", "N", "T", "d", "heads", "flops_per_traj_layer",
                     "peak_gflops", "nominal_peak_gflops", "measured_peak_gflops",
@@ -96,6 +103,84 @@ def test_error_scaling_orders_are_close_to_theory(ci_run):
     for system in ("linear", "transformer"):
         for m, r in doc["errors"][system]["methods"].items():
             assert abs(r["order"] - r["expected_order"]) < 0.35, (system, m, r["order"])
+
+
+# ----------------------------------------------------------------- the probes
+def test_kernel_dispatchers_cover_the_kernel_modules():
+    from numba.core.dispatcher import Dispatcher
+
+    found = probes.kernel_dispatchers()
+    assert found and all(isinstance(d, Dispatcher) for d in found.values())
+    assert len({id(d) for d in found.values()}) == len(found)      # each one once
+    modules = {name.rsplit(".", 1)[0] for name in found}
+    assert len(modules) > 1 and all(m.startswith("tfkernels.kernels.") for m in modules)
+
+
+_FAKE_KERNEL = """
+from numba import njit
+
+
+@njit(cache=True)
+def add_one(x):
+    return x + 1
+
+
+alias = add_one   # the same dispatcher under a second name is counted once
+"""
+
+
+@pytest.fixture
+def fake_kernels(tmp_path, monkeypatch):
+    """A package ``fakekern`` with one cached kernel in ``fakekern.sub``."""
+    pkg = tmp_path / "fakekern"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub.py").write_text(_FAKE_KERNEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "fakekern"
+    for name in ("fakekern", "fakekern.sub"):
+        sys.modules.pop(name, None)
+
+
+def test_cache_counts_see_a_compile_then_a_cache_load(fake_kernels):
+    import importlib
+
+    assert probes.kernel_dispatchers(fake_kernels, imported_only=True) == {}
+    before = probes.cache_counts(probes.kernel_dispatchers(fake_kernels, imported_only=True))
+    found = probes.kernel_dispatchers(fake_kernels)       # imports fakekern.sub
+    assert list(found) == ["fakekern.sub.add_one"]
+    found["fakekern.sub.add_one"](1)
+    change = probes.count_change(before, probes.cache_counts(found))
+    assert change["how"] == "cache miss (compiled)" and change["misses"] == 1
+    assert change["compiled"] == ["fakekern.sub.add_one"] and change["loaded"] == []
+
+    before = probes.cache_counts(found)
+    found["fakekern.sub.add_one"](2)
+    assert probes.count_change(before, probes.cache_counts(found))["how"] == "already loaded"
+
+    importlib.reload(sys.modules["fakekern.sub"])        # a new dispatcher, same cache
+    found = probes.kernel_dispatchers(fake_kernels)
+    before = probes.cache_counts(found)
+    found["fakekern.sub.add_one"](3)
+    change = probes.count_change(before, probes.cache_counts(found))
+    assert change["how"] == "cache hit (loaded)" and change["loaded"] == ["fakekern.sub.add_one"]
+
+
+def test_first_call_probe_counts_every_kernel_it_runs():
+    first = probes.first_call("float64", 1)          # loads (or compiles) the lane flow
+    again = probes.first_call("float64", 1)
+    assert first["workload"].startswith("integrate") and again["how"] == "already loaded"
+    assert again["hits"] == again["misses"] == 0
+    if first["how"] != "already loaded":          # another test may have run it first
+        assert first["loaded"] or first["compiled"]
+
+
+def test_bench_command_imports_only_its_settings():
+    code = ("import sys, tfkernels.cli.bench; print(sorted(m for m in sys.modules if "
+            "m.startswith(('tfkernels.bench.', 'matplotlib', 'tqdm'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=fresh.child_env(), check=True)
+    assert r.stdout.split() == ["['tfkernels.bench.settings']"]
 
 
 # ---------------------------------------------------------------- the FLOP model

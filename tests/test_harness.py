@@ -73,6 +73,12 @@ def test_quick_sweep_json_has_every_field(ci_run):
         warm = doc["compile"][dt]["warm"]
         assert warm["how"] != "already loaded", warm
         assert warm["loaded"] or warm["compiled"]
+    decay = doc["compile"]["decay"]
+    assert "pair mode" in decay["workload"] and decay["warm"]["how"] != "already loaded"
+    decay_kernels = set(decay["warm"]["loaded"] + decay["warm"]["compiled"])
+    flow_kernels = set(doc["compile"]["float64"]["warm"]["loaded"]
+                       + doc["compile"]["float64"]["warm"]["compiled"])
+    assert decay_kernels - flow_kernels, "the decay study needs kernels the flow does not"
     for p in doc["throughput"]:
         for key in ("config", "dtype", "B", "N", "T", "d", "heads", "flops_per_traj_layer",
                     "peak_gflops", "nominal_peak_gflops", "measured_peak_gflops",
@@ -173,6 +179,42 @@ def test_first_call_probe_counts_every_kernel_it_runs():
     assert again["hits"] == again["misses"] == 0
     if first["how"] != "already loaded":          # another test may have run it first
         assert first["loaded"] or first["compiled"]
+
+
+def test_decay_probe_runs_the_default_decay_study():
+    a = probes.decay_defaults()
+    # The default of `tfkernels decay`: d=16, 2 heads, d_ff=32, damping 4, T=4,
+    # 32 Euler layers, float64, pair mode; a few trajectories.
+    assert (a.d, a.heads, a.d_ff, a.damping, a.seq_len, a.layers, a.method, a.dtype,
+            a.mode) == (16, 2, 32, 4.0, 4, 32, "euler", "float64", "pair")
+    assert a.trajectories == probes.DECAY_TRAJECTORIES
+    assert probes.decay_defaults(dtype="float32").dtype == "float32"
+
+
+def test_readme_and_goals_report_both_compile_workloads():
+    start = {"import_s": 0.2, "first_call_s": 8.0, "total_s": 8.2,
+             "how": "cache miss (compiled)", "compiled": ["a", "b"], "loaded": []}
+    doc = {"compile": {"mode": "cold",
+                       "float32": {"in_process": {"first_call_s": 0.01,
+                                                  "how": "cache hit (loaded)"},
+                                   "cold": start, "warm": dict(start, total_s=0.4)},
+                       "decay": {"workload": "perturbation_decay pair mode", "cold":
+                                 dict(start, total_s=12.0), "warm": dict(start, total_s=0.5)}}}
+    from tfkernels.bench import report
+
+    text = "\n".join(report.readme_compile(doc))
+    assert "flow, float32" in text and "`tfkernels decay`" in text
+    assert "perturbation_decay pair mode" in text and "2 kernels compiled" in text
+    verdicts = {name: ok for name, ok, _ in report.goals(doc)}
+    assert verdicts == {"cold compile, flow, float32 < 10 s": True,
+                        "warm start, flow, float32 < 1 s": True,
+                        "cold compile, `tfkernels decay` < 10 s": False,
+                        "warm start, `tfkernels decay` < 1 s": True}
+    # A document written before the decay probe existed still reads.
+    old = {"compile": {"mode": "warm", "float64": {
+        "in_process": {"first_call_s": 0.01, "how": "already loaded"},
+        "warm": {"import_s": 0.2, "first_call_s": 0.2, "total_s": 0.4}}}}
+    assert len(report.readme_compile(old)) == 1 and len(report.goals(old)) == 1
 
 
 def test_bench_command_imports_only_its_settings():

@@ -14,7 +14,7 @@ Modules
 ``timing``      interleaved medians, the CPU monitor of other processes, waiting for quiet
 ``machine``     CPU, nominal and measured peak, GEMM ceiling, versions, git state
 ``fresh``       fresh interpreters that import this copy of tfkernels
-``probes``      first-call, cold-compile / warm-start and memory probes
+``probes``      first-call, cold-compile / warm-start and memory probes (flow, decay study)
 ``throughput``  the throughput section: ours against every peer variant per point
 ``scaling``     the scaling section: time against B, N, T, d and threads
 ``errors``      the error section: E(N) and the fitted order of every method

@@ -1,14 +1,17 @@
 """Compile, start-up and memory probes: what a first call and a fresh process cost.
 
-The probed workload is ``flow`` (:data:`WORKLOADS`), a tiny :func:`tfkernels.integrate`
-call. Whether a first call compiled its kernels, loaded them from Numba's cache or found
-them loaded is read from the cache counters of every Numba dispatcher in
-:mod:`tfkernels.kernels` (:func:`kernel_dispatchers`), whatever those kernels are called.
+Two workloads are probed (:data:`WORKLOADS`): ``flow``, a tiny :func:`tfkernels.integrate`
+call, and ``decay``, the default study of ``tfkernels decay`` on a few trajectories
+(its decay kernel and the λ̂ estimate's flow and Jacobian products). Whether a first
+call compiled its kernels, loaded them from Numba's cache or found them loaded is read
+from the cache counters of every Numba dispatcher in :mod:`tfkernels.kernels`
+(:func:`kernel_dispatchers`), whatever those kernels are called.
 
 Imports only the standard library at import time: the fresh processes of the compile
 probe import this module after timing ``import tfkernels``.
 """
 
+import argparse
 import importlib
 import pkgutil
 import sys
@@ -16,6 +19,10 @@ import tempfile
 import time
 
 from .fresh import run_json_script
+
+#: Trajectories of the ``decay`` workload: enough for several lane groups and chunks of
+#: work, few enough that the kernels' compile or load time dominates.
+DECAY_TRAJECTORIES = 256
 
 #: Layout of the memory probe's state (T, d) and its depth N.
 MEMORY_SHAPE = (8, 16, 8)
@@ -117,8 +124,57 @@ def flow_workload(dtype, threads=None):
     return call, f"integrate B=4, T=8, d=16, H=2, N=4, {dt.name}"
 
 
+def decay_defaults(n_trajectories=DECAY_TRAJECTORIES, dtype=None):
+    """The arguments of ``tfkernels decay --trajectories n_trajectories [--dtype dtype]``.
+
+    Read from the parser of the ``decay`` subcommand itself, so the probe follows its
+    defaults (model, layers, method, mode and, without ``dtype``, the dtype).
+    """
+    from ..cli import SUBCOMMANDS
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(SUBCOMMANDS["decay"][0]).configure_parser(parser)
+    argv = ["--trajectories", str(n_trajectories)]
+    return parser.parse_args(argv + (["--dtype", str(dtype)] if dtype else []))
+
+
+def decay_workload(dtype=None, threads=None):
+    """The ``decay`` probe: the default ``tfkernels decay`` study on a few trajectories.
+
+    Runs :func:`tfkernels.perturbation_decay` with the model and settings of
+    :func:`decay_defaults` (λ̂ estimate included, no progress bar, nothing written).
+
+    Parameters
+    ----------
+    dtype : str, optional
+        The study's dtype (None: the decay command's default).
+    threads : int, optional
+        Numba threads (None: all).
+
+    Returns
+    -------
+    call : callable
+    description : str
+    """
+    import tfkernels as tfk
+
+    a = decay_defaults(dtype=dtype)
+    p = tfk.TransformerParams.random(d=a.d, n_heads=a.heads, d_ff=a.d_ff,
+                                     damping=a.damping, activation=a.activation,
+                                     seed=a.seed, dtype=a.dtype)
+
+    def call():
+        tfk.perturbation_decay(p, a.trajectories, a.seq_len, a.layers, method=a.method,
+                               eps=a.eps, mode=a.mode, seed=a.seed,
+                               chunk_size=a.chunk_size, n_threads=threads)
+
+    return call, (f"perturbation_decay {a.mode} mode, {a.trajectories} trajectories, "
+                  f"d={a.d}, H={a.heads}, d_ff={a.d_ff}, damping {a.damping:g}, "
+                  f"T={a.seq_len}, N={a.layers} {a.method}, {a.dtype}")
+
+
 #: Probe name → builder ``(dtype, threads) -> (call, description)``.
-WORKLOADS = {"flow": flow_workload}
+WORKLOADS = {"flow": flow_workload, "decay": decay_workload}
 
 
 # -------------------------------------------------------------------- probes
@@ -129,7 +185,7 @@ def first_call(dtype, threads, workload="flow"):
     ----------
     dtype : str
     threads : int or None
-    workload : {"flow"}
+    workload : {"flow", "decay"}
 
     Returns
     -------
@@ -168,7 +224,7 @@ def fresh_start(workload, dtype, cache_dir=None):
 
     Parameters
     ----------
-    workload : {"flow"}
+    workload : {"flow", "decay"}
     dtype : str
     cache_dir : str, optional
         ``NUMBA_CACHE_DIR`` of the child (None: the package's own cache).
@@ -189,13 +245,19 @@ def compile_section(settings):
     Per dtype of the sweep, the ``flow`` workload: ``in_process`` (:func:`first_call`
     in the harness's process); ``cold``: empty ``NUMBA_CACHE_DIR``, import + first call
     (compiles every kernel the first call needs); ``warm``: a second fresh process on
-    that cache (or on the package's own cache when only ``warm`` is asked for).
+    that cache (or on the package's own cache when only ``warm`` is asked for). Under
+    ``decay``, the same cold and warm starts of the ``decay`` workload (what
+    ``tfkernels decay`` compiles), each cold start in its own empty cache, so the two
+    workloads' compile times are separate.
     """
     out = {"mode": settings.compile}
     modes = {"cold": ("cold", "warm"), "warm": ("warm",)}.get(settings.compile, ())
     for dt in settings.dtypes:
         out[dt] = {"in_process": first_call(dt, settings.threads), **_starts("flow", dt,
                                                                              modes)}
+    if modes:
+        dt = decay_defaults().dtype
+        out["decay"] = {"workload": decay_workload(dt)[1], **_starts("decay", dt, modes)}
     return out
 
 

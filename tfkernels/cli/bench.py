@@ -33,7 +33,8 @@ def configure_parser(parser):
                         help="update rule of the throughput sweep; None: the preset's (euler)")
     parser.add_argument("--compile", choices=("first", "warm", "cold"),
                         help="compile-time measurement: in-process first call only, plus "
-                             "a warm start, or plus a cold compile in a fresh cache; "
+                             "a warm start, or plus a cold compile in a fresh cache (of a "
+                             "tiny flow and of the default `tfkernels decay` study); "
                              "None: the preset's")
     parser.add_argument("--sections", help="comma list of " + ",".join(Settings.sections))
     parser.add_argument("--wait-quiet", type=float, metavar="SECONDS",

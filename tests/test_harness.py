@@ -1,9 +1,9 @@
-"""The benchmark harness, the FLOP model, the peers and the paper's experiments.
+"""The benchmark harness, its probes, the FLOP model, the peers and the paper's experiments.
 
 Nothing here asserts a wall-clock time: benchmarks are not tests. The sweep test runs
-the ``quick`` preset end to end (about 35 s here with the NumPy peer, the one peer CI
-installs; PyTorch and JAX are optional and timed by ``tfkernels bench`` itself) and
-checks that every output and every JSON field is there.
+the ``quick`` preset end to end with the NumPy peer (the one peer CI installs; PyTorch
+and JAX are optional and timed by ``tfkernels bench`` itself) and checks that every
+output and every JSON field is there.
 """
 
 import argparse

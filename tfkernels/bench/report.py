@@ -304,7 +304,7 @@ def readme_peak(machine):
                         ""]
     used = machine["peak_used"]
     n = used["threads"]
-    lines += ["Measured FMA peak (`tfkernels.flops.measured_peak`: "
+    lines += ["Measured FMA peak (`tfkernels.bench.flops.measured_peak`: "
               f"{mp['fma_chains']} independent vector FMA chains per thread in registers, "
               f"nothing else; median of {mp['repeats']} runs of ≥ {mp['min_seconds']:g} s "
               "of CPU time): "]
@@ -343,7 +343,7 @@ def write_readme(out_dir):
                   f"{g['float32']:.0f} GFLOP/s float32 and {g['float64']:.0f} float64 "
                   f"({100 * g['float32'] / used['float32']:.0f} % and "
                   f"{100 * g['float64'] / used['float64']:.0f} % of peak).", "",
-                  "FLOPs per trajectory-layer: the model in `tfkernels/flops.py` "
+                  "FLOPs per trajectory-layer: the model in `tfkernels/bench/flops.py` "
                   "(every matmul 2·m·k·n; 15 flops per softmax score; 20 per GELU; "
                   "bias, damping, term sums and RK combinations counted).", ""]
     for doc in docs:

@@ -35,13 +35,38 @@ def _at_largest_n(points, dtype):
     return sorted((p for p in pts if p["N"] == n_max), key=lambda p: (p["d"], p["T"]))
 
 
+def _figure(n_panels, width=5.5, height=4.0):
+    """``(plt, fig, axes)``: one row of ``n_panels`` panels."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, height), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def _save(plt, fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _by_dtype(doc):
+    """``[(dtype, points at the largest N)]`` of the throughput sweep, one per dtype."""
+    dtypes = sorted({p["dtype"] for p in doc["throughput"]})
+    return [(dt, _at_largest_n(doc["throughput"], dt)) for dt in dtypes]
+
+
+def _finish_width_panel(ax, pts):
+    """Config-and-width ticks, grid and legend of a panel over the widths of ``pts``."""
+    _log_xticks(ax, [p["d"] for p in pts], [f"{p['config']}\nd={p['d']}" for p in pts],
+                fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot_throughput(doc, path):
     """GFLOP/s against d for ours and each peer (largest N), one panel per dtype."""
-    plt = _pyplot()
-    dtypes = sorted({p["dtype"] for p in doc["throughput"]})
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.5 * len(dtypes), 4), squeeze=False)
-    for ax, dt in zip(axes[0], dtypes):
-        pts = _at_largest_n(doc["throughput"], dt)
+    panels = _by_dtype(doc)
+    plt, fig, axes = _figure(len(panels))
+    for ax, (dt, pts) in zip(axes, panels):
         ds = [p["d"] for p in pts]
         ax.plot(ds, [p["ours"]["gflops"] for p in pts], "o-", lw=2, label="tfkernels")
         for name in pts[0]["peers"]:
@@ -52,21 +77,15 @@ def plot_throughput(doc, path):
         which = "measured" if pk > pts[0].get("nominal_peak_gflops", pk) else "nominal"
         ax.set(xscale="log", yscale="log", xlabel="width d", ylabel="GFLOP/s",
                title=f"{dt}, N={pts[0]['N']} (peak {pk:.0f} GFLOP/s, {which})")
-        _log_xticks(ax, ds, [f"{p['config']}\nd={p['d']}" for p in pts], fontsize=7)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _finish_width_panel(ax, pts)
+    _save(plt, fig, path)
 
 
 def plot_speedup(doc, path):
     """Our speed-up over each peer against d (largest N), one panel per dtype."""
-    plt = _pyplot()
-    dtypes = sorted({p["dtype"] for p in doc["throughput"]})
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.5 * len(dtypes), 4), squeeze=False)
-    for ax, dt in zip(axes[0], dtypes):
-        pts = _at_largest_n(doc["throughput"], dt)
+    panels = _by_dtype(doc)
+    plt, fig, axes = _figure(len(panels))
+    for ax, (dt, pts) in zip(axes, panels):
         ds = [p["d"] for p in pts]
         for name in pts[0]["peers"]:
             ys = [p["peers"][name].get("speedup", np.nan) for p in pts]
@@ -75,20 +94,15 @@ def plot_speedup(doc, path):
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set(xscale="log", yscale="log", xlabel="width d",
                ylabel="speed-up (peer time / our time)", title=f"{dt}, N={pts[0]['N']}")
-        _log_xticks(ax, ds, [f"{p['config']}\nd={p['d']}" for p in pts], fontsize=7)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _finish_width_panel(ax, pts)
+    _save(plt, fig, path)
 
 
 def plot_errors(doc, path):
     """E(N) against N, log-log, with fitted orders; one panel per system."""
-    plt = _pyplot()
     systems = list(doc["errors"])
-    fig, axes = plt.subplots(1, len(systems), figsize=(5.5 * len(systems), 4), squeeze=False)
-    for ax, system in zip(axes[0], systems):
+    plt, fig, axes = _figure(len(systems))
+    for ax, system in zip(axes, systems):
         e = doc["errors"][system]
         for m, r in e["methods"].items():
             order = "n/a" if r["order"] is None else f"{r['order']:.2f}"
@@ -102,19 +116,15 @@ def plot_errors(doc, path):
         ax.title.set_fontsize(8)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_scaling(doc, path):
     """Time against B, N, T, d (log-log) and speed-up against threads."""
-    plt = _pyplot()
     sc = doc["scaling"]
     axes_names = [a for a in ("B", "N", "T", "d", "threads") if a in sc]
-    fig, axes = plt.subplots(1, len(axes_names), figsize=(3.6 * len(axes_names), 3.4),
-                             squeeze=False)
-    for ax, name in zip(axes[0], axes_names):
+    plt, fig, axes = _figure(len(axes_names), width=3.6, height=3.4)
+    for ax, name in zip(axes, axes_names):
         pts = sc[name]["points"]
         xs = [p["value"] for p in pts]
         if name == "threads":
@@ -130,9 +140,7 @@ def plot_scaling(doc, path):
                    title=f"time ~ {name}^{exp:.2f}" if exp is not None else name)
             _log_xticks(ax, xs)
         ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_plots(doc, stem):

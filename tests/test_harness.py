@@ -1,9 +1,9 @@
-"""The benchmark harness, the FLOP model, the peers and the paper's experiments.
+"""The benchmark harness, its probes, the FLOP model, the peers and the paper's experiments.
 
 Nothing here asserts a wall-clock time: benchmarks are not tests. The sweep test runs
-the ``quick`` preset end to end (about 35 s here with the NumPy peer, the one peer CI
-installs; PyTorch and JAX are optional and timed by ``tfkernels bench`` itself) and
-checks that every output and every JSON field is there.
+the ``quick`` preset end to end with the NumPy peer (the one peer CI installs; PyTorch
+and JAX are optional and timed by ``tfkernels bench`` itself) and checks that every
+output and every JSON field is there.
 """
 
 import argparse
@@ -11,13 +11,16 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels.bench import flops, harness, peers
+from tfkernels.bench import flops, fresh, output, peers, probes, run, settings, throughput
+from tfkernels.cli import bench as bench_cli
 from tfkernels.studies import paper
 
 
@@ -26,9 +29,9 @@ from tfkernels.studies import paper
 def ci_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     # no waiting for a quiet machine in CI: the sweep's figures are not asserted on
-    settings = replace(harness.PRESETS["quick"], threads=harness.default_threads(),
-                       peers=("numpy",), wait_quiet_s=0.0)
-    doc = harness.run_sweep(settings, str(out), progress=False, plots=True)
+    quick = replace(settings.PRESETS["quick"], threads=settings.default_threads(),
+                    peers=("numpy",), wait_quiet_s=0.0)
+    doc = run.run_sweep(quick, str(out), progress=False, plots=True)
     return out, doc
 
 
@@ -42,7 +45,7 @@ def test_quick_sweep_writes_every_output(ci_run):
     assert "Nominal machine peak =" in readme and "Measured FMA peak" in readme
     assert "implied clock" in readme and "% peak uses the larger" in readme
     rows = (out / "bench-quick.csv").read_text().splitlines()
-    assert rows[0].split(",") == list(harness.CSV_FIELDS) and len(rows) > 10
+    assert rows[0].split(",") == list(output.CSV_FIELDS) and len(rows) > 10
 
 
 def test_quick_sweep_json_has_every_field(ci_run):
@@ -65,6 +68,17 @@ def test_quick_sweep_json_has_every_field(ci_run):
     assert {"python", "numpy", "numba", "scipy", "tfkernels", "torch", "jax"} <= \
         set(m["versions"])
     assert "first_call_s" in doc["compile"]["float32"]["in_process"]
+    # Fresh processes must see their kernels load (or compile), never "already loaded".
+    for dt in ("float32", "float64"):
+        warm = doc["compile"][dt]["warm"]
+        assert warm["how"] != "already loaded", warm
+        assert warm["loaded"] or warm["compiled"]
+    decay = doc["compile"]["decay"]
+    assert "pair mode" in decay["workload"] and decay["warm"]["how"] != "already loaded"
+    decay_kernels = set(decay["warm"]["loaded"] + decay["warm"]["compiled"])
+    flow_kernels = set(doc["compile"]["float64"]["warm"]["loaded"]
+                       + doc["compile"]["float64"]["warm"]["compiled"])
+    assert decay_kernels - flow_kernels, "the decay study needs kernels the flow does not"
     for p in doc["throughput"]:
         for key in ("config", "dtype", "B", "N", "T", "d", "heads", "flops_per_traj_layer",
                     "peak_gflops", "nominal_peak_gflops", "measured_peak_gflops",
@@ -95,6 +109,120 @@ def test_error_scaling_orders_are_close_to_theory(ci_run):
     for system in ("linear", "transformer"):
         for m, r in doc["errors"][system]["methods"].items():
             assert abs(r["order"] - r["expected_order"]) < 0.35, (system, m, r["order"])
+
+
+# ----------------------------------------------------------------- the probes
+def test_kernel_dispatchers_cover_the_kernel_modules():
+    from numba.core.dispatcher import Dispatcher
+
+    found = probes.kernel_dispatchers()
+    assert found and all(isinstance(d, Dispatcher) for d in found.values())
+    assert len({id(d) for d in found.values()}) == len(found)      # each one once
+    modules = {name.rsplit(".", 1)[0] for name in found}
+    assert len(modules) > 1 and all(m.startswith("tfkernels.kernels.") for m in modules)
+
+
+_FAKE_KERNEL = """
+from numba import njit
+
+
+@njit(cache=True)
+def add_one(x):
+    return x + 1
+
+
+alias = add_one   # the same dispatcher under a second name is counted once
+"""
+
+
+@pytest.fixture
+def fake_kernels(tmp_path, monkeypatch):
+    """A package ``fakekern`` with one cached kernel in ``fakekern.sub``."""
+    pkg = tmp_path / "fakekern"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub.py").write_text(_FAKE_KERNEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "fakekern"
+    for name in ("fakekern", "fakekern.sub"):
+        sys.modules.pop(name, None)
+
+
+def test_cache_counts_see_a_compile_then_a_cache_load(fake_kernels):
+    import importlib
+
+    assert probes.kernel_dispatchers(fake_kernels, imported_only=True) == {}
+    before = probes.cache_counts(probes.kernel_dispatchers(fake_kernels, imported_only=True))
+    found = probes.kernel_dispatchers(fake_kernels)       # imports fakekern.sub
+    assert list(found) == ["fakekern.sub.add_one"]
+    found["fakekern.sub.add_one"](1)
+    change = probes.count_change(before, probes.cache_counts(found))
+    assert change["how"] == "cache miss (compiled)" and change["misses"] == 1
+    assert change["compiled"] == ["fakekern.sub.add_one"] and change["loaded"] == []
+
+    before = probes.cache_counts(found)
+    found["fakekern.sub.add_one"](2)
+    assert probes.count_change(before, probes.cache_counts(found))["how"] == "already loaded"
+
+    importlib.reload(sys.modules["fakekern.sub"])        # a new dispatcher, same cache
+    found = probes.kernel_dispatchers(fake_kernels)
+    before = probes.cache_counts(found)
+    found["fakekern.sub.add_one"](3)
+    change = probes.count_change(before, probes.cache_counts(found))
+    assert change["how"] == "cache hit (loaded)" and change["loaded"] == ["fakekern.sub.add_one"]
+
+
+def test_first_call_probe_counts_every_kernel_it_runs():
+    first = probes.first_call("float64", 1)          # loads (or compiles) the lane flow
+    again = probes.first_call("float64", 1)
+    assert first["workload"].startswith("integrate") and again["how"] == "already loaded"
+    assert again["hits"] == again["misses"] == 0
+    if first["how"] != "already loaded":          # another test may have run it first
+        assert first["loaded"] or first["compiled"]
+
+
+def test_decay_probe_runs_the_default_decay_study():
+    a = probes.decay_defaults()
+    # The default of `tfkernels decay`: d=16, 2 heads, d_ff=32, damping 4, T=4,
+    # 32 Euler layers, float64, pair mode; a few trajectories.
+    assert (a.d, a.heads, a.d_ff, a.damping, a.seq_len, a.layers, a.method, a.dtype,
+            a.mode) == (16, 2, 32, 4.0, 4, 32, "euler", "float64", "pair")
+    assert a.trajectories == probes.DECAY_TRAJECTORIES
+    assert probes.decay_defaults(dtype="float32").dtype == "float32"
+
+
+def test_readme_and_goals_report_both_compile_workloads():
+    start = {"import_s": 0.2, "first_call_s": 8.0, "total_s": 8.2,
+             "how": "cache miss (compiled)", "compiled": ["a", "b"], "loaded": []}
+    doc = {"compile": {"mode": "cold",
+                       "float32": {"in_process": {"first_call_s": 0.01,
+                                                  "how": "cache hit (loaded)"},
+                                   "cold": start, "warm": dict(start, total_s=0.4)},
+                       "decay": {"workload": "perturbation_decay pair mode", "cold":
+                                 dict(start, total_s=12.0), "warm": dict(start, total_s=0.5)}}}
+    from tfkernels.bench import report
+
+    text = "\n".join(report.readme_compile(doc))
+    assert "flow, float32" in text and "`tfkernels decay`" in text
+    assert "perturbation_decay pair mode" in text and "2 kernels compiled" in text
+    verdicts = {name: ok for name, ok, _ in report.goals(doc)}
+    assert verdicts == {"cold compile, flow, float32 < 10 s": True,
+                        "warm start, flow, float32 < 1 s": True,
+                        "cold compile, `tfkernels decay` < 10 s": False,
+                        "warm start, `tfkernels decay` < 1 s": True}
+    # A document written before the decay probe existed still reads.
+    old = {"compile": {"mode": "warm", "float64": {
+        "in_process": {"first_call_s": 0.01, "how": "already loaded"},
+        "warm": {"import_s": 0.2, "first_call_s": 0.2, "total_s": 0.4}}}}
+    assert len(report.readme_compile(old)) == 1 and len(report.goals(old)) == 1
+
+
+def test_bench_command_imports_only_its_settings():
+    code = ("import sys, tfkernels.cli.bench; print(sorted(m for m in sys.modules if "
+            "m.startswith(('tfkernels.bench.', 'matplotlib', 'tqdm'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=fresh.child_env(), check=True)
+    assert r.stdout.split() == ["['tfkernels.bench.settings']"]
 
 
 # ---------------------------------------------------------------- the FLOP model
@@ -202,7 +330,7 @@ class _WrongPeer:
 
 def test_disagreeing_peer_is_reported_and_not_timed():
     x0 = np.ones((2, 3, 4))
-    check = harness.check_peer(_WrongPeer(), None, x0, x0, "float64")
+    check = throughput.check_peer(_WrongPeer(), None, x0, x0, "float64")
     assert check["status"] == "mismatch" and "not timed" in check["message"]
 
 
@@ -217,12 +345,12 @@ def test_peer_flow_spec_rejects_per_layer_weights_and_averaged():
 # ------------------------------------------------------------------ CLI settings
 def _args(*argv):
     parser = argparse.ArgumentParser()
-    harness.configure_parser(parser)
+    bench_cli.configure_parser(parser)
     return parser.parse_args(list(argv))
 
 
 def test_settings_grid_from_command_line():
-    s = harness.settings_from_args(_args("--n", "8,32", "--d", "16,64", "--seq-len", "16",
+    s = bench_cli.settings_from_args(_args("--n", "8,32", "--d", "16,64", "--seq-len", "16",
                                          "--dtype", "float32", "--peers", "none"))
     assert s.preset == "custom" and s.n_layers == (8, 32) and s.peers == ()
     assert [(c.seq_len, c.d, c.heads) for c in s.configs] == [(16, 16, 4), (16, 64, 4)]
@@ -236,7 +364,7 @@ def test_settings_grid_from_command_line():
 ])
 def test_settings_errors_name_the_option(argv, match):
     with pytest.raises(ValueError, match=match):
-        harness.settings_from_args(_args(*argv))
+        bench_cli.settings_from_args(_args(*argv))
 
 
 # -------------------------------------------------------------------------- paper

@@ -1,6 +1,6 @@
 """The FLOP model of the transformer flow, and this machine's peak FLOP rate.
 
-Both are the yardstick of the benchmark harness (:mod:`tfkernels.harness`): a measured
+Both are the yardstick of the benchmark harness (:mod:`tfkernels.bench`): a measured
 time becomes GFLOP/s through :func:`flops_per_layer`, and GFLOP/s becomes a fraction of
 the machine through :func:`machine_peak`.
 
@@ -60,13 +60,12 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 from numba import njit
 
 from .. import config
-from ..methods import tableau
 from ..kernels.simd import VECTOR_BYTES, lanes, sload, vfma, vload, vsplat, vstore, vzero
+from ..methods import tableau
 
 #: Flops per ``exp`` (range reduction + degree-5/6 polynomial + scaling, vectorized).
 EXP_FLOPS = 10
@@ -406,16 +405,16 @@ def cpu_model(cpuinfo=None):
 
 # ------------------------------------------------------------- measured FMA peak
 #: Serial worker: no reference counting (``config.WORKER_NRT``), it allocates nothing.
-#: GIL-free, so that one call per thread runs in parallel (``api.run_each``).
+#: GIL-free, so that one call per thread runs in parallel (``threads.run_each``).
 _jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
             _nrt=config.WORKER_NRT, nogil=True)
 
 #: Independent FMA chains per thread in :func:`measured_peak`. Full FMA throughput needs
 #: at least latency × pipes chains in flight (4 cycles × 2 pipes = 8 on current x86
-#: cores). On this Zen 5 (AVX-512, 32 registers) 8 chains gave 260 GFLOP/s float32 on
-#: one core, 12 gave 271 and 16 and 24 both 282: 16 is the plateau. With AVX2's 16
-#: registers the two operand vectors become memory operands of the FMA (a load per
-#: FMA, within the two loads per cycle), not a spill of an accumulator.
+#: cores); 16 is where the measured rate stopped growing on the development machine
+#: (bench/README.md, "The machine peak"). With AVX2's 16 registers the two operand
+#: vectors become memory operands of the FMA (a load per FMA, within the two loads per
+#: cycle), not a spill of an accumulator.
 FMA_CHAINS = 16
 
 
@@ -499,9 +498,9 @@ def measured_peak(dtype="float32", threads=1, min_seconds=0.2, repeats=5):
     """Measure the peak FLOP rate: independent vector FMAs on ``threads`` threads.
 
     Every thread runs :data:`FMA_CHAINS` independent chains ``c ← c·m + a`` of
-    full-width vector FMAs (:mod:`tfkernels.simd`: one AVX-512 register, or one AVX2
-    register) held in registers — no loads or stores in the loop, enough chains to
-    cover FMA latency × throughput — and stores the results so that nothing is
+    full-width vector FMAs (:mod:`tfkernels.kernels.simd`: one AVX-512 register, or one
+    AVX2 register) held in registers — no loads or stores in the loop, enough chains
+    to cover FMA latency × throughput — and stores the results so that nothing is
     optimised away. This is the rate the cores actually sustain, at whatever clock they
     run under load (boost included), which the nominal :func:`machine_peak` cannot see.
 

@@ -11,11 +11,9 @@ same initial states and weights, batched the way that library is meant to be use
     thread count, one Python thread) and ``py-threads`` (``OPENBLAS_NUM_THREADS=1``,
     chunks spread over a pool of Python threads; NumPy releases the GIL in its
     kernels). OpenBLAS's idle worker threads spin for ``2**28`` cycles (≈ 0.1 s)
-    before they sleep; on this 2-core machine that doubled the time of whatever
-    ran next (measured: tfkernels 3.9 → 8.4 ms per call right after the NumPy peer,
-    still 8.5 ms after a 50 ms pause). ``blas-threads`` therefore sets
-    ``OPENBLAS_THREAD_TIMEOUT=4`` (spin 2**4 cycles), which removed the effect
-    without slowing the peer itself (9.8 vs 10.1 ms, within noise).
+    before they sleep, slowing whatever runs next on the same cores;
+    ``blas-threads`` therefore sets ``OPENBLAS_THREAD_TIMEOUT=4`` (spin 2**4 cycles;
+    the measurements are in ``bench/README.md``, "OpenBLAS note").
 ``torch``
     Eager PyTorch under ``torch.no_grad()``, ``torch.set_num_threads(threads)``.
 ``jax``
@@ -23,7 +21,7 @@ same initial states and weights, batched the way that library is meant to be use
     set before ``jax`` is imported, so each variant runs in its own process:
     ``default`` and ``eigen-st`` (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``).
 
-Every peer variant runs in a subprocess (``python -m tfkernels.peers --serve``) that
+Every peer variant runs in a subprocess (``python -m tfkernels.bench.peers --serve``) that
 the harness keeps for the whole sweep: thread pools (OpenMP in torch, OpenBLAS, XLA's)
 then never share a process with Numba's, environment variables can differ per
 variant, and a peer that is not installed is reported as skipped. The worker does its
@@ -31,7 +29,6 @@ own timing, so the pipe transfer is never timed.
 """
 
 import argparse
-import os
 import pickle
 import subprocess
 import sys
@@ -44,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..methods import METHODS, tableau
+from .fresh import child_env
 
 PEERS = ("numpy", "torch", "jax")
 
@@ -476,11 +474,7 @@ class PeerProcess:
     def __init__(self, variant, threads):
         self.variant, self.threads = variant, threads
         self.status, self.message, self.version = "ok", "", None
-        env = dict(os.environ)
-        env.update(variant.env)
-        env.setdefault("PYTHONPATH", "")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env["PYTHONPATH"]) if p)
+        env = child_env(variant.env)
         self.log = tempfile.TemporaryFile()
         cmd = [sys.executable, "-m", "tfkernels.bench.peers", "--serve", variant.peer,
                "--threads", str(threads), "--options", repr(variant.options)]

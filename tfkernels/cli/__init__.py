@@ -13,7 +13,7 @@ import sys
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     "decay": ("tfkernels.studies.decay", "Monte Carlo study of perturbation decay across layers"),
-    "bench": ("tfkernels.bench.harness",
+    "bench": ("tfkernels.cli.bench",
               "throughput and error-scaling sweeps against NumPy/PyTorch/JAX"),
     "paper": ("tfkernels.studies.paper", "reproduce the paper's Figures 1-3 with fitted slopes"),
 }

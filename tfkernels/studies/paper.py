@@ -345,7 +345,7 @@ def run_cli(args):
         print(line)
     parent = os.path.dirname(os.path.abspath(args.out))
     if os.path.basename(os.path.abspath(args.out)) == "paper":
-        from ..bench.harness import write_readme
+        from ..bench.report import write_readme
 
         write_readme(parent)
         print(f"regenerated {os.path.join(parent, 'README.md')}")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels.studies import decay
+from tfkernels.cli import decay as decay_cli
 from tfkernels.studies import distributed as tfd
 
 dd = pytest.importorskip("distributed")
@@ -170,12 +170,12 @@ def rescheduled_chunks(client, since):
 
 def test_command_line_scheduler_option(cluster, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    decay.configure_parser(parser)
+    decay_cli.configure_parser(parser)
     args = parser.parse_args(["--trajectories", "3e2", "--layers", "4", "--seq-len", "2",
                               "--d", "4", "--d-ff", "8", "--chunk-size", "100",
                               "--scheduler", cluster.scheduler_address, "--out", str(tmp_path)])
     assert args.scheduler == cluster.scheduler_address
-    assert decay.run_cli(args) == 0
+    assert decay_cli.run_cli(args) == 0
     assert "rate (95% CI)" in capsys.readouterr().out
     res = tfk.DecayResult.from_json(tmp_path / "decay.json")
     assert res.n_trajectories == 300 and res.meta["cluster"]["n_workers"] == 2

@@ -1,7 +1,10 @@
-"""The study on a Dask cluster: identical to the local run, complete when a worker dies,
-progress per chunk, bounded client memory, and no dask import without a client."""
+"""Studies on a Dask cluster: identical to the local run, complete when a worker dies,
+progress per chunk, bounded client memory, and no dask import without a client; the
+runner's Dask path with a study-free chunk function."""
 
 import argparse
+import collections
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,6 +17,7 @@ import pytest
 import tfkernels as tfk
 from tfkernels.cli import decay as decay_cli
 from tfkernels.studies import distributed as tfd
+from tfkernels.studies import runner
 
 dd = pytest.importorskip("distributed")
 tqdm_auto = pytest.importorskip("tqdm.auto")
@@ -166,6 +170,52 @@ def rescheduled_chunks(client, since):
                        and t.start in ("processing", "memory") and t.finish != "memory"
                        and "worker" in t.stimulus_id})
     return client.run_on_scheduler(story)
+
+
+Shared = collections.namedtuple("Shared", "weights scale")
+
+
+@dataclasses.dataclass
+class Trace:
+    """A statistic whose merge is a concatenation: it records the merge order."""
+
+    chunks: tuple
+
+    def merge(self, other):
+        return Trace(self.chunks + other.chunks)
+
+
+def trace_chunk(chunk_start, chunk_len, shared, tag):
+    """Chunk function of the generic runner tests: bounds, inputs and their flags."""
+    w = shared.weights
+    return Trace(((chunk_start, chunk_len, tag, float(w.sum() * shared.scale),
+                   bool(w.flags.writeable)),))
+
+
+def test_runner_on_the_cluster_merges_any_study_in_chunk_order(client, bars):
+    shared = (Shared(weights=np.arange(6.0).reshape(2, 3), scale=0.5), "tag")
+    local = runner.run_chunks(trace_chunk, 100, 7, shared=shared)
+    remote = runner.run_chunks(trace_chunk, 100, 7, shared=shared, client=client,
+                               progress=True, desc="trace")
+    assert remote.stats == local.stats                  # chunk order, writable arrays
+    assert [c[:2] for c in remote.stats.chunks] == runner.chunk_bounds(100, 7)
+    assert all(c[4] for c in remote.stats.chunks)
+    assert (remote.n_chunks, remote.n_run) == (15, 15)
+    assert remote.cluster["n_workers"] == 2 and remote.cluster["max_in_flight"] == 6
+    assert sum(bars[-1].updates) == 100 and bars[-1].kwargs["desc"] == "trace"
+    prefix = runner.run_chunks(trace_chunk, 35, 7, shared=shared).stats   # chunks 0-4
+    resumed = runner.run_chunks(trace_chunk, 100, 7, shared=shared, client=client,
+                                resume=(5, prefix))
+    assert resumed.stats == local.stats and resumed.n_run == 10
+
+
+def test_back_to_back_runs_on_the_same_inputs_share_no_keys(client):
+    """With content-derived keys, the second of two quick runs on the same inputs lost
+    its scattered data to the first run's release ("lost dependencies")."""
+    shared = (Shared(weights=np.ones((2, 2)), scale=1.0), "again")
+    runs = [runner.run_chunks(trace_chunk, 40, 7, shared=shared, client=client)
+            for _ in range(4)]
+    assert all(r.stats == runs[0].stats for r in runs)
 
 
 def test_command_line_scheduler_option(cluster, tmp_path, capsys):

@@ -12,11 +12,13 @@ computes.
 How a run is organised (see :func:`run_on_client`):
 
 * the shared inputs are scattered once to every worker
-  (``client.scatter(..., broadcast=True)``);
-* chunk ``i`` is submitted with the deterministic key ``<chunk_fn>-<token>-<i>``
-  (``token`` derived from the content hashes of the scattered inputs and the chunking).
-  When a worker dies, the scheduler reschedules its running tasks and recomputes lost
-  results under the same key; the client merges each chunk index exactly once;
+  (``client.scatter(..., broadcast=True)``), under keys new to this run;
+* chunk ``i`` is submitted with the key ``<chunk_fn>-<token>-<i>``, ``token`` being
+  unique to the run. Keys are never shared with an earlier run on the same inputs:
+  that run's keys may still be being released on the scheduler, which would then
+  drop the new run's data ("lost dependencies"). When a worker dies, the scheduler
+  reschedules its running tasks and recomputes lost results under the same key; the
+  client merges each chunk index exactly once;
 * at most ``window`` chunks (``IN_FLIGHT_PER_THREAD`` × the cluster's worker threads,
   at least ``MIN_IN_FLIGHT``) are submitted and not yet merged at any time, so the
   client never holds more than ``window`` chunk results, and a new chunk is submitted
@@ -30,6 +32,7 @@ demand and raises ``ImportError`` with the install hint when it is missing.
 import dataclasses
 import sys
 import threading
+import uuid
 
 import numpy as np
 
@@ -174,10 +177,11 @@ def run_on_client(client, chunk_fn, shared, bounds, merger, update, n_threads=No
     """
     dd = import_distributed()
     window = in_flight_limit(client)
-    shared_f = client.scatter(list(shared), broadcast=True) if shared else []
+    # fresh keys (hash=False): a run must share no key with an earlier run on the same
+    # inputs, whose keys' release may still be on its way to the scheduler
+    shared_f = client.scatter(list(shared), broadcast=True, hash=False) if shared else []
     name = getattr(chunk_fn, "__name__", "chunk")
-    token = _token(getattr(chunk_fn, "__module__", None), name,
-                   *(f.key for f in shared_f), len(bounds), bounds[0], bounds[-1])
+    token = uuid.uuid4().hex
     pending = {}                  # key -> (chunk index, future): submitted, not yet seen
     queue = dd.as_completed(loop=client.loop)
     submitted = merger.next
@@ -205,13 +209,6 @@ def run_on_client(client, chunk_fn, shared, bounds, merger, update, n_threads=No
     info = describe(client)
     info.update(max_in_flight=window, max_results_held=merger.max_held)
     return info
-
-
-def _token(*parts):
-    """Deterministic hash of the run's inputs, for the chunk keys."""
-    from dask.base import tokenize
-
-    return tokenize(*parts)
 
 
 # ============================================================== worker side

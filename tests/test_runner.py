@@ -199,3 +199,35 @@ def test_writable_reaches_every_array_of_a_nested_structure():
 def test_writable_returns_writable_structures_unchanged():
     packed = Packed(weights=(np.ones(2), [np.zeros(1)]), settings={"s": np.ones(1)}, n=1)
     assert distributed._writable(packed) is packed
+
+
+# ---------------------------------------------------------------------- layering
+def imported_modules(module):
+    """Every module name ``module``'s source imports (relative ones resolved)."""
+    import ast
+    import importlib
+
+    mod = importlib.import_module(module)
+    package = mod.__name__.rsplit(".", 1)[0]
+    names = set()
+    for node in ast.walk(ast.parse(open(mod.__file__).read())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names.update(f"{base}.{a.name}" for a in node.names)
+            names.add(base)
+    return names
+
+
+@pytest.mark.parametrize("module", ["tfkernels.studies.runner",
+                                    "tfkernels.studies.distributed"])
+def test_runner_knows_no_study(module):
+    studies = {"decay", "stats", "lipschitz", "paper"}
+    bad = {n for n in imported_modules(module)
+           if n.startswith("tfkernels.studies.") and n.split(".")[2] in studies}
+    assert not bad, bad
+    assert not {n for n in imported_modules(module) if n.split(".")[0] in ("dask",)}

@@ -4,7 +4,6 @@ runner's Dask path with a study-free chunk function."""
 
 import argparse
 import collections
-import dataclasses
 import os
 import signal
 import subprocess
@@ -18,6 +17,8 @@ import tfkernels as tfk
 from tfkernels.cli import decay as decay_cli
 from tfkernels.studies import distributed as tfd
 from tfkernels.studies import runner
+
+from runner_doubles import RecordingBar, Trace, recording_bars
 
 dd = pytest.importorskip("distributed")
 tqdm_auto = pytest.importorskip("tqdm.auto")
@@ -39,32 +40,10 @@ def client(cluster):
         yield c
 
 
-class RecordingBar:
-    """Stand-in for ``tqdm.auto.tqdm`` that records every ``update``."""
-
-    bars = []
-
-    def __init__(self, *args, **kwargs):
-        self.kwargs = kwargs
-        self.updates = []
-        RecordingBar.bars.append(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n=1):
-        self.updates.append(n)
-
-
 @pytest.fixture
 def bars(monkeypatch):
-    """Patch tqdm with :class:`RecordingBar`; yield the list of bars made."""
-    RecordingBar.bars = []
-    monkeypatch.setattr(tqdm_auto, "tqdm", RecordingBar)
-    yield RecordingBar.bars
+    """tqdm patched with ``runner_doubles.RecordingBar``: the list of bars made."""
+    yield from recording_bars(monkeypatch)
 
 
 def small(damping=3.0, seed=0, **kw):
@@ -173,16 +152,6 @@ def rescheduled_chunks(client, since):
 
 
 Shared = collections.namedtuple("Shared", "weights scale")
-
-
-@dataclasses.dataclass
-class Trace:
-    """A statistic whose merge is a concatenation: it records the merge order."""
-
-    chunks: tuple
-
-    def merge(self, other):
-        return Trace(self.chunks + other.chunks)
 
 
 def trace_chunk(chunk_start, chunk_len, shared, tag):

@@ -13,15 +13,7 @@ from hypothesis import strategies as st
 
 from tfkernels.studies import distributed, runner
 
-
-@dataclasses.dataclass
-class Trace:
-    """A statistic whose merge is a concatenation: it records the merge order."""
-
-    chunks: tuple
-
-    def merge(self, other):
-        return Trace(self.chunks + other.chunks)
+from runner_doubles import Trace, recording_bars
 
 
 def trace_chunk(chunk_start, chunk_len, tag=None):
@@ -35,32 +27,10 @@ def failing_chunk(chunk_start, chunk_len):
     return Trace(((chunk_start, chunk_len),))
 
 
-class RecordingBar:
-    """Stand-in for ``tqdm.auto.tqdm`` that records its arguments and updates."""
-
-    bars = []
-
-    def __init__(self, *args, **kwargs):
-        self.kwargs = kwargs
-        self.updates = []
-        RecordingBar.bars.append(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n=1):
-        self.updates.append(n)
-
-
 @pytest.fixture
 def bars(monkeypatch):
-    tqdm_auto = pytest.importorskip("tqdm.auto")
-    RecordingBar.bars = []
-    monkeypatch.setattr(tqdm_auto, "tqdm", RecordingBar)
-    yield RecordingBar.bars
+    """tqdm patched with ``runner_doubles.RecordingBar``: the list of bars made."""
+    yield from recording_bars(monkeypatch)
 
 
 # ------------------------------------------------------------------ chunk bounds

@@ -116,7 +116,8 @@ class RunResult:
     n_run : int
         Chunks computed by this call (``n_chunks`` minus the resumed prefix).
     loop_time : float
-        Seconds from the first chunk submitted (or the scatter, on Dask) to the last merge.
+        Seconds from the start of the chunk loop (on Dask: before the scatter) to the
+        last merge.
     cluster : dict or None
         On Dask: scheduler address, workers, threads, ``max_in_flight`` (the window)
         and ``max_results_held`` (see :func:`.distributed.run_on_client`); None locally.

@@ -11,7 +11,8 @@ import pytest
 import tfkernels as tfk
 from tfkernels.kernels import rng
 from tfkernels import kernels
-from tfkernels.studies import decay
+from tfkernels.cli import decay as decay_cli
+from tfkernels.studies import decay, lipschitz, stats
 from tfkernels import reference as ref
 
 RUN = dict(method="euler", t_final=1.0, alpha=None, c=1.0, noise=0.0)
@@ -31,8 +32,8 @@ def small(damping=3.0, seed=0, **kw):
 # ----------------------------------------------------------------- the λ̂ estimate
 def test_lanczos_estimate_matches_dense():
     p = tfk.TransformerParams.random(d=6, n_heads=3, d_ff=12, damping=1.0, linear=True, seed=2)
-    dense = decay.estimate_lipschitz(p, 5, 8, n_samples=4, run=RUN)
-    lanczos = decay.estimate_lipschitz(p, 5, 8, n_samples=4, run=RUN, dense_max=0)
+    dense = lipschitz.estimate_lipschitz(p, 5, 8, n_samples=4, run=RUN)
+    lanczos = lipschitz.estimate_lipschitz(p, 5, 8, n_samples=4, run=RUN, dense_max=0)
     assert dense[2]["method"] == "dense" and lanczos[2]["method"] == "lanczos"
     np.testing.assert_allclose(lanczos[:2], dense[:2], rtol=1e-8)
     X = tfk.random_states(1, 5, 6, seed=0)[0]   # first sampled state: layer 0 of trajectory 0
@@ -159,7 +160,7 @@ def test_nonfinite_trajectories_are_counted_excluded_and_reported(mode):
     blows = np.flatnonzero(x0[:, 0, 0] > 0)
     assert 50 < blows.size < 150
     assert res.n_nonfinite == blows.size and res.n_valid == n - blows.size
-    assert res.nonfinite_indices == blows[:decay.N_BAD_KEPT].tolist()
+    assert res.nonfinite_indices == blows[:stats.N_BAD_KEPT].tolist()
     assert all(1 <= k <= 16 for k in res.nonfinite_layers)
     assert np.all(res.stats["count"] == n - blows.size)
     assert np.all(np.isfinite(res.stats["mean"]))
@@ -178,9 +179,9 @@ def test_streamed_statistics_match_numpy():
     np.testing.assert_allclose(s["std"], logr.std(axis=0, ddof=1), rtol=1e-9, atol=1e-14)
     np.testing.assert_array_equal(s["max"], logr.max(axis=0))
     np.testing.assert_array_equal(s["min"], logr.min(axis=0))
-    for name, q in zip(decay._QNAMES, decay.QUANTILES):
+    for name, q in zip(stats.QUANTILE_NAMES, stats.QUANTILES):
         exact = np.quantile(logr, q, axis=0, method="lower")
-        assert np.all(np.abs(s[name] - exact) <= decay.HIST_WIDTH / 2 + 1e-12), name
+        assert np.all(np.abs(s[name] - exact) <= stats.HIST_WIDTH / 2 + 1e-12), name
     t = s["t"]
     np.testing.assert_allclose(res.rate, np.polyfit(t, logr.mean(axis=0), 1)[0], rtol=1e-10)
     assert res.meta["rate_ci_method"].startswith("batch means over 14 chunks")
@@ -220,7 +221,7 @@ def test_merged_statistics_independent_of_threads():
     assert (a.rate, a.rate_ci, a.lambda_hat) == (b.rate, b.rate_ci, b.lambda_hat)
     assert [r.meta["machine"]["numba_threads"] for r in (a, b)] == [1, 2]
     c = tfk.perturbation_decay(p, 300, 3, 8, chunk_size=300, seed=2)
-    for k in ("count", "min", "max", *decay._QNAMES):
+    for k in ("count", "min", "max", *stats.QUANTILE_NAMES):
         np.testing.assert_array_equal(a.stats[k], c.stats[k])   # exact parts
     np.testing.assert_allclose(a.stats["mean"], c.stats["mean"], rtol=1e-12, atol=1e-15)
 
@@ -247,11 +248,11 @@ def test_json_csv_plot(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    decay.configure_parser(parser)
+    decay_cli.configure_parser(parser)
     args = parser.parse_args(["--trajectories", "2e2", "--layers", "4", "--seq-len", "2",
                               "--d", "4", "--d-ff", "8", "--out", str(tmp_path)])
     assert args.trajectories == 200
-    assert decay.run_cli(args) == 0
+    assert decay_cli.run_cli(args) == 0
     out = capsys.readouterr().out
     assert "rate (95% CI)" in out and "lambda_hat" in out and "throughput" in out
     assert {f.name for f in tmp_path.iterdir()} == {"decay.json", "decay.csv", "decay.png"}

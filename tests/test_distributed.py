@@ -1,7 +1,9 @@
-"""The study on a Dask cluster: identical to the local run, complete when a worker dies,
-progress per chunk, bounded client memory, and no dask import without a client."""
+"""Studies on a Dask cluster: identical to the local run, complete when a worker dies,
+progress per chunk, bounded client memory, and no dask import without a client; the
+runner's Dask path with a study-free chunk function."""
 
 import argparse
+import collections
 import os
 import signal
 import subprocess
@@ -12,8 +14,11 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels.studies import decay
+from tfkernels.cli import decay as decay_cli
 from tfkernels.studies import distributed as tfd
+from tfkernels.studies import runner
+
+from runner_doubles import RecordingBar, Trace, recording_bars
 
 dd = pytest.importorskip("distributed")
 tqdm_auto = pytest.importorskip("tqdm.auto")
@@ -35,32 +40,10 @@ def client(cluster):
         yield c
 
 
-class RecordingBar:
-    """Stand-in for ``tqdm.auto.tqdm`` that records every ``update``."""
-
-    bars = []
-
-    def __init__(self, *args, **kwargs):
-        self.kwargs = kwargs
-        self.updates = []
-        RecordingBar.bars.append(self)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n=1):
-        self.updates.append(n)
-
-
 @pytest.fixture
 def bars(monkeypatch):
-    """Patch tqdm with :class:`RecordingBar`; yield the list of bars made."""
-    RecordingBar.bars = []
-    monkeypatch.setattr(tqdm_auto, "tqdm", RecordingBar)
-    yield RecordingBar.bars
+    """tqdm patched with ``runner_doubles.RecordingBar``: the list of bars made."""
+    yield from recording_bars(monkeypatch)
 
 
 def small(damping=3.0, seed=0, **kw):
@@ -168,14 +151,50 @@ def rescheduled_chunks(client, since):
     return client.run_on_scheduler(story)
 
 
+Shared = collections.namedtuple("Shared", "weights scale")
+
+
+def trace_chunk(chunk_start, chunk_len, shared, tag):
+    """Chunk function of the generic runner tests: bounds, inputs and their flags."""
+    w = shared.weights
+    return Trace(((chunk_start, chunk_len, tag, float(w.sum() * shared.scale),
+                   bool(w.flags.writeable)),))
+
+
+def test_runner_on_the_cluster_merges_any_study_in_chunk_order(client, bars):
+    shared = (Shared(weights=np.arange(6.0).reshape(2, 3), scale=0.5), "tag")
+    local = runner.run_chunks(trace_chunk, 100, 7, shared=shared)
+    remote = runner.run_chunks(trace_chunk, 100, 7, shared=shared, client=client,
+                               progress=True, desc="trace")
+    assert remote.stats == local.stats                  # chunk order, writable arrays
+    assert [c[:2] for c in remote.stats.chunks] == runner.chunk_bounds(100, 7)
+    assert all(c[4] for c in remote.stats.chunks)
+    assert (remote.n_chunks, remote.n_run) == (15, 15)
+    assert remote.cluster["n_workers"] == 2 and remote.cluster["max_in_flight"] == 6
+    assert sum(bars[-1].updates) == 100 and bars[-1].kwargs["desc"] == "trace"
+    prefix = runner.run_chunks(trace_chunk, 35, 7, shared=shared).stats   # chunks 0-4
+    resumed = runner.run_chunks(trace_chunk, 100, 7, shared=shared, client=client,
+                                resume=(5, prefix))
+    assert resumed.stats == local.stats and resumed.n_run == 10
+
+
+def test_back_to_back_runs_on_the_same_inputs_share_no_keys(client):
+    """With content-derived keys, the second of two quick runs on the same inputs lost
+    its scattered data to the first run's release ("lost dependencies")."""
+    shared = (Shared(weights=np.ones((2, 2)), scale=1.0), "again")
+    runs = [runner.run_chunks(trace_chunk, 40, 7, shared=shared, client=client)
+            for _ in range(4)]
+    assert all(r.stats == runs[0].stats for r in runs)
+
+
 def test_command_line_scheduler_option(cluster, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    decay.configure_parser(parser)
+    decay_cli.configure_parser(parser)
     args = parser.parse_args(["--trajectories", "3e2", "--layers", "4", "--seq-len", "2",
                               "--d", "4", "--d-ff", "8", "--chunk-size", "100",
                               "--scheduler", cluster.scheduler_address, "--out", str(tmp_path)])
     assert args.scheduler == cluster.scheduler_address
-    assert decay.run_cli(args) == 0
+    assert decay_cli.run_cli(args) == 0
     assert "rate (95% CI)" in capsys.readouterr().out
     res = tfk.DecayResult.from_json(tmp_path / "decay.json")
     assert res.n_trajectories == 300 and res.meta["cluster"]["n_workers"] == 2

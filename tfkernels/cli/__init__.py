@@ -12,10 +12,10 @@ import sys
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "decay": ("tfkernels.studies.decay", "Monte Carlo study of perturbation decay across layers"),
+    "decay": ("tfkernels.cli.decay", "Monte Carlo study of perturbation decay across layers"),
     "bench": ("tfkernels.cli.bench",
               "throughput and error-scaling sweeps against NumPy/PyTorch/JAX"),
-    "paper": ("tfkernels.studies.paper", "reproduce the paper's Figures 1-3 with fitted slopes"),
+    "paper": ("tfkernels.cli.paper", "reproduce the paper's Figures 1-3 with fitted slopes"),
 }
 
 

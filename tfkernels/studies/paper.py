@@ -1,4 +1,6 @@
-"""``tfkernels paper``: the paper's Section 8 experiments (Figures 1–3), with fitted numbers.
+"""The paper's Section 8 experiments (Figures 1–3), with fitted numbers.
+
+The ``tfkernels paper`` command (:mod:`tfkernels.cli.paper`) runs :func:`run_paper`.
 
 Figure 1
     The linear ODE ``dx/dt = A x`` (d = 10, A a random matrix shifted so that its
@@ -326,28 +328,18 @@ def run_paper(out_dir="results/paper", seed=0, fig2_trajectories=1000,
     return doc
 
 
-def configure_parser(parser):
-    """Add the ``tfkernels paper`` options to ``parser``."""
-    parser.add_argument("--out", default=os.path.join("results", "paper"),
-                        help="output folder for the PNGs and paper.json")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    parser.add_argument("--trajectories", type=int, default=1000,
-                        help="pairs of trajectories in Figure 2")
+def regenerate_readme(out_dir):
+    """Rewrite the results README beside ``out_dir`` when ``out_dir`` is ``…/paper``.
 
-
-def run_cli(args):
-    """Entry point of ``tfkernels paper``."""
-    if args.trajectories < 1:
-        raise SystemExit(f"tfkernels paper: error: `--trajectories` must be >= 1, "
-                         f"got {args.trajectories}")
-    doc = run_paper(args.out, seed=args.seed, fig2_trajectories=args.trajectories)
-    for line in doc["summary"]:
-        print(line)
-    parent = os.path.dirname(os.path.abspath(args.out))
-    if os.path.basename(os.path.abspath(args.out)) == "paper":
+    Returns
+    -------
+    str or None
+        The README's path, or None when ``out_dir`` is not named ``paper``.
+    """
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if os.path.basename(os.path.abspath(out_dir)) == "paper":
         from ..bench.report import write_readme
 
         write_readme(parent)
-        print(f"regenerated {os.path.join(parent, 'README.md')}")
-    print(f"wrote {os.path.join(args.out, 'paper.json')} and {len(doc['plots'])} plot(s)")
-    return 0
+        return os.path.join(parent, "README.md")
+    return None

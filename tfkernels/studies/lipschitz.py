@@ -1,0 +1,159 @@
+"""The theory beside the measured decay: estimates of the Lipschitz constants of f.
+
+:func:`estimate_lipschitz` samples states along the study's trajectories and takes,
+over them, the largest logarithmic 2-norm ``λ_max((J + Jᵀ)/2)`` (the one-sided
+Lipschitz estimate λ̂, whose bound ``r_n ≤ exp(λ̂·t_n)`` the study checks) and the
+largest spectral norm ``σ_max(J)`` (L̂) of the Jacobian J of the vector field. J is
+applied through the JVP and VJP kernels, and formed densely when it is small.
+"""
+
+import math
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .. import api
+from .. import kernels
+
+#: Largest T·d for which the Jacobian is formed densely in the λ̂ estimate.
+DENSE_MAX = 512
+
+
+def _jvp(packed, X, V, layers, out):
+    """``out[b] = J_f(X[b])·V[b]`` with weight set ``layers[b]`` (the JVP kernel)."""
+    kernels.jvp_kernel(X, V, packed, layers, out)
+
+
+def _vjp(packed, X, G, layers, out):
+    """``out[b] = J_f(X[b])ᵀ·G[b]`` with weight set ``layers[b]`` (the VJP kernel)."""
+    kernels.vjp_kernel(X, G, packed, layers, out)
+
+
+def _jacobian_dense(packed, X, layer):
+    """Dense Jacobian (T·d × T·d, row-major vec) of f at X via T·d JVPs."""
+    T, d = X.shape
+    n = T * d
+    Xs = np.ascontiguousarray(np.broadcast_to(X, (n, T, d)))
+    E = np.eye(n).reshape(n, T, d)
+    out = np.empty_like(Xs)
+    _jvp(packed, Xs, E, np.full(n, layer, dtype=np.int64), out)
+    return out.reshape(n, n).T
+
+
+def _lognorm_lanczos(packed, X, layer):
+    """``(λ_max((J + Jᵀ)/2), σ_max(J))`` at X by Lanczos (eigsh) with JVP and VJP."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    T, d = X.shape
+    n = T * d
+    X3 = X.reshape(1, T, d)
+    lay = np.array([layer], dtype=np.int64)
+    buf = np.empty((1, T, d))
+
+    def jv(u):
+        _jvp(packed, X3, np.ascontiguousarray(u.reshape(1, T, d)), lay, buf)
+        return buf.ravel().copy()
+
+    def vj(u):
+        _vjp(packed, X3, np.ascontiguousarray(u.reshape(1, T, d)), lay, buf)
+        return buf.ravel().copy()
+
+    v0 = np.random.default_rng(0).standard_normal(n)  # fixed: deterministic result
+    sym = LinearOperator((n, n), matvec=lambda u: 0.5 * (jv(u) + vj(u)), dtype=np.float64)
+    gram = LinearOperator((n, n), matvec=lambda u: vj(jv(u)), dtype=np.float64)
+    lam = eigsh(sym, k=1, which="LA", v0=v0, tol=1e-10, return_eigenvectors=False)[0]
+    s2 = eigsh(gram, k=1, which="LA", v0=v0, tol=1e-10, return_eigenvectors=False)[0]
+    return float(lam), float(math.sqrt(max(s2, 0.0)))
+
+
+def _sample_states(params, seq_len, n_layers, n_samples, run, seed):
+    """States ``(X, layer)`` along the first trajectories of the study.
+
+    Up to ``min(N, 8)`` evenly spaced layers (0 and N included) of the first
+    ``ceil(n_samples / layers)`` trajectories, run with the study's update and noise;
+    non-finite states are dropped. Layer n's state is paired with weight set
+    ``min(n, N − 1)``.
+    """
+    want = min(n_layers, 8)
+    every = max(k for k in range(1, n_layers + 1) if n_layers % k == 0 and n_layers // k >= want)
+    n_traj = max(1, -(-n_samples // (n_layers // every + 1)))
+    x0 = api.random_states(n_traj, seq_len, params.d, seed=seed, dtype=params.dtype)
+    states = api.integrate(params, x0, n_layers, save_every=every, throw=False, seed=seed,
+                           **run)
+    layers = np.minimum(np.arange(states.shape[1]) * every, n_layers - 1)
+    picked = []
+    for k in range(states.shape[1]):           # layer-major: spread over layers
+        for b in range(n_traj):
+            if np.all(np.isfinite(states[b, k])):
+                picked.append((states[b, k], int(layers[k])))
+    idx = np.linspace(0, len(picked) - 1, min(n_samples, len(picked))).round().astype(int)
+    return [picked[i] for i in np.unique(idx)] if picked else []
+
+
+def _largest_eigenvalue(S):
+    """Largest eigenvalue of the symmetric matrix ``S`` (LAPACK ``syevr``, that one only)."""
+    from scipy.linalg import eigh
+
+    n = S.shape[0]
+    return float(eigh(S, eigvals_only=True, subset_by_index=[n - 1, n - 1],
+                      driver="evr")[0])
+
+
+def estimate_lipschitz(params, seq_len, n_layers, *, n_samples=64, seed=0, run=None,
+                       dense_max=DENSE_MAX):
+    """Estimate the one-sided Lipschitz constant λ̂ and the Lipschitz constant L̂ of f.
+
+    λ̂ is the largest logarithmic 2-norm ``λ_max((J + Jᵀ)/2)`` and L̂ the largest
+    spectral norm ``σ_max(J)`` of the Jacobian J of f over states sampled along the
+    study's trajectories (see :func:`_sample_states`), in float64. J is formed
+    densely from T·d JVPs when ``T·d ≤ dense_max``; otherwise both come from Lanczos
+    iterations (``scipy.sparse.linalg.eigsh``) on ``(J + Jᵀ)/2`` and ``JᵀJ`` applied with
+    the JVP and VJP kernels. Being a maximum over samples, λ̂ is a lower estimate of the
+    supremum over all states the trajectories visit.
+
+    The linear algebra runs with one BLAS thread, so that no BLAS threads are left
+    spinning when the study's kernels start (measurements: docs/performance.md).
+
+    Parameters
+    ----------
+    params : TransformerParams
+        The model; the estimate is formed in float64 whatever its dtype.
+    seq_len, n_layers : int
+        Tokens T per state and layers N of the study.
+    n_samples : int
+        States to sample (fewer when some are non-finite).
+    seed : int
+        Seed of the study: the samples lie on its first trajectories.
+    run : dict, optional
+        The study's update, ``method, t_final, alpha, c, noise`` as for
+        :func:`tfkernels.integrate` (their defaults when omitted).
+    dense_max : int
+        Largest T·d for which J is formed densely.
+
+    Returns
+    -------
+    lambda_hat, L_hat : float
+        NaN when no sampled state is finite.
+    info : dict
+        ``n_samples`` and ``method`` ("dense" or "lanczos").
+    """
+    run = run or {}
+    samples = _sample_states(params, seq_len, n_layers, n_samples, run, seed)
+    p64 = params if params.dtype == np.float64 else params.astype(np.float64)
+    packed = kernels.pack_params(p64)
+    dense = seq_len * params.d <= dense_max
+    lam, lip = -math.inf, 0.0
+    with threadpool_limits(limits=1, user_api="blas"):
+        for X, layer in samples:
+            X = np.ascontiguousarray(X, dtype=np.float64)
+            layer = layer if params.n_sets is not None else 0
+            if dense:
+                J = _jacobian_dense(packed, X, layer)
+                l1 = _largest_eigenvalue(0.5 * (J + J.T))
+                l2 = math.sqrt(max(_largest_eigenvalue(J.T @ J), 0.0))
+            else:
+                l1, l2 = _lognorm_lanczos(packed, X, layer)
+            lam, lip = max(lam, l1), max(lip, l2)
+    if not samples:
+        lam, lip = math.nan, math.nan
+    return lam, lip, {"n_samples": len(samples), "method": "dense" if dense else "lanczos"}

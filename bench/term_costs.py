@@ -32,9 +32,15 @@ _jit = njit(cache=False, fastmath=config.FASTMATH, error_model=config.ERROR_MODE
 
 
 @_jit
-def _rhs(n, layout, X, model, out, fs):
+def _rhs(n, X, model, out, fs):
     for _ in range(n):
-        field.rhs(layout, X, model, 0, out, fs)
+        field.rhs_rows(X, model, 0, out, fs)
+
+
+@_jit
+def _rhs_lanes(n, X, model, out, fs):
+    for _ in range(n):
+        field.rhs_lanes(X, model, 0, out, fs)
 
 
 @_jit
@@ -79,10 +85,19 @@ def _attention(n, X, model, fs, out):
 
 
 @_jit
-def _ffn(n, layout, X, model, fs, out):
+def _ffn(n, X, model, fs, out):
     w = model.weights
     for _ in range(n):
-        field.ffn(layout, X, w.w1[0], w.b1[0], w.w2[0], w.b2[0], maths.GELU, fs.hidden, out)
+        field.ffn(structs.ROWS, X, w.w1[0], w.b1[0], w.w2[0], w.b2[0], maths.GELU, fs.hidden,
+                  out)
+
+
+@_jit
+def _ffn_lanes(n, X, model, fs, out):
+    w = model.weights
+    for _ in range(n):
+        field.ffn(structs.LANES, X, w.w1[0], w.b1[0], w.w2[0], w.b2[0], maths.GELU,
+                  fs.hidden, out)
 
 
 def per_call_ns(fn, *args, min_time=0.2):
@@ -109,33 +124,32 @@ def term_costs(name, dtype):
     p = tfk.TransformerParams.random(d, H, damping=1.0, seed=0, dtype=dtype)
     model = kernels.pack_params(p)
     w = model.weights
-    rows = structs.ROWS
     X = tfk.random_states(1, T, d, seed=1, dtype=dtype)[0]
-    fs = structs.step_scratch(rows, model, T, d, 1, X.dtype).field
+    fs = structs.step_scratch(structs.ROWS, model, T, d, 1, X.dtype).field
     out = np.zeros_like(X)
-    field.rhs(rows, X, model, 0, out, fs)          # fills qkv, qt, hidden with real values
+    field.rhs_rows(X, model, 0, out, fs)          # fills qkv, qt, hidden with real values
     scores = fs.P.copy()
-    lanes = structs.lanes_layout(dtype)
+    L = structs.group_width(dtype)
     lm = structs.for_lanes(model)
-    XL = np.repeat(X, lanes.width, axis=1)         # a group of L copies, lane-interleaved
-    fl = structs.step_scratch(lanes, model, T, d, 1, X.dtype).field
+    XL = np.repeat(X, L, axis=1)                   # a group of L copies, lane-interleaved
+    fl = structs.step_scratch(structs.LANES, model, T, d, 1, X.dtype).field
     outl = np.zeros_like(XL)
     return {
-        "rhs": (per_call_ns(_rhs, rows, X, model, out, fs), 1),
+        "rhs": (per_call_ns(_rhs, X, model, out, fs), 1),
         "attention": (per_call_ns(_attention, X, model, fs, out), 1),
         "  QKV product": (per_call_ns(_gemm, X, w.wqkv[0], fs.qkv), 1),
         "  scores + softmax (all heads)": (per_call_ns(_heads, fs.qkv, H, fs.qt, fs.P, fs.mt),
                                            1),
         "  softmax (all heads)": (per_call_ns(_softmax, scores, fs.mt), 1),
         "  W_o product": (per_call_ns(_gemm_t, fs.heads, w.wo[0], out), 1),
-        "FFN": (per_call_ns(_ffn, rows, X, model, fs, out), 1),
+        "FFN": (per_call_ns(_ffn, X, model, fs, out), 1),
         "  W_1 product": (per_call_ns(_gemm, X, w.w1[0], fs.hidden), 1),
         "  GELU": (per_call_ns(_gelu, fs.hidden, w.b1[0]), 1),
         "  W_2 product": (per_call_ns(_gemm, fs.hidden, w.w2[0], out), 1),
         "rhs, lane layout, per trajectory": (
-            per_call_ns(_rhs, lanes, XL, lm, outl, fl) / lanes.width, 1),
+            per_call_ns(_rhs_lanes, XL, lm, outl, fl) / L, 1),
         "  FFN, lane layout, per trajectory": (
-            per_call_ns(_ffn, lanes, XL, lm, fl, outl) / lanes.width, 1),
+            per_call_ns(_ffn_lanes, XL, lm, fl, outl) / L, 1),
     }
 
 

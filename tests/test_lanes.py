@@ -1,4 +1,4 @@
-"""The lane layout (``kernels.structs.Lanes``) gives the same bits as the
+"""The lane layout (``kernels.structs.LANES``) gives the same bits as the
 one-trajectory-at-a-time row layout, which the other test
 files check against the reference: every term, every method, noise, per-layer
 weights, partial groups and trajectories that blow up part-way."""
@@ -74,10 +74,8 @@ def test_dispatch_threshold():
 def test_lane_scratch_shapes(dtype):
     p = tfk.TransformerParams.random(8, 2, dtype=dtype)
     model = kernels.pack_params(p)
-    layout = structs.lanes_layout(dtype)
-    L = layout.width
-    assert L == structs.group_width(dtype)
-    ss = structs.step_scratch(layout, model, 4, 8, 2, dtype)
+    L = structs.group_width(dtype)
+    ss = structs.step_scratch(structs.LANES, model, 4, 8, 2, dtype)
     fs = ss.field
     assert ss.xs.shape == fs.heads.shape == (4, 8 * L)
     assert ss.stages.shape == (2, 4, 8 * L) and fs.hidden.shape == (4, 32 * L)

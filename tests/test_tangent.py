@@ -42,17 +42,16 @@ def test_heads_in_groups_give_the_same_bits():
                                      seed=3)
     model = kernels.pack_params(p)
     X, V = (tfk.random_states(1, 4, 6, seed=s)[0] for s in (1, 2))
-    rows = structs.ROWS
-    fs = structs.step_scratch(rows, model, 4, 6, 1, X.dtype).field
-    ts = structs.tangent_scratch(rows, model, 4, 6, 1, X.dtype)
+    fs = structs.step_scratch(structs.ROWS, model, 4, 6, 1, X.dtype).field
+    ts = structs.tangent_scratch(structs.ROWS, model, 4, 6, 1, X.dtype)
     assert fs.P.shape == (4, 12)                     # all three heads side by side
     jvp_all, f_all = np.empty_like(X), np.empty_like(X)
-    field.rhs_and_jvp(rows, X, V, model, 0, f_all, jvp_all, fs, ts)
+    field.rhs_and_jvp_rows(X, V, model, 0, f_all, jvp_all, fs, ts)
     for g in (1, 2):                                 # groups {0}{1}{2} and {0,1}{2}
         few = fs._replace(mt=np.empty((3, 4 * g)), P=np.empty((4, 4 * g)))
         jvp_g, f_g, flow_g = np.empty_like(X), np.empty_like(X), np.empty_like(X)
-        field.rhs_and_jvp(rows, X, V, model, 0, f_g, jvp_g, few, ts)
-        field.rhs(rows, X, model, 0, flow_g, few)
+        field.rhs_and_jvp_rows(X, V, model, 0, f_g, jvp_g, few, ts)
+        field.rhs_rows(X, model, 0, flow_g, few)
         np.testing.assert_array_equal(jvp_g, jvp_all)
         np.testing.assert_array_equal(f_g, f_all)
         np.testing.assert_array_equal(flow_g, f_all)
@@ -80,8 +79,7 @@ def test_tangent_state_follows_the_flow_bit_for_bit(dtype, method, activation, c
     ss = structs.step_scratch(structs.ROWS, model, T, 8, sched.b.shape[0], X.dtype)
     ts = structs.tangent_scratch(structs.ROWS, model, T, 8, sched.b.shape[0], X.dtype)
     key = np.uint64(rng.key(seed, rng.STREAM_NOISE, g))
-    status = drivers.run_tangent(structs.ROWS, X, D, model, sched, key, 0.0, ss, ts,
-                                 np.empty(N + 1))
+    status = drivers.run_tangent(X, D, model, sched, key, 0.0, ss, ts, np.empty(N + 1))
     assert status == kernels.STATUS_OK
     flow = tfk.integrate(p, x0, N, seed=seed, start=g, **kw)
     np.testing.assert_array_equal(X, flow[0])

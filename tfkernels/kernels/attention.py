@@ -52,7 +52,7 @@ def head_probs(qkv, h0, g, dh, causal, qt, P, mt):
     softmax_columns(P, g * T, causal, mt, runtime(1))
 
 
-@_ijit
+@_jit
 def attention_rows(X, wqkv, wo, n_heads, beta, causal, fs, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o``.
 
@@ -180,7 +180,7 @@ def attention_vjp(X, G, wqkv, wqkv_t, wo_t, n_heads, beta, causal, vs, out):
 
 
 # ----------------------------------------------------------------- lane layout
-@_ijit
+@_jit
 def attention_lanes(X, wqkv, wo, n_heads, beta, causal, fs, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o`` for a group, as
     :func:`attention_rows`, for a lane-interleaved group ``X (T, d·L)``.

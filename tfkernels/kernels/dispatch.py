@@ -6,13 +6,39 @@ configuration of at most ``config.LANES_MAX_SIZE`` elements runs in the lane lay
 (``structs.use_lanes``), anything larger in the row layout; both give the same bits
 (``tests/test_lanes.py``), so the choice is one of speed. Trajectory ``start + k`` gets
 the same bits in any slice.
+
+Every entry point runs its slices with Python's cyclic garbage collector paused
+(:func:`run`): a kernel's first call compiles it (or loads it from Numba's cache), and
+Numba's compiler allocates millions of short-lived objects whose collection passes took
+a fifth of a cold compile (``docs/performance.md``); the compiled kernels themselves
+allocate nothing, and the collector resumes when the call returns.
 """
+
+import contextlib
+import gc
 
 import numpy as np
 
-from ..threads import run_threads
+from .. import threads
 from . import drivers, structs
-from .structs import ROWS
+from .structs import LANES, ROWS
+
+
+def run(body, batch):
+    """``threads.run_threads(body, batch)`` with the cyclic garbage collector paused."""
+    with _collector_paused():
+        threads.run_threads(body, batch)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def integrate(model, x0, sched, seed, start, save_every, first, out, status):
@@ -21,21 +47,21 @@ def integrate(model, x0, sched, seed, start, save_every, first, out, status):
     B, T, d = x0.shape
     dt = x0.dtype
     if structs.use_lanes(T, d):
-        layout = structs.lanes_layout(dt)
+        L = structs.group_width(dt)
         lm = structs.for_lanes(model)
 
         def body(lo, hi):
-            lane, X = structs.aligned_buffers(((T, d), (T, d * layout.width)), dt)
-            ss = structs.step_scratch(layout, model, T, d, sched.b.shape[0], dt)
-            drivers.integrate_lanes(layout, x0[lo:hi], lm, sched, seed, start + lo,
-                                    save_every, first, out[lo:hi], status[lo:hi], lane, X, ss)
+            lane, X = structs.aligned_buffers(((T, d), (T, d * L)), dt)
+            ss = structs.step_scratch(LANES, model, T, d, sched.b.shape[0], dt)
+            drivers.integrate_lanes(x0[lo:hi], lm, sched, seed, start + lo, save_every, first,
+                                    out[lo:hi], status[lo:hi], lane, X, ss)
     else:
         def body(lo, hi):
             X = structs.empty_aligned((T, d), dt)
             ss = structs.step_scratch(ROWS, model, T, d, sched.b.shape[0], dt)
-            drivers.integrate_rows(ROWS, x0[lo:hi], model, sched, seed, start + lo,
-                                   save_every, first, out[lo:hi], status[lo:hi], X, ss)
-    run_threads(body, B)
+            drivers.integrate_rows(x0[lo:hi], model, sched, seed, start + lo, save_every, first,
+                                   out[lo:hi], status[lo:hi], X, ss)
+    run(body, B)
 
 
 def vector_field(model, X, layer, out):
@@ -43,18 +69,18 @@ def vector_field(model, X, layer, out):
     B, T, d = X.shape
     dt = X.dtype
     if structs.use_lanes(T, d):
-        layout = structs.lanes_layout(dt)
+        L = structs.group_width(dt)
         lm = structs.for_lanes(model)
 
         def body(lo, hi):
-            G, F = structs.aligned_buffers(((T, d * layout.width),) * 2, dt)
-            fs = structs.step_scratch(layout, model, T, d, 1, dt).field
-            drivers.vector_field_lanes(layout, X[lo:hi], lm, layer, out[lo:hi], G, F, fs)
+            G, F = structs.aligned_buffers(((T, d * L),) * 2, dt)
+            fs = structs.step_scratch(LANES, model, T, d, 1, dt).field
+            drivers.vector_field_lanes(X[lo:hi], lm, layer, out[lo:hi], G, F, fs)
     else:
         def body(lo, hi):
             fs = structs.step_scratch(ROWS, model, T, d, 1, dt).field
-            drivers.vector_field_rows(ROWS, X[lo:hi], model, layer, out[lo:hi], fs)
-    run_threads(body, B)
+            drivers.vector_field_rows(X[lo:hi], model, layer, out[lo:hi], fs)
+    run(body, B)
 
 
 def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr, status):
@@ -66,28 +92,27 @@ def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr
     sched = structs.Schedule(a, b, h, sigma)
     S = b.shape[0]
     if structs.use_lanes(T, d):
-        layout = structs.lanes_layout(dt)
+        L = structs.group_width(dt)
         lm = structs.for_lanes(model)
-        L = layout.width
 
         def body(lo, hi):
             X, Y, u, v = structs.aligned_buffers(((T, d * L), (T, d * L), (T, d), (T, d)), dt)
-            ss = structs.step_scratch(layout, model, T, d, S, dt)
+            ss = structs.step_scratch(LANES, model, T, d, S, dt)
             if mode == drivers.MODE_PAIR:
-                drivers.pair_lanes(layout, lm, sched, seed, start + lo, eps, logr[lo:hi],
+                drivers.pair_lanes(lm, sched, seed, start + lo, eps, logr[lo:hi],
                                    status[lo:hi], u, v, np.empty(L), X, Y, ss)
             else:
-                ts = structs.tangent_scratch(layout, model, T, d, S, dt)
-                drivers.tangent_lanes(layout, lm, sched, seed, start + lo, logr[lo:hi],
+                ts = structs.tangent_scratch(LANES, model, T, d, S, dt)
+                drivers.tangent_lanes(lm, sched, seed, start + lo, logr[lo:hi],
                                       status[lo:hi], u, v, np.empty(L), X, Y, ss, ts)
     else:
         def body(lo, hi):
             X, Y = structs.aligned_buffers(((T, d), (T, d)), dt)
             ss = structs.step_scratch(ROWS, model, T, d, S, dt)
             ts = structs.tangent_scratch(ROWS, model, T, d, S, dt)
-            drivers.decay_rows(ROWS, mode, model, sched, seed, start + lo, eps, logr[lo:hi],
+            drivers.decay_rows(mode, model, sched, seed, start + lo, eps, logr[lo:hi],
                                status[lo:hi], X, Y, ss, ts)
-    run_threads(body, logr.shape[0])
+    run(body, logr.shape[0])
 
 
 def jvp_kernel(X, V, model, layers, out):
@@ -99,14 +124,14 @@ def jvp_kernel(X, V, model, layers, out):
         fx = structs.empty_aligned((T, d), X.dtype)
         fs = structs.step_scratch(ROWS, model, T, d, 1, X.dtype).field
         ts = structs.tangent_scratch(ROWS, model, T, d, 1, X.dtype)
-        drivers.jvp_batch(ROWS, X[lo:hi], V[lo:hi], model, layers[lo:hi], out[lo:hi], fx, fs,
+        drivers.jvp_batch(X[lo:hi], V[lo:hi], model, layers[lo:hi], out[lo:hi], fx, fs,
                           ts)
 
-    run_threads(body, X.shape[0])
+    run(body, X.shape[0])
 
 
 def vjp_kernel(X, G, model, layers, out):
     """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, parallel over k."""
-    run_threads(lambda lo, hi: drivers.vjp_batch(
+    run(lambda lo, hi: drivers.vjp_batch(
         X[lo:hi], G[lo:hi], model, layers[lo:hi], out[lo:hi],
         structs.vjp_scratch(model, *X.shape[1:], X.dtype)), X.shape[0])

@@ -30,7 +30,7 @@ from .layout import lane_finite, lane_sq_dist, load_group, load_lane, store_lane
 from .maths import all_finite, is_finite, sq_dist, sq_norm
 from .simd import lanes
 from .steps import layer_of, rk_step, step_tangent
-from .structs import STATUS_OK
+from .structs import LANES, ROWS, STATUS_OK
 
 #: Mode codes of the decay drivers (``methods.MODES``).
 MODE_PAIR, MODE_TANGENT = 0, 1
@@ -44,10 +44,10 @@ def add_noise(X, σ, noise_key, n):
 
 
 @_ijit
-def advance(layout, X, model, sched, n, noise_key, ss):
+def advance(X, model, sched, n, noise_key, ss):
     """Layer ``n`` of one trajectory (row layout): RK step, then noise; returns whether
     X is finite. ``sched`` a ``structs.Schedule``, ``ss`` a ``structs.StepScratch``."""
-    rk_step(layout, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
+    rk_step(ROWS, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
     if sched.sigma[n] != 0:
         add_noise(X, sched.sigma[n], noise_key, n)
     return all_finite(X)
@@ -68,10 +68,10 @@ def add_group_noise(X, n, σ, seed, start, status, lane):
 
 
 @_jit
-def advance_group(layout, X, model, sched, n, seed, start, status, lane, ss):
+def advance_group(X, model, sched, n, seed, start, status, lane, ss):
     """Layer ``n`` of a group (lane layout): one Runge–Kutta step of every lane, then
     :func:`add_group_noise`. No finiteness test: the drivers test the group."""
-    rk_step(layout, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
+    rk_step(LANES, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
     add_group_noise(X, n, sched.sigma, seed, start, status, lane)
 
 
@@ -96,13 +96,11 @@ def first_unsaved(n, save_every, first):
 
 # ---------------------------------------------------------------- the flow
 @_djit
-def integrate_rows(layout, x0, model, sched, seed, start, save_every, first, out, status, X,
-                   ss):
+def integrate_rows(x0, model, sched, seed, start, save_every, first, out, status, X, ss):
     """Run all ``N = len(sched.h)`` layers of every trajectory of ``x0`` (row layout).
 
     Parameters
     ----------
-    layout : structs.Rows
     x0 : ndarray, shape (B, T, d)
     model : structs.Model
     sched : structs.Schedule
@@ -128,7 +126,7 @@ def integrate_rows(layout, x0, model, sched, seed, start, save_every, first, out
         if first == 0:
             copy_state(X, out[bi, 0])
         for n in range(N):
-            if not advance(layout, X, model, sched, n, noise_key, ss):
+            if not advance(X, model, sched, n, noise_key, ss):
                 status[bi] = n + 1
                 out[bi, first_unsaved(n, save_every, first):] = np.nan
                 break
@@ -137,11 +135,10 @@ def integrate_rows(layout, x0, model, sched, seed, start, save_every, first, out
 
 
 @_djit
-def integrate_lanes(layout, x0, model, sched, seed, start, save_every, first, out, status,
-                    lane, X, ss):
+def integrate_lanes(x0, model, sched, seed, start, save_every, first, out, status, lane, X, ss):
     """:func:`integrate_rows` with the trajectories in groups of L across the vector
-    lanes (same arguments and results, bit for bit; ``layout`` a ``structs.Lanes``,
-    ``model`` from ``structs.for_lanes``; ``lane (T, d)`` scratch, ``X (T, d·L)`` the
+    lanes (same arguments and results, bit for bit; ``model`` from
+    ``structs.for_lanes``; ``lane (T, d)`` scratch, ``X (T, d·L)`` the
     group's state).
 
     A group runs every layer together. After each layer one vectorized check covers
@@ -162,8 +159,7 @@ def integrate_lanes(layout, x0, model, sched, seed, start, save_every, first, ou
             if first == 0:
                 store_lane(X, l, out[g0 + l, 0])
         for n in range(N):
-            advance_group(layout, X, model, sched, n, seed, start + g0, status[g0:g0 + nl],
-                          lane, ss)
+            advance_group(X, model, sched, n, seed, start + g0, status[g0:g0 + nl], lane, ss)
             if not all_finite(X):
                 for l in range(L):
                     if l < nl and status[g0 + l] == STATUS_OK:
@@ -182,22 +178,22 @@ def integrate_lanes(layout, x0, model, sched, seed, start, save_every, first, ou
 
 
 @_djit
-def vector_field_rows(layout, X, model, layer, out, fs):
+def vector_field_rows(X, model, layer, out, fs):
     """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b;
     ``fs`` a ``structs.FieldScratch``."""
     for bi in range(X.shape[0]):
-        rhs(layout, X[bi], model, layer, out[bi], fs)
+        rhs(ROWS, X[bi], model, layer, out[bi], fs)
 
 
 @_djit
-def vector_field_lanes(layout, X, model, layer, out, G, F, fs):
+def vector_field_lanes(X, model, layer, out, G, F, fs):
     """``out[b] = f(X[b])`` for every trajectory b, in groups of L (``G``, ``F``:
     ``(T, d·L)`` scratch for a group's input and output)."""
     B = X.shape[0]
     L = lanes(G)
     for g0 in range(0, B, L):
         load_group(X, g0, G)
-        rhs(layout, G, model, layer, F, fs)
+        rhs(LANES, G, model, layer, F, fs)
         for l in range(min(L, B - g0)):
             store_lane(F, l, out[g0 + l])
 
@@ -231,22 +227,22 @@ def initial_tangent(X, D, seed, g):
 
 
 @_jit
-def advance_state(layout, X, model, sched, n, noise_key, ss):
+def advance_state(X, model, sched, n, noise_key, ss):
     """:func:`advance` compiled once as its own function and called for both states of a
     pair (inlined twice, the cached pair loop ran slower: ``docs/performance.md``)."""
-    return advance(layout, X, model, sched, n, noise_key, ss)
+    return advance(X, model, sched, n, noise_key, ss)
 
 
 @_jit
-def run_pair(layout, X, Y, model, sched, noise_key, log0, ss, logr):
+def run_pair(X, Y, model, sched, noise_key, log0, ss, logr):
     """All layers of one pair; fills ``logr`` and returns the status."""
     if not is_finite(log0):
         logr[:] = np.nan
         return 0
     logr[0] = 0.0
     for n in range(sched.h.shape[0]):
-        okx = advance_state(layout, X, model, sched, n, noise_key, ss)
-        oky = advance_state(layout, Y, model, sched, n, noise_key, ss)
+        okx = advance_state(X, model, sched, n, noise_key, ss)
+        oky = advance_state(Y, model, sched, n, noise_key, ss)
         lr = 0.5 * math.log(sq_dist(X, Y)) - log0 if okx and oky else np.nan
         if not is_finite(lr):
             logr[n + 1:] = np.nan
@@ -256,18 +252,17 @@ def run_pair(layout, X, Y, model, sched, noise_key, log0, ss, logr):
 
 
 @_jit
-def advance_tangent(layout, X, D, model, sched, n, noise_key, ss, ts):
+def advance_tangent(X, D, model, sched, n, noise_key, ss, ts):
     """Layer ``n`` of the state and its tangent: ``steps.step_tangent``, then the noise
     (on X only) and finiteness test of :func:`advance`; returns whether X is finite."""
-    step_tangent(layout, X, D, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss,
-                 ts)
+    step_tangent(ROWS, X, D, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss, ts)
     if sched.sigma[n] != 0:
         add_noise(X, sched.sigma[n], noise_key, n)
     return all_finite(X)
 
 
 @_jit
-def run_tangent(layout, X, D, model, sched, noise_key, log0, ss, ts, logr):
+def run_tangent(X, D, model, sched, noise_key, log0, ss, ts, logr):
     """All layers of one tangent trajectory, δ renormalized each layer.
 
     Layer n is :func:`advance_tangent`, so ``X`` follows the plain flow bit for bit
@@ -279,7 +274,7 @@ def run_tangent(layout, X, D, model, sched, noise_key, log0, ss, ts, logr):
     acc = -log0
     nrm = 1.0
     for n in range(sched.h.shape[0]):
-        ok = advance_tangent(layout, X, D, model, sched, n, noise_key, ss, ts)
+        ok = advance_tangent(X, D, model, sched, n, noise_key, ss, ts)
         if ok:
             nrm = math.sqrt(sq_norm(D))
             ok = nrm > 0.0 and is_finite(nrm)
@@ -295,13 +290,12 @@ def run_tangent(layout, X, D, model, sched, noise_key, log0, ss, ts, logr):
 
 
 @_djit
-def decay_rows(layout, mode, model, sched, seed, start, eps, logr, status, X, Y, ss, ts):
+def decay_rows(mode, model, sched, seed, start, eps, logr, status, X, Y, ss, ts):
     """Log growth ``log r_n`` of trajectories ``start … start + B − 1``, n = 0 … N
     (row layout).
 
     Parameters
     ----------
-    layout : structs.Rows
     mode : int
         ``MODE_PAIR`` (finite perturbation ε) or ``MODE_TANGENT`` (exact linearization).
     model : structs.Model
@@ -326,15 +320,14 @@ def decay_rows(layout, mode, model, sched, seed, start, eps, logr, status, X, Y,
         noise_key = rng.key(seed, rng.STREAM_NOISE, g)
         if mode == MODE_PAIR:
             log0 = initial_pair(X, Y, seed, g, eps)
-            status[k] = run_pair(layout, X, Y, model, sched, noise_key, log0, ss, logr[k])
+            status[k] = run_pair(X, Y, model, sched, noise_key, log0, ss, logr[k])
         else:
             log0 = initial_tangent(X, Y, seed, g)
-            status[k] = run_tangent(layout, X, Y, model, sched, noise_key, log0, ss, ts,
-                                    logr[k])
+            status[k] = run_tangent(X, Y, model, sched, noise_key, log0, ss, ts, logr[k])
 
 
 @_djit
-def pair_lanes(layout, model, sched, seed, start, eps, logr, status, u, v, log0, X, Y, ss):
+def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, log0, X, Y, ss):
     """Pair mode of :func:`decay_rows` with the trajectories in groups of L across the
     vector lanes: the states ``X``, ``Y`` of L pairs are two groups ``(T, d·L)``, each
     layer :func:`advance_group` on both (the noise of trajectory g on both of its
@@ -374,8 +367,8 @@ def pair_lanes(layout, model, sched, seed, start, eps, logr, status, u, v, log0,
         for n in range(N):
             if live == 0:
                 break
-            advance_group(layout, X, model, sched, n, seed, start + g0, st, u, ss)
-            advance_group(layout, Y, model, sched, n, seed, start + g0, st, u, ss)
+            advance_group(X, model, sched, n, seed, start + g0, st, u, ss)
+            advance_group(Y, model, sched, n, seed, start + g0, st, u, ss)
             for l in range(nl):
                 if st[l] != STATUS_OK:
                     continue
@@ -391,7 +384,7 @@ def pair_lanes(layout, model, sched, seed, start, eps, logr, status, u, v, log0,
 
 
 @_djit
-def tangent_lanes(layout, model, sched, seed, start, logr, status, u, v, acc, X, D, ss, ts):
+def tangent_lanes(model, sched, seed, start, logr, status, u, v, acc, X, D, ss, ts):
     """Tangent mode of :func:`decay_rows` (:func:`run_tangent`) with the trajectories in
     groups of L across the vector lanes. The states and tangents are bit-identical to
     :func:`run_tangent`'s; the norms are summed lane by lane in the same order (LLVM
@@ -417,7 +410,7 @@ def tangent_lanes(layout, model, sched, seed, start, logr, status, u, v, acc, X,
         for n in range(N):
             if live == 0:
                 break
-            step_tangent(layout, X, D, model, layer_of(model, n), sched.a, sched.b,
+            step_tangent(LANES, X, D, model, layer_of(model, n), sched.a, sched.b,
                          sched.h[n], ss, ts)
             add_group_noise(X, n, sched.sigma, seed, start + g0, st, u)
             for l in range(nl):
@@ -444,11 +437,11 @@ def tangent_lanes(layout, model, sched, seed, start, logr, status, u, v, acc, X,
 
 # ------------------------------------------------------ JVP and VJP of many states
 @_djit
-def jvp_batch(layout, X, V, model, layers, out, fx, fs, ts):
+def jvp_batch(X, V, model, layers, out, fx, fs, ts):
     """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, serially over k (row
     layout); ``fx (T, d)`` receives ``f(X[k])``."""
     for k in range(X.shape[0]):
-        rhs_and_jvp(layout, X[k], V[k], model, layers[k], fx, out[k], fs, ts)
+        rhs_and_jvp(ROWS, X[k], V[k], model, layers[k], fx, out[k], fs, ts)
 
 
 @_djit

@@ -1,11 +1,14 @@
 """The vector field ``f(X) = g(X) + h(X) − γX + X·A`` and its derivatives, written once
 for both layouts.
 
-Every function here takes the layout (``structs.ROWS`` or a ``structs.Lanes``) as its
+Every function here takes the layout (``structs.ROWS`` or ``structs.LANES``) as its
 first argument and reaches what differs between the layouts only through the
 primitives of :mod:`tfkernels.kernels.layout` (the products and the attention); the
-rest runs along whole rows of a state ``(T, d·L)`` (L = 1 in rows). Numba compiles
-each once per layout and dtype.
+rest runs along whole rows of a state ``(T, d·L)`` (L = 1 in rows). The bodies are
+inlined into one compiled function per layout (``rhs_rows``, ``rhs_lanes``, …, each a
+one-line call of the body with the layout constant, so that Numba prunes the other
+layout's branches before typing); :func:`rhs` and :func:`rhs_and_jvp` call the one of
+their layout.
 
 * :func:`rhs` — ``f(X)``;
 * :func:`rhs_and_jvp` — ``f(X)`` and the exact Jacobian–vector product ``f'(X)·V`` from
@@ -25,6 +28,7 @@ from .jit import jit as _jit
 from .layout import attention, attention_tangent, product
 from .maths import activate_prime, bias_activate, bias_activate_prime
 from .simd import gemm
+from .structs import LANES, ROWS
 
 
 @_ijit
@@ -54,8 +58,8 @@ def ffn(layout, X, w1, b1, w2, b2, act, hidden, out):
     add_bias(out, b2)
 
 
-@_jit
-def rhs(layout, X, model, layer, out, fs):
+@_ijit
+def _rhs(layout, X, model, layer, out, fs):
     """``out = f(X)`` with weight set ``layer`` of ``model`` (a ``structs.Model``);
     ``fs`` a ``structs.FieldScratch``."""
     w, s = model.weights, model.settings
@@ -68,8 +72,8 @@ def rhs(layout, X, model, layer, out, fs):
             fs.hidden, out)
 
 
-@_jit
-def rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
+@_ijit
+def _rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
     """``out = f(X)`` (bit-identical to :func:`rhs`) and ``dout = f'(X)·V``.
 
     One forward pass, the operations of :func:`rhs` in the same order, with σ'(z) kept
@@ -100,6 +104,50 @@ def rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
             for j in range(dhidden.shape[1]):
                 dhidden[i, j] *= S[i, j]
         product(layout, dhidden, w2, dout, True)
+
+
+@_jit
+def rhs_rows(X, model, layer, out, fs):
+    """:func:`rhs` in the row layout."""
+    _rhs(ROWS, X, model, layer, out, fs)
+
+
+@_jit
+def rhs_lanes(X, model, layer, out, fs):
+    """:func:`rhs` in the lane layout."""
+    _rhs(LANES, X, model, layer, out, fs)
+
+
+@_ijit
+def rhs(layout, X, model, layer, out, fs):
+    """``out = f(X)`` with weight set ``layer`` of ``model`` (a ``structs.Model``);
+    ``fs`` a ``structs.FieldScratch`` (a call of :func:`rhs_rows` or :func:`rhs_lanes`)."""
+    if layout == LANES:
+        rhs_lanes(X, model, layer, out, fs)
+    else:
+        rhs_rows(X, model, layer, out, fs)
+
+
+@_jit
+def rhs_and_jvp_rows(X, V, model, layer, out, dout, fs, ts):
+    """:func:`rhs_and_jvp` in the row layout."""
+    _rhs_and_jvp(ROWS, X, V, model, layer, out, dout, fs, ts)
+
+
+@_jit
+def rhs_and_jvp_lanes(X, V, model, layer, out, dout, fs, ts):
+    """:func:`rhs_and_jvp` in the lane layout."""
+    _rhs_and_jvp(LANES, X, V, model, layer, out, dout, fs, ts)
+
+
+@_ijit
+def rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
+    """``out = f(X)`` and ``dout = f'(X)·V`` (a call of :func:`rhs_and_jvp_rows` or
+    :func:`rhs_and_jvp_lanes`; see ``_rhs_and_jvp``)."""
+    if layout == LANES:
+        rhs_and_jvp_lanes(X, V, model, layer, out, dout, fs, ts)
+    else:
+        rhs_and_jvp_rows(X, V, model, layer, out, dout, fs, ts)
 
 
 # ------------------------------------------------------------------------ VJP

@@ -1,11 +1,13 @@
 """The layout primitives: what differs between the row and the lane layout.
 
 Each layout-generic kernel (the vector field, the FFN, the Runge–Kutta step, their
-JVPs: :mod:`tfkernels.kernels.field`, :mod:`tfkernels.kernels.steps`) takes a layout
-value as its first argument, ``structs.ROWS`` or a ``structs.Lanes``, and is written
-once. The primitives below have one implementation per layout, chosen from the
-layout's Numba *type* when the caller is compiled (``numba.extending.overload``, so
-the choice costs nothing at run time and a kernel compiles once per layout and dtype):
+JVPs: :mod:`tfkernels.kernels.field`, :mod:`tfkernels.kernels.steps`) takes the layout,
+``structs.ROWS`` or ``structs.LANES``, as its first argument and is written once. The
+primitives below branch on it. They and the generic kernels are inlined at the Numba-IR
+level, and each compiled entry point passes the layout as a module constant
+(``rhs_rows`` calls the generic body with ``ROWS``), so Numba prunes the other branch
+before typing: the choice costs nothing at run time and nothing at compile time, and
+every compiled function exists once per layout and dtype.
 
 * :func:`product` — ``out (+)= X @ W`` of a state-shaped ``X`` with a weight matrix:
   ``simd.gemm`` in rows, ``simd.lgemm`` with broadcast weights in lanes;
@@ -19,74 +21,44 @@ trajectory in or out of a group, testing or clearing one lane) is at the end.
 """
 
 import numpy as np
-from numba.extending import overload
 
 from . import attention as att
-from .jit import OVERLOAD_FLAGS, is_layout
 from .jit import ijit as _ijit
 from .jit import jit as _jit
 from .simd import gemm, lanes, lgemm
-from .structs import Lanes, Rows
+from .structs import LANES
 
 
+@_ijit
 def product(layout, X, W, out, accumulate):
     """``out (+)= X @ W`` for a state-shaped ``X (T, k·L)`` and a weight ``W (k, n)``
-    into ``out (T, n·L)``, L = 1 in the row layout (compiled code only)."""
-    raise NotImplementedError("a compiled layout primitive")
+    into ``out (T, n·L)``, L = 1 in the row layout."""
+    if layout == LANES:
+        L = lanes(X)
+        k, n = W.shape
+        lgemm(X, 0, k * L, L, W, 0, n, 1, False, out, 0, n * L, L, X.shape[0], k, n,
+              accumulate)
+    else:
+        gemm(X, W, out, accumulate)
 
 
-@overload(product, inline="always", jit_options=OVERLOAD_FLAGS)
-def _product(layout, X, W, out, accumulate):
-    if is_layout(layout, Rows):
-        def rows(layout, X, W, out, accumulate):
-            gemm(X, W, out, accumulate)
-        return rows
-    if is_layout(layout, Lanes):
-        def lanes_(layout, X, W, out, accumulate):
-            L = lanes(X)
-            k, n = W.shape
-            lgemm(X, 0, k * L, L, W, 0, n, 1, False, out, 0, n * L, L, X.shape[0], k, n,
-                  accumulate)
-        return lanes_
-    return None
-
-
+@_ijit
 def attention(layout, X, wqkv, wo, n_heads, beta, causal, fs, out):
-    """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o`` (compiled code only):
-    ``attention.attention_rows`` or ``attention.attention_lanes``."""
-    raise NotImplementedError("a compiled layout primitive")
+    """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o``: ``attention.attention_rows``
+    or ``attention.attention_lanes``."""
+    if layout == LANES:
+        att.attention_lanes(X, wqkv, wo, n_heads, beta, causal, fs, out)
+    else:
+        att.attention_rows(X, wqkv, wo, n_heads, beta, causal, fs, out)
 
 
-@overload(attention, inline="always", jit_options=OVERLOAD_FLAGS)
-def _attention(layout, X, wqkv, wo, n_heads, beta, causal, fs, out):
-    if is_layout(layout, Rows):
-        def rows(layout, X, wqkv, wo, n_heads, beta, causal, fs, out):
-            att.attention_rows(X, wqkv, wo, n_heads, beta, causal, fs, out)
-        return rows
-    if is_layout(layout, Lanes):
-        def lanes_(layout, X, wqkv, wo, n_heads, beta, causal, fs, out):
-            att.attention_lanes(X, wqkv, wo, n_heads, beta, causal, fs, out)
-        return lanes_
-    return None
-
-
+@_ijit
 def attention_tangent(layout, V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
-    """``out += g'(X)·V`` from the activations :func:`attention` left in ``fs``
-    (compiled code only)."""
-    raise NotImplementedError("a compiled layout primitive")
-
-
-@overload(attention_tangent, inline="always", jit_options=OVERLOAD_FLAGS)
-def _attention_tangent(layout, V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
-    if is_layout(layout, Rows):
-        def rows(layout, V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
-            att.attention_tangent_rows(V, wqkv, wo, n_heads, beta, causal, fs, ts, out)
-        return rows
-    if is_layout(layout, Lanes):
-        def lanes_(layout, V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
-            att.attention_tangent_lanes(V, wqkv, wo, n_heads, beta, causal, fs, ts, out)
-        return lanes_
-    return None
+    """``out += g'(X)·V`` from the activations :func:`attention` left in ``fs``."""
+    if layout == LANES:
+        att.attention_tangent_lanes(V, wqkv, wo, n_heads, beta, causal, fs, ts, out)
+    else:
+        att.attention_tangent_rows(V, wqkv, wo, n_heads, beta, causal, fs, ts, out)
 
 
 # ------------------------------------------------- the lane layout's bookkeeping

@@ -11,6 +11,7 @@ single trajectory and a group of lanes, and lives with the drivers
 from .field import rhs, rhs_and_jvp
 from .jit import ijit as _ijit
 from .jit import jit as _jit
+from .structs import LANES, ROWS
 
 
 @_ijit
@@ -74,8 +75,8 @@ def rk_step(layout, X, model, layer, a, b, h, ss):
     step_update(X, stages, b, h, xs)
 
 
-@_jit
-def step_tangent(layout, X, D, model, layer, a, b, h, ss, ts):
+@_ijit
+def _step_tangent(layout, X, D, model, layer, a, b, h, ss, ts):
     """One explicit RK step of the state and of its linearization, in place.
 
     ``X`` advances exactly as in :func:`rk_step` (the same :func:`stage_input` /
@@ -95,3 +96,25 @@ def step_tangent(layout, X, D, model, layer, a, b, h, ss, ts):
         rhs_and_jvp(layout, xs, ds, model, layer, stages[i], dstages[i], ss.field, ts)
     step_update(X, stages, b, h, xs)
     step_update(D, dstages, b, h, ds)
+
+
+@_jit
+def step_tangent_rows(X, D, model, layer, a, b, h, ss, ts):
+    """:func:`step_tangent` in the row layout."""
+    _step_tangent(ROWS, X, D, model, layer, a, b, h, ss, ts)
+
+
+@_jit
+def step_tangent_lanes(X, D, model, layer, a, b, h, ss, ts):
+    """:func:`step_tangent` in the lane layout."""
+    _step_tangent(LANES, X, D, model, layer, a, b, h, ss, ts)
+
+
+@_ijit
+def step_tangent(layout, X, D, model, layer, a, b, h, ss, ts):
+    """One explicit RK step of the state and of its linearization, in place (a call of
+    :func:`step_tangent_rows` or :func:`step_tangent_lanes`; see ``_step_tangent``)."""
+    if layout == LANES:
+        step_tangent_lanes(X, D, model, layer, a, b, h, ss, ts)
+    else:
+        step_tangent_rows(X, D, model, layer, a, b, h, ss, ts)

@@ -13,10 +13,9 @@ fields, so a kernel reads ``model.weights.wqkv[layer]``, never ``W[0][layer]``):
 * :class:`FieldScratch`, :class:`StepScratch`, :class:`TangentScratch`,
   :class:`VjpScratch` — a slice's buffers, allocated here in Python (the compiled
   drivers allocate nothing, see :mod:`tfkernels.kernels.jit`);
-* :class:`Rows`, :class:`Lanes` — the two kernel layouts (one trajectory at a time;
-  a group of trajectories across the vector lanes), passed as the first argument of
-  the layout-generic kernels: a compile-time choice, because the two are different
-  Numba types (:mod:`tfkernels.kernels.layout`).
+* :data:`ROWS`, :data:`LANES` — the two kernel layouts (one trajectory at a time; a
+  group of :func:`group_width` trajectories across the vector lanes), the first
+  argument of the layout-generic kernels (:mod:`tfkernels.kernels.layout`).
 
 One definition serves both layouts; a field a layout does not use is an empty array.
 """
@@ -79,26 +78,18 @@ the hidden layer, and ``qtd`` the scaled dQᵀ (rows only)."""
 VjpScratch = namedtuple("VjpScratch", ["qkv", "dqkv", "go", "P", "dS", "hidden", "ghidden"])
 VjpScratch.__doc__ = "Buffers of the vector–Jacobian product (rows layout only)."
 
-Rows = namedtuple("Rows", ["width"])
-Rows.__doc__ = """The row layout: one trajectory's ``(T, d)`` state at a time; its
-products vectorize along the rows (``simd.gemm``). ``width`` = 1."""
-
-Lanes = namedtuple("Lanes", ["width"])
-Lanes.__doc__ = """The lane layout: a group of ``width`` trajectories (the lanes of one
-vector) stored lane-interleaved, element ``(t, j)`` of lane l at ``X[t, j·width + l]``;
-its products are broadcast-FMA tiles (``simd.lgemm``)."""
-
-ROWS = Rows(1)
+#: The row layout: one trajectory's ``(T, d)`` state at a time; its products
+#: vectorize along the rows (``simd.gemm``).
+ROWS = 0
+#: The lane layout: a group of L = :func:`group_width` trajectories (the lanes of one
+#: vector) stored lane-interleaved, element ``(t, j)`` of lane l at ``X[t, j·L + l]``;
+#: its products are broadcast-FMA tiles (``simd.lgemm``).
+LANES = 1
 
 
 def group_width(dtype):
     """Trajectories per group of the lane layout: the lanes of one vector of ``dtype``."""
     return VECTOR_BYTES // np.dtype(dtype).itemsize
-
-
-def lanes_layout(dtype):
-    """The :class:`Lanes` layout for ``dtype``."""
-    return Lanes(group_width(dtype))
 
 
 def use_lanes(T, d):
@@ -203,8 +194,8 @@ def head_group(model, T, dtype):
 
 
 def step_scratch(layout, model, T, d, n_stages, dtype):
-    """One slice's :class:`StepScratch` for ``layout`` (a :class:`Rows` or
-    :class:`Lanes` value) and a ``(T, d)`` state; ``n_stages`` RK stages.
+    """One slice's :class:`StepScratch` for ``layout`` (:data:`ROWS` or :data:`LANES`)
+    and a ``(T, d)`` state; ``n_stages`` RK stages.
 
     Row layout: stages ``(S, T, d)``, ``xs (T, d)``, and ``qkv (T, 3d)``, ``heads (d, T)``,
     ``hidden (T, m)``, ``mt (3, G·T)``, ``qt (d, T)``, ``P (T, G·T)`` for a group of G
@@ -212,13 +203,13 @@ def step_scratch(layout, model, T, d, n_stages, dtype):
     ``heads (T, d·L)``, ``P (T, H·T·L)``, ``mt (3, H·T·L)``, no ``qt``.
     """
     m = model.weights.w2.shape[1]
-    if isinstance(layout, Rows):
+    if layout == ROWS:
         G = head_group(model, T, dtype)
         stages, xs, *fs = aligned_buffers(
             ((n_stages, T, d), (T, d), (T, 3 * d), (d, T), (T, m), (3, G * T), (d, T),
              (T, G * T)), dtype)
     else:
-        L = layout.width
+        L = group_width(dtype)
         H = int(model.settings.n_heads) if model.settings.attention else 1
         stages, xs, *fs = aligned_buffers(
             ((n_stages, T, d * L), (T, d * L), (T, 3 * d * L), (T, d * L), (T, m * L),
@@ -232,8 +223,8 @@ def tangent_scratch(layout, model, T, d, n_stages, dtype):
     ``dP (T, T·L)``, ``dheads`` (``(d, T)`` rows, ``(T, d·L)`` lanes), ``dhidden (T, m·L)``
     and ``qtd (d, T)`` (rows; empty in lanes), L = 1 in the row layout."""
     m = model.weights.w2.shape[1]
-    L = layout.width
-    rows = isinstance(layout, Rows)
+    rows = layout == ROWS
+    L = 1 if rows else group_width(dtype)
     return TangentScratch(*aligned_buffers(
         ((n_stages, T, d * L), (T, d * L), (T, m * L), (T, 3 * d * L), (T, T * L),
          (d, T) if rows else (T, d * L), (T, m * L), (d, T) if rows else (0, 0)), dtype))

@@ -20,8 +20,9 @@ def study(params, args, **kw):
     """Best loop time of ``args.repeats`` studies and the last result."""
     best, res = np.inf, None
     for _ in range(args.repeats):
-        res = tfk.perturbation_decay(params, args.trajectories, 4, 32, seed=0,
-                                     chunk_size=args.chunk_size, **kw)
+        res = tfk.perturbation_decay(
+            params, args.trajectories, 4, 32, seed=0, chunk_size=args.chunk_size, **kw
+        )
         best = min(best, res.meta["loop_time_s"])
     return best, res
 
@@ -35,23 +36,35 @@ def main(argv=None):
     from dask.distributed import Client, LocalCluster
 
     params = tfk.TransformerParams.random(d=16, n_heads=2, d_ff=32, damping=4.0, seed=0)
-    tfk.perturbation_decay(params, 64, 4, 32, seed=0)          # compile / load the cache
-    rows = [("local, 1 Numba thread", study(params, args, n_threads=1)),
-            ("local, 2 Numba threads", study(params, args, n_threads=2))]
+    tfk.perturbation_decay(params, 64, 4, 32, seed=0)  # compile / load the cache
+    rows = [
+        ("local, 1 Numba thread", study(params, args, n_threads=1)),
+        ("local, 2 Numba threads", study(params, args, n_threads=2)),
+    ]
     for workers in (1, 2):
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            tfk.perturbation_decay(params, 64, 4, 32, seed=0, client=client)   # warm
-            rows.append((f"`LocalCluster`, {workers} worker{'s' * (workers > 1)} × 1 thread",
-                         study(params, args, client=client)))
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            tfk.perturbation_decay(params, 64, 4, 32, seed=0, client=client)  # warm
+            rows.append(
+                (
+                    f"`LocalCluster`, {workers} worker{'s' * (workers > 1)} × 1 thread",
+                    study(params, args, client=client),
+                )
+            )
     base = rows[0][1][0]
     work = args.trajectories * 32
     print("| run | chunk loop | trajectory-layers/s | vs. 1 thread |\n|---|---|---|---|")
     for name, (t, _) in rows:
         print(f"| {name} | {t:.1f} s | {work / t / 1e6:.2f} M | {base / t:.1f} × |")
     ref = rows[0][1][1]
-    same = all(r.rate == ref.rate and np.array_equal(r.stats["mean"], ref.stats["mean"])
-               for _, (_, r) in rows)
+    same = all(
+        r.rate == ref.rate and np.array_equal(r.stats["mean"], ref.stats["mean"])
+        for _, (_, r) in rows
+    )
     print("identical statistics in every setup:", same)
 
 

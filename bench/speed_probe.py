@@ -16,8 +16,7 @@ import numpy as np
 
 import tfkernels as tfk
 
-CONFIGS = {"tiny": (8, 16, 2), "small": (16, 32, 4), "medium": (32, 64, 4),
-           "large": (64, 128, 8)}
+CONFIGS = {"tiny": (8, 16, 2), "small": (16, 32, 4), "medium": (32, 64, 4), "large": (64, 128, 8)}
 PEAK = {"float32": 156.5e9, "float64": 78.3e9}
 
 
@@ -60,10 +59,8 @@ def main(argv=None):
     print(f"{'config':8} {'dtype':8} {'traj-layers/s':>14} {'GFLOP/s':>8} {'% peak':>7}")
     for dt in args.dtypes.split(","):
         for c in args.configs.split(","):
-            rate, gf, frac = probe(c, np.dtype(dt), repeats=args.repeats,
-                                   n_threads=args.threads)
-            print(f"{c:8} {dt:8} {rate:14,.0f} {gf / 1e9:8.1f} {100 * frac:6.1f}%",
-                  flush=True)
+            rate, gf, frac = probe(c, np.dtype(dt), repeats=args.repeats, n_threads=args.threads)
+            print(f"{c:8} {dt:8} {rate:14,.0f} {gf / 1e9:8.1f} {100 * frac:6.1f}%", flush=True)
 
 
 if __name__ == "__main__":

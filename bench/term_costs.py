@@ -1,10 +1,10 @@
 """Cost of each term of one ``rhs`` call, one thread, for the configurations of issue 5.
 
-Each piece of ``kernels.field.rhs`` in the row layout (the four projections, the heads' scores + softmax, the
-softmax alone, the GELU, the whole attention and FFN terms) is called in a compiled
-loop on one trajectory's buffers, so the figures are nanoseconds per call with no
-Python in between. The pieces overlap (attention contains the QKV product, the heads'
-probabilities and W_o), and a piece timed alone runs a little slower than inside
+Each piece of ``kernels.field.rhs`` in the row layout (the four projections, the heads'
+scores + softmax, the softmax alone, the GELU, the whole attention and FFN terms) is
+called in a compiled loop on one trajectory's buffers, so the figures are nanoseconds
+per call with no Python in between. The pieces overlap (attention contains the QKV
+product, the heads' probabilities and W_o), and a piece timed alone runs a little slower than inside
 ``rhs`` (its loop and call overhead is its own); read them as where the time goes,
 not as a partition. The last two lines time the lane layout's ``rhs`` and FFN on a
 group, per trajectory (against the row layout's ``rhs``: a ratio above 100 % means
@@ -20,13 +20,11 @@ import numpy as np
 from numba import njit
 
 import tfkernels as tfk
-from tfkernels import config
-from tfkernels import kernels
+from tfkernels import config, kernels
 from tfkernels.kernels import attention, field, maths, structs
 from tfkernels.kernels.simd import gemm, gemm_ld
 
-CONFIGS = {"tiny": (8, 16, 2), "small": (16, 32, 4), "medium": (32, 64, 4),
-           "large": (64, 128, 8)}
+CONFIGS = {"tiny": (8, 16, 2), "small": (16, 32, 4), "medium": (32, 64, 4), "large": (64, 128, 8)}
 
 _jit = njit(cache=False, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
 
@@ -88,16 +86,14 @@ def _attention(n, X, model, fs, out):
 def _ffn(n, X, model, fs, out):
     w = model.weights
     for _ in range(n):
-        field.ffn(structs.ROWS, X, w.w1[0], w.b1[0], w.w2[0], w.b2[0], maths.GELU, fs.hidden,
-                  out)
+        field.ffn(structs.ROWS, X, w.w1[0], w.b1[0], w.w2[0], w.b2[0], maths.GELU, fs.hidden, out)
 
 
 @_jit
 def _ffn_lanes(n, X, model, fs, out):
     w = model.weights
     for _ in range(n):
-        field.ffn(structs.LANES, X, w.w1[0], w.b1[0], w.w2[0], w.b2[0], maths.GELU,
-                  fs.hidden, out)
+        field.ffn(structs.LANES, X, w.w1[0], w.b1[0], w.w2[0], w.b2[0], maths.GELU, fs.hidden, out)
 
 
 def per_call_ns(fn, *args, min_time=0.2):
@@ -127,29 +123,26 @@ def term_costs(name, dtype):
     X = tfk.random_states(1, T, d, seed=1, dtype=dtype)[0]
     fs = structs.step_scratch(structs.ROWS, model, T, d, 1, X.dtype).field
     out = np.zeros_like(X)
-    field.rhs_rows(X, model, 0, out, fs)          # fills qkv, qt, hidden with real values
+    field.rhs_rows(X, model, 0, out, fs)  # fills qkv, qt, hidden with real values
     scores = fs.P.copy()
     L = structs.group_width(dtype)
     lm = structs.for_lanes(model)
-    XL = np.repeat(X, L, axis=1)                   # a group of L copies, lane-interleaved
+    XL = np.repeat(X, L, axis=1)  # a group of L copies, lane-interleaved
     fl = structs.step_scratch(structs.LANES, model, T, d, 1, X.dtype).field
     outl = np.zeros_like(XL)
     return {
         "rhs": (per_call_ns(_rhs, X, model, out, fs), 1),
         "attention": (per_call_ns(_attention, X, model, fs, out), 1),
         "  QKV product": (per_call_ns(_gemm, X, w.wqkv[0], fs.qkv), 1),
-        "  scores + softmax (all heads)": (per_call_ns(_heads, fs.qkv, H, fs.qt, fs.P, fs.mt),
-                                           1),
+        "  scores + softmax (all heads)": (per_call_ns(_heads, fs.qkv, H, fs.qt, fs.P, fs.mt), 1),
         "  softmax (all heads)": (per_call_ns(_softmax, scores, fs.mt), 1),
         "  W_o product": (per_call_ns(_gemm_t, fs.heads, w.wo[0], out), 1),
         "FFN": (per_call_ns(_ffn, X, model, fs, out), 1),
         "  W_1 product": (per_call_ns(_gemm, X, w.w1[0], fs.hidden), 1),
         "  GELU": (per_call_ns(_gelu, fs.hidden, w.b1[0]), 1),
         "  W_2 product": (per_call_ns(_gemm, fs.hidden, w.w2[0], out), 1),
-        "rhs, lane layout, per trajectory": (
-            per_call_ns(_rhs_lanes, XL, lm, outl, fl) / L, 1),
-        "  FFN, lane layout, per trajectory": (
-            per_call_ns(_ffn_lanes, XL, lm, fl, outl) / L, 1),
+        "rhs, lane layout, per trajectory": (per_call_ns(_rhs_lanes, XL, lm, outl, fl) / L, 1),
+        "  FFN, lane layout, per trajectory": (per_call_ns(_ffn_lanes, XL, lm, fl, outl) / L, 1),
     }
 
 
@@ -165,7 +158,9 @@ def main(argv=None):
             print(f"{name} {CONFIGS[name]} {dtype}: rhs {total:.0f} ns")
             for term, (ns, calls) in costs.items():
                 if term != "rhs":
-                    print(f"  {term:28s} {ns:9.0f} ns × {calls} = {100 * ns * calls / total:5.1f} %")
+                    print(
+                        f"  {term:28s} {ns:9.0f} ns × {calls} = {100 * ns * calls / total:5.1f} %"
+                    )
 
 
 if __name__ == "__main__":

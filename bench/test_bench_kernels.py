@@ -51,8 +51,13 @@ def test_integrate_causal_relu(benchmark, dtype):
 def test_integrate_noise_and_snapshots(benchmark, dtype):
     """Averaged update with Gaussian noise, every layer stored."""
     p, x0 = _setup(CONFIGS[0], dtype)
-    _run(benchmark, lambda: tfk.integrate(p, x0, N, method="averaged", alpha="accelerated",
-                                          noise=0.01, save_every=1), B * N)
+    _run(
+        benchmark,
+        lambda: tfk.integrate(
+            p, x0, N, method="averaged", alpha="accelerated", noise=0.01, save_every=1
+        ),
+        B * N,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -15,5 +15,6 @@ def dtype(request):
 
 @pytest.fixture
 def small_params(dtype):
-    return tfk.TransformerParams.random(d=6, n_heads=2, d_ff=10, damping=0.5, linear=True,
-                                        seed=3, dtype=dtype)
+    return tfk.TransformerParams.random(
+        d=6, n_heads=2, d_ff=10, damping=0.5, linear=True, seed=3, dtype=dtype
+    )

@@ -35,10 +35,10 @@ def test_defaults():
 
 @pytest.mark.parametrize("name, readme", [("paper", True), ("elsewhere", False)])
 def test_runs_the_experiments_and_regenerates_the_readme_of_a_paper_folder(
-        tmp_path, capsys, stubs, name, readme):
+    tmp_path, capsys, stubs, name, readme
+):
     out = tmp_path / name
-    assert paper_cli.run_cli(parse("--out", str(out), "--seed", "3",
-                                   "--trajectories", "64")) == 0
+    assert paper_cli.run_cli(parse("--out", str(out), "--seed", "3", "--trajectories", "64")) == 0
     assert stubs["run"] == [(str(out), 3, 64)]
     assert (tmp_path / "README.md").exists() == readme
     text = capsys.readouterr().out

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
-from tfkernels.kernels import rng
 from tfkernels import kernels
-from tfkernels.cli import decay as decay_cli
-from tfkernels.studies import decay, lipschitz, stats
 from tfkernels import reference as ref
+from tfkernels.cli import decay as decay_cli
+from tfkernels.kernels import rng
+from tfkernels.studies import decay, lipschitz, stats
 
 RUN = dict(method="euler", t_final=1.0, alpha=None, c=1.0, noise=0.0)
 
@@ -36,7 +36,7 @@ def test_lanczos_estimate_matches_dense():
     lanczos = lipschitz.estimate_lipschitz(p, 5, 8, n_samples=4, run=RUN, dense_max=0)
     assert dense[2]["method"] == "dense" and lanczos[2]["method"] == "lanczos"
     np.testing.assert_allclose(lanczos[:2], dense[:2], rtol=1e-8)
-    X = tfk.random_states(1, 5, 6, seed=0)[0]   # first sampled state: layer 0 of trajectory 0
+    X = tfk.random_states(1, 5, 6, seed=0)[0]  # first sampled state: layer 0 of trajectory 0
     J = ref.jacobian(p, X)
     assert dense[0] >= ref.log_norm(J) - 1e-12
     assert dense[1] >= np.linalg.norm(J, 2) - 1e-12
@@ -81,25 +81,29 @@ def test_pair_and_tangent_match_reference_with_noise(method):
     x0 = tfk.random_states(n, T, 4, seed=seed)
     U = directions(n, T, 4, seed=seed)
     eta = np.zeros((n, N, T, 4))
-    for b in range(n):            # the study's shared noise, as the reference takes it
+    for b in range(n):  # the study's shared noise, as the reference takes it
         rng.fill_normal(np.uint64(rng.key(seed, rng.STREAM_NOISE, b)), 0, sigma, eta[b])
     kw = dict(method=method, noise=sigma, seed=seed)
     pair, _ = decay.log_ratios(p, n, T, N, mode="pair", eps=1e-6, **kw)
     tan, _ = decay.log_ratios(p, n, T, N, mode="tangent", **kw)
     np.testing.assert_allclose(
-        pair, np.log(ref.perturbation_ratios(p, x0, U, 1e-6, N, method, eta=eta)), atol=1e-8)
+        pair, np.log(ref.perturbation_ratios(p, x0, U, 1e-6, N, method, eta=eta)), atol=1e-8
+    )
     np.testing.assert_allclose(
-        tan, np.log(ref.tangent_ratios(p, x0, U, N, method, eta=eta)), atol=1e-12)
+        tan, np.log(ref.tangent_ratios(p, x0, U, N, method, eta=eta)), atol=1e-12
+    )
 
 
 def test_pair_agrees_with_tangent_to_first_order():
     p = tfk.TransformerParams.random(d=8, n_heads=2, damping=0.5, seed=7)
     tan, _ = decay.log_ratios(p, 32, 4, 16, mode="tangent")
-    errs = [np.abs(decay.log_ratios(p, 32, 4, 16, mode="pair", eps=e)[0] - tan).max()
-            for e in (1e-2, 1e-3, 1e-4)]
+    errs = [
+        np.abs(decay.log_ratios(p, 32, 4, 16, mode="pair", eps=e)[0] - tan).max()
+        for e in (1e-2, 1e-3, 1e-4)
+    ]
     assert errs[2] < 1e-4
-    assert errs[0] > 5 * errs[1] > 25 * errs[2]      # O(ε): shrinks with ε
-    p32 = p.astype(np.float32)                        # float32: default ε = 1e-3
+    assert errs[0] > 5 * errs[1] > 25 * errs[2]  # O(ε): shrinks with ε
+    p32 = p.astype(np.float32)  # float32: default ε = 1e-3
     t32, _ = decay.log_ratios(p32, 32, 4, 16, mode="tangent")
     np.testing.assert_allclose(t32, tan, atol=1e-5)
     np.testing.assert_allclose(decay.log_ratios(p32, 32, 4, 16)[0], tan, atol=1e-2)
@@ -109,9 +113,9 @@ def test_tangent_renormalization_survives_extreme_decay():
     p = tfk.TransformerParams.linear(np.zeros((2, 2)), damping=200.0)
     logr, status = decay.log_ratios(p, 3, 1, 2000, mode="tangent", t_final=5.0)
     assert np.all(status == kernels.STATUS_OK)
-    expected = np.arange(2001) * math.log(1 - 200.0 * 5.0 / 2000)     # r_n = 0.5^n
+    expected = np.arange(2001) * math.log(1 - 200.0 * 5.0 / 2000)  # r_n = 0.5^n
     np.testing.assert_allclose(logr[0], expected, rtol=1e-12)
-    assert logr[0, -1] < -1000        # far below float64's smallest normal (e^-708)
+    assert logr[0, -1] < -1000  # far below float64's smallest normal (e^-708)
 
 
 # -------------------------------------------------------------------- the study
@@ -146,26 +150,31 @@ def test_regime_never_calls_growth_contractive():
 
 def blowup_params():
     """relu FFN: x₀ > 0 grows by ~1e30 per layer (overflow), x₀ ≤ 0 decays."""
-    return tfk.TransformerParams(w1=np.array([[1.0], [0.0]]), b1=np.zeros(1),
-                                 w2=np.array([[1e30, 0.0]]), b2=np.zeros(2),
-                                 activation="relu", damping=1.0)
+    return tfk.TransformerParams(
+        w1=np.array([[1.0], [0.0]]),
+        b1=np.zeros(1),
+        w2=np.array([[1e30, 0.0]]),
+        b2=np.zeros(2),
+        activation="relu",
+        damping=1.0,
+    )
 
 
 @pytest.mark.parametrize("mode", ["pair", "tangent"])
 def test_nonfinite_trajectories_are_counted_excluded_and_reported(mode):
     n = 200
-    res = tfk.perturbation_decay(blowup_params(), n, 1, 16, mode=mode, seed=3,
-                                 chunk_size=64)
+    res = tfk.perturbation_decay(blowup_params(), n, 1, 16, mode=mode, seed=3, chunk_size=64)
     x0 = tfk.random_states(n, 1, 2, seed=3)
     blows = np.flatnonzero(x0[:, 0, 0] > 0)
     assert 50 < blows.size < 150
     assert res.n_nonfinite == blows.size and res.n_valid == n - blows.size
-    assert res.nonfinite_indices == blows[:stats.N_BAD_KEPT].tolist()
+    assert res.nonfinite_indices == blows[: stats.N_BAD_KEPT].tolist()
     assert all(1 <= k <= 16 for k in res.nonfinite_layers)
     assert np.all(res.stats["count"] == n - blows.size)
     assert np.all(np.isfinite(res.stats["mean"]))
-    np.testing.assert_allclose(res.stats["mean"], np.log(1 - 1 / 16) * np.arange(17),
-                               atol=1e-6)      # the survivors decay like (1 − γΔt)^n
+    np.testing.assert_allclose(
+        res.stats["mean"], np.log(1 - 1 / 16) * np.arange(17), atol=1e-6
+    )  # the survivors decay like (1 − γΔt)^n
 
 
 # ------------------------------------------------------------- statistics & CI
@@ -204,8 +213,10 @@ def test_per_trajectory_log_r_identical_across_chunks_and_threads():
     kw = dict(method="heun", noise=0.1, seed=9)
     full, _ = decay.log_ratios(p, 50, 3, 8, n_threads=2, **kw)
     one, _ = decay.log_ratios(p, 50, 3, 8, n_threads=1, **kw)
-    parts = [decay.log_ratios(p, n, 3, 8, start=s, n_threads=1, **kw)[0]
-             for s, n in ((0, 1), (1, 20), (21, 29))]
+    parts = [
+        decay.log_ratios(p, n, 3, 8, start=s, n_threads=1, **kw)[0]
+        for s, n in ((0, 1), (1, 20), (21, 29))
+    ]
     np.testing.assert_array_equal(full, one)
     np.testing.assert_array_equal(full, np.concatenate(parts))
     tan = [decay.log_ratios(p, 50, 3, 8, mode="tangent", n_threads=t, **kw)[0] for t in (1, 2)]
@@ -214,15 +225,16 @@ def test_per_trajectory_log_r_identical_across_chunks_and_threads():
 
 def test_merged_statistics_independent_of_threads():
     p = small(damping=1.0)
-    a, b = (tfk.perturbation_decay(p, 300, 3, 8, chunk_size=40, n_threads=t, seed=2)
-            for t in (1, 2))
+    a, b = (
+        tfk.perturbation_decay(p, 300, 3, 8, chunk_size=40, n_threads=t, seed=2) for t in (1, 2)
+    )
     for k in a.stats:
         np.testing.assert_array_equal(a.stats[k], b.stats[k])
     assert (a.rate, a.rate_ci, a.lambda_hat) == (b.rate, b.rate_ci, b.lambda_hat)
     assert [r.meta["machine"]["numba_threads"] for r in (a, b)] == [1, 2]
     c = tfk.perturbation_decay(p, 300, 3, 8, chunk_size=300, seed=2)
     for k in ("count", "min", "max", *stats.QUANTILE_NAMES):
-        np.testing.assert_array_equal(a.stats[k], c.stats[k])   # exact parts
+        np.testing.assert_array_equal(a.stats[k], c.stats[k])  # exact parts
     np.testing.assert_allclose(a.stats["mean"], c.stats["mean"], rtol=1e-12, atol=1e-15)
 
 
@@ -249,8 +261,22 @@ def test_json_csv_plot(tmp_path):
 def test_command_line(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     decay_cli.configure_parser(parser)
-    args = parser.parse_args(["--trajectories", "2e2", "--layers", "4", "--seq-len", "2",
-                              "--d", "4", "--d-ff", "8", "--out", str(tmp_path)])
+    args = parser.parse_args(
+        [
+            "--trajectories",
+            "2e2",
+            "--layers",
+            "4",
+            "--seq-len",
+            "2",
+            "--d",
+            "4",
+            "--d-ff",
+            "8",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert args.trajectories == 200
     assert decay_cli.run_cli(args) == 0
     out = capsys.readouterr().out
@@ -261,21 +287,24 @@ def test_command_line(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------- arguments
-@pytest.mark.parametrize("kw, exc, name", [
-    (dict(eps=0.0), ValueError, "eps"),
-    (dict(eps=-1e-6), ValueError, "eps"),
-    (dict(n_trajectories=0), ValueError, "n_trajectories"),
-    (dict(chunk_size=0), ValueError, "chunk_size"),
-    (dict(mode="finite"), ValueError, "mode"),
-    (dict(method="rk5"), ValueError, "method"),
-    (dict(n_layers=0), ValueError, "n_layers"),
-    (dict(seq_len=0), ValueError, "seq_len"),
-    (dict(seed=-1), ValueError, "seed"),
-    (dict(lambda_samples=0), ValueError, "lambda_samples"),
-    (dict(n_threads=0), ValueError, "n_threads"),
-    (dict(n_trajectories=2.5), TypeError, "n_trajectories"),
-    (dict(progress="yes"), TypeError, "progress"),
-])
+@pytest.mark.parametrize(
+    "kw, exc, name",
+    [
+        (dict(eps=0.0), ValueError, "eps"),
+        (dict(eps=-1e-6), ValueError, "eps"),
+        (dict(n_trajectories=0), ValueError, "n_trajectories"),
+        (dict(chunk_size=0), ValueError, "chunk_size"),
+        (dict(mode="finite"), ValueError, "mode"),
+        (dict(method="rk5"), ValueError, "method"),
+        (dict(n_layers=0), ValueError, "n_layers"),
+        (dict(seq_len=0), ValueError, "seq_len"),
+        (dict(seed=-1), ValueError, "seed"),
+        (dict(lambda_samples=0), ValueError, "lambda_samples"),
+        (dict(n_threads=0), ValueError, "n_threads"),
+        (dict(n_trajectories=2.5), TypeError, "n_trajectories"),
+        (dict(progress="yes"), TypeError, "progress"),
+    ],
+)
 def test_bad_arguments_raise_naming_them(kw, exc, name):
     args = dict(n_trajectories=10, seq_len=2, n_layers=4)
     args.update(kw)

@@ -18,8 +18,10 @@ def setup(dtype, request, monkeypatch):
 
 def test_random_states_split_invariant(dtype):
     whole = tfk.random_states(50, 3, 4, seed=7, dtype=dtype)
-    parts = [tfk.random_states(n, 3, 4, seed=7, start=s, dtype=dtype)
-             for s, n in ((0, 13), (13, 1), (14, 36))]
+    parts = [
+        tfk.random_states(n, 3, 4, seed=7, start=s, dtype=dtype)
+        for s, n in ((0, 13), (13, 1), (14, 36))
+    ]
     assert np.array_equal(whole, np.concatenate(parts))
     assert not np.array_equal(whole, tfk.random_states(50, 3, 4, seed=8, dtype=dtype))
 

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
+from runner_doubles import RecordingBar, Trace, recording_bars
 from tfkernels.cli import decay as decay_cli
 from tfkernels.studies import distributed as tfd
 from tfkernels.studies import runner
-
-from runner_doubles import RecordingBar, Trace, recording_bars
 
 dd = pytest.importorskip("distributed")
 tqdm_auto = pytest.importorskip("tqdm.auto")
@@ -28,8 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def cluster():
-    with dd.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                         dashboard_address=None) as c:
+    with dd.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as c:
         yield c
 
 
@@ -52,9 +52,14 @@ def small(damping=3.0, seed=0, **kw):
 
 def blowup_params():
     """relu FFN: x₀ > 0 overflows within a few layers, x₀ ≤ 0 decays (as in test_decay)."""
-    return tfk.TransformerParams(w1=np.array([[1.0], [0.0]]), b1=np.zeros(1),
-                                 w2=np.array([[1e30, 0.0]]), b2=np.zeros(2),
-                                 activation="relu", damping=1.0)
+    return tfk.TransformerParams(
+        w1=np.array([[1.0], [0.0]]),
+        b1=np.zeros(1),
+        w2=np.array([[1e30, 0.0]]),
+        b2=np.zeros(2),
+        activation="relu",
+        damping=1.0,
+    )
 
 
 def assert_same_result(a, b):
@@ -63,9 +68,20 @@ def assert_same_result(a, b):
     for k in a.stats:
         assert a.stats[k].dtype == b.stats[k].dtype, k
         assert a.stats[k].tobytes() == b.stats[k].tobytes(), k
-    for name in ("rate", "rate_ci", "lambda_hat", "L_hat", "bound_holds",
-                 "fraction_above_bound", "regime", "n_trajectories", "n_valid",
-                 "n_nonfinite", "nonfinite_indices", "nonfinite_layers"):
+    for name in (
+        "rate",
+        "rate_ci",
+        "lambda_hat",
+        "L_hat",
+        "bound_holds",
+        "fraction_above_bound",
+        "regime",
+        "n_trajectories",
+        "n_valid",
+        "n_nonfinite",
+        "nonfinite_indices",
+        "nonfinite_layers",
+    ):
         np.testing.assert_equal(getattr(a, name), getattr(b, name), err_msg=name)
     assert a.to_dict()["config"] == b.to_dict()["config"]
     for k in ("n_chunks", "rate_ci_method", "lambda_method", "lambda_n_samples"):
@@ -73,13 +89,26 @@ def assert_same_result(a, b):
 
 
 CASES = {
-    "pair-float64": (small(damping=4.0), dict(n_trajectories=600, seq_len=3, n_layers=16,
-                                             chunk_size=50, seed=1)),
-    "tangent-nonfinite": (blowup_params(), dict(n_trajectories=200, seq_len=1, n_layers=16,
-                                                mode="tangent", chunk_size=64, seed=3)),
-    "heun-noise-float32": (small(damping=1.0, dtype=np.float32),
-                           dict(n_trajectories=300, seq_len=3, n_layers=8, method="heun",
-                                noise=0.1, chunk_size=70, seed=2)),
+    "pair-float64": (
+        small(damping=4.0),
+        dict(n_trajectories=600, seq_len=3, n_layers=16, chunk_size=50, seed=1),
+    ),
+    "tangent-nonfinite": (
+        blowup_params(),
+        dict(n_trajectories=200, seq_len=1, n_layers=16, mode="tangent", chunk_size=64, seed=3),
+    ),
+    "heun-noise-float32": (
+        small(damping=1.0, dtype=np.float32),
+        dict(
+            n_trajectories=300,
+            seq_len=3,
+            n_layers=8,
+            method="heun",
+            noise=0.1,
+            chunk_size=70,
+            seed=2,
+        ),
+    ),
 }
 
 
@@ -98,13 +127,15 @@ def test_cluster_result_identical_to_local(client, case):
 
 
 def test_progress_advances_once_per_chunk_and_memory_is_bounded(client, bars):
-    params, kw = small(damping=2.0), dict(n_trajectories=1000, seq_len=2, n_layers=8,
-                                          chunk_size=30, seed=4)
+    params, kw = (
+        small(damping=2.0),
+        dict(n_trajectories=1000, seq_len=2, n_layers=8, chunk_size=30, seed=4),
+    )
     local = tfk.perturbation_decay(params, progress=True, **kw)
     remote = tfk.perturbation_decay(params, progress=True, client=client, **kw)
     assert_same_result(local, remote)
     n_chunks = -(-1000 // 30)
-    for bar in bars:                   # the local bar and the cluster bar alike
+    for bar in bars:  # the local bar and the cluster bar alike
         assert bar.kwargs["total"] == 1000 and bar.kwargs["disable"] is False
         assert len(bar.updates) == n_chunks and sum(bar.updates) == 1000
     cl = remote.meta["cluster"]
@@ -123,7 +154,7 @@ def test_killed_worker_chunks_are_recomputed_and_counted_once(client, bars, monk
     class KillingBar(RecordingBar):
         def update(self, n=1):
             super().update(n)
-            if not killed_at:          # the first chunk is in: kill a worker mid-run
+            if not killed_at:  # the first chunk is in: kill a worker mid-run
                 killed_at.append(len(self.updates))
                 os.kill(victim, signal.SIGKILL)
 
@@ -135,19 +166,28 @@ def test_killed_worker_chunks_are_recomputed_and_counted_once(client, bars, monk
     assert remote.n_trajectories == remote.n_valid == 2400
     assert int(remote.stats["count"][0]) == 2400
     bar = bars[-1]
-    assert len(bar.updates) == 60 and sum(bar.updates) == 2400   # every chunk once
-    assert rescheduled_chunks(client, t_start)      # the dead worker's chunks ran elsewhere
-    client.wait_for_workers(2, timeout=60)                         # the nanny restarts it
+    assert len(bar.updates) == 60 and sum(bar.updates) == 2400  # every chunk once
+    assert rescheduled_chunks(client, t_start)  # the dead worker's chunks ran elsewhere
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts it
     assert victim not in client.run(os.getpid).values()
 
 
 def rescheduled_chunks(client, since):
     """Chunk keys taken from a worker by its removal (running or held) after ``since``."""
+
     def story(dask_scheduler):
-        return sorted({t.key for t in dask_scheduler.transition_log
-                       if t.timestamp >= since and str(t.key).startswith("decay_chunk-")
-                       and t.start in ("processing", "memory") and t.finish != "memory"
-                       and "worker" in t.stimulus_id})
+        return sorted(
+            {
+                t.key
+                for t in dask_scheduler.transition_log
+                if t.timestamp >= since
+                and str(t.key).startswith("decay_chunk-")
+                and t.start in ("processing", "memory")
+                and t.finish != "memory"
+                and "worker" in t.stimulus_id
+            }
+        )
+
     return client.run_on_scheduler(story)
 
 
@@ -157,24 +197,27 @@ Shared = collections.namedtuple("Shared", "weights scale")
 def trace_chunk(chunk_start, chunk_len, shared, tag):
     """Chunk function of the generic runner tests: bounds, inputs and their flags."""
     w = shared.weights
-    return Trace(((chunk_start, chunk_len, tag, float(w.sum() * shared.scale),
-                   bool(w.flags.writeable)),))
+    return Trace(
+        ((chunk_start, chunk_len, tag, float(w.sum() * shared.scale), bool(w.flags.writeable)),)
+    )
 
 
 def test_runner_on_the_cluster_merges_any_study_in_chunk_order(client, bars):
     shared = (Shared(weights=np.arange(6.0).reshape(2, 3), scale=0.5), "tag")
     local = runner.run_chunks(trace_chunk, 100, 7, shared=shared)
-    remote = runner.run_chunks(trace_chunk, 100, 7, shared=shared, client=client,
-                               progress=True, desc="trace")
-    assert remote.stats == local.stats                  # chunk order, writable arrays
+    remote = runner.run_chunks(
+        trace_chunk, 100, 7, shared=shared, client=client, progress=True, desc="trace"
+    )
+    assert remote.stats == local.stats  # chunk order, writable arrays
     assert [c[:2] for c in remote.stats.chunks] == runner.chunk_bounds(100, 7)
     assert all(c[4] for c in remote.stats.chunks)
     assert (remote.n_chunks, remote.n_run) == (15, 15)
     assert remote.cluster["n_workers"] == 2 and remote.cluster["max_in_flight"] == 6
     assert sum(bars[-1].updates) == 100 and bars[-1].kwargs["desc"] == "trace"
-    prefix = runner.run_chunks(trace_chunk, 35, 7, shared=shared).stats   # chunks 0-4
-    resumed = runner.run_chunks(trace_chunk, 100, 7, shared=shared, client=client,
-                                resume=(5, prefix))
+    prefix = runner.run_chunks(trace_chunk, 35, 7, shared=shared).stats  # chunks 0-4
+    resumed = runner.run_chunks(
+        trace_chunk, 100, 7, shared=shared, client=client, resume=(5, prefix)
+    )
     assert resumed.stats == local.stats and resumed.n_run == 10
 
 
@@ -182,17 +225,33 @@ def test_back_to_back_runs_on_the_same_inputs_share_no_keys(client):
     """With content-derived keys, the second of two quick runs on the same inputs lost
     its scattered data to the first run's release ("lost dependencies")."""
     shared = (Shared(weights=np.ones((2, 2)), scale=1.0), "again")
-    runs = [runner.run_chunks(trace_chunk, 40, 7, shared=shared, client=client)
-            for _ in range(4)]
+    runs = [runner.run_chunks(trace_chunk, 40, 7, shared=shared, client=client) for _ in range(4)]
     assert all(r.stats == runs[0].stats for r in runs)
 
 
 def test_command_line_scheduler_option(cluster, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     decay_cli.configure_parser(parser)
-    args = parser.parse_args(["--trajectories", "3e2", "--layers", "4", "--seq-len", "2",
-                              "--d", "4", "--d-ff", "8", "--chunk-size", "100",
-                              "--scheduler", cluster.scheduler_address, "--out", str(tmp_path)])
+    args = parser.parse_args(
+        [
+            "--trajectories",
+            "3e2",
+            "--layers",
+            "4",
+            "--seq-len",
+            "2",
+            "--d",
+            "4",
+            "--d-ff",
+            "8",
+            "--chunk-size",
+            "100",
+            "--scheduler",
+            cluster.scheduler_address,
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert args.scheduler == cluster.scheduler_address
     assert decay_cli.run_cli(args) == 0
     assert "rate (95% CI)" in capsys.readouterr().out
@@ -210,7 +269,7 @@ def test_bad_clients_are_refused(cluster):
 
 
 def test_missing_dask_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "distributed", None)     # import now fails
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import now fails
     with pytest.raises(ImportError, match=r'pip install "tfkernels\[dask\]"'):
         tfd.connect("tcp://127.0.0.1:8786")
 
@@ -226,6 +285,7 @@ def test_local_run_does_not_import_dask():
         "assert not bad, bad\n"
     )
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr

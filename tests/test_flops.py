@@ -12,8 +12,10 @@ from tfkernels.bench import flops
 @pytest.fixture(scope="module")
 def one_thread():
     # Short runs: the test checks plausibility, not the figure itself.
-    return {dt: flops.measured_peak(dt, threads=1, min_seconds=0.05, repeats=3)
-            for dt in ("float32", "float64")}
+    return {
+        dt: flops.measured_peak(dt, threads=1, min_seconds=0.05, repeats=3)
+        for dt in ("float32", "float64")
+    }
 
 
 def test_measured_peak_is_plausible_against_the_nominal(one_thread):
@@ -39,12 +41,11 @@ def test_measured_peak_rejects_bad_arguments():
 
 def test_peak_reference_uses_the_larger_peak():
     nominal = flops.machine_peak(cores=2, clock_ghz=2.0, flop_per_cycle32=64)  # 128 / core
-    ref = flops.PeakReference(nominal, {"float32": {1: 200.0, 2: 300.0},
-                                        "float64": {1: 50.0}})
-    assert ref.peak_gflops("float32", 1) == 200.0          # measured above nominal 128
-    assert ref.peak_gflops("float32", 2) == 300.0          # measured above nominal 256
-    assert ref.peak_gflops("float64", 1) == 64.0           # nominal above measured 50
-    assert ref.peak_gflops("float64", 2) == 128.0          # extrapolated 100 < nominal
+    ref = flops.PeakReference(nominal, {"float32": {1: 200.0, 2: 300.0}, "float64": {1: 50.0}})
+    assert ref.peak_gflops("float32", 1) == 200.0  # measured above nominal 128
+    assert ref.peak_gflops("float32", 2) == 300.0  # measured above nominal 256
+    assert ref.peak_gflops("float64", 1) == 64.0  # nominal above measured 50
+    assert ref.peak_gflops("float64", 2) == 128.0  # extrapolated 100 < nominal
     assert ref.implied_clock_ghz("float32", 1) == pytest.approx(200.0 / 64)
     d = ref.as_dict()
     assert d["gflops"]["float32"] == {"1": 200.0, "2": 300.0}

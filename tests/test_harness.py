@@ -29,8 +29,12 @@ from tfkernels.studies import paper
 def ci_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     # no waiting for a quiet machine in CI: the sweep's figures are not asserted on
-    quick = replace(settings.PRESETS["quick"], threads=settings.default_threads(),
-                    peers=("numpy",), wait_quiet_s=0.0)
+    quick = replace(
+        settings.PRESETS["quick"],
+        threads=settings.default_threads(),
+        peers=("numpy",),
+        wait_quiet_s=0.0,
+    )
     doc = run.run_sweep(quick, str(out), progress=False, plots=True)
     return out, doc
 
@@ -51,8 +55,19 @@ def test_quick_sweep_writes_every_output(ci_run):
 def test_quick_sweep_json_has_every_field(ci_run):
     out, _ = ci_run
     doc = json.loads((out / "bench-quick.json").read_text())
-    for key in ("preset", "created", "command", "settings", "machine", "compile",
-                "throughput", "scaling", "errors", "elapsed_s", "plots"):
+    for key in (
+        "preset",
+        "created",
+        "command",
+        "settings",
+        "machine",
+        "compile",
+        "throughput",
+        "scaling",
+        "errors",
+        "elapsed_s",
+        "plots",
+    ):
         assert key in doc, key
     m = doc["machine"]
     assert m["peak"]["gflops"]["float32"] > 0 and "peak =" in m["peak"]["explanation"]
@@ -62,11 +77,11 @@ def test_quick_sweep_json_has_every_field(ci_run):
         assert {"1", threads} == set(m["measured_peak"]["gflops"][dt])
         assert m["measured_peak"]["implied_clock_ghz"][dt]["1"] > 0
         used = m["peak_used"]["gflops"][dt]
-        assert used == max(m["peak_used"]["nominal_gflops"][dt],
-                           m["measured_peak"]["gflops"][dt][threads])
+        assert used == max(
+            m["peak_used"]["nominal_gflops"][dt], m["measured_peak"]["gflops"][dt][threads]
+        )
     assert set(m["gemm_gflops"]) == {"float32", "float64"}
-    assert {"python", "numpy", "numba", "scipy", "tfkernels", "torch", "jax"} <= \
-        set(m["versions"])
+    assert {"python", "numpy", "numba", "scipy", "tfkernels", "torch", "jax"} <= set(m["versions"])
     assert "first_call_s" in doc["compile"]["float32"]["in_process"]
     # Fresh processes must see their kernels load (or compile), never "already loaded".
     for dt in ("float32", "float64"):
@@ -76,23 +91,41 @@ def test_quick_sweep_json_has_every_field(ci_run):
     decay = doc["compile"]["decay"]
     assert "pair mode" in decay["workload"] and decay["warm"]["how"] != "already loaded"
     decay_kernels = set(decay["warm"]["loaded"] + decay["warm"]["compiled"])
-    flow_kernels = set(doc["compile"]["float64"]["warm"]["loaded"]
-                       + doc["compile"]["float64"]["warm"]["compiled"])
+    flow_kernels = set(
+        doc["compile"]["float64"]["warm"]["loaded"] + doc["compile"]["float64"]["warm"]["compiled"]
+    )
     assert decay_kernels - flow_kernels, "the decay study needs kernels the flow does not"
     for p in doc["throughput"]:
-        for key in ("config", "dtype", "B", "N", "T", "d", "heads", "flops_per_traj_layer",
-                    "peak_gflops", "nominal_peak_gflops", "measured_peak_gflops",
-                    "best_peer"):
+        for key in (
+            "config",
+            "dtype",
+            "B",
+            "N",
+            "T",
+            "d",
+            "heads",
+            "flops_per_traj_layer",
+            "peak_gflops",
+            "nominal_peak_gflops",
+            "measured_peak_gflops",
+            "best_peer",
+        ):
             assert key in p, key
         assert p["peak_gflops"] == m["peak_used"]["gflops"][p["dtype"]]
-        for key in ("median_s", "times_s", "n_inner", "traj_layers_per_s", "gflops",
-                    "frac_peak", "first_call_s"):
+        for key in (
+            "median_s",
+            "times_s",
+            "n_inner",
+            "traj_layers_per_s",
+            "gflops",
+            "frac_peak",
+            "first_call_s",
+        ):
             assert key in p["ours"], key
         assert len(p["ours"]["times_s"]) == doc["settings"]["repeats"]
         numpy_peer = p["peers"]["numpy"]
         assert numpy_peer["status"] == "ok", numpy_peer
-        for key in ("best_variant", "speedup", "traj_layers_per_s", "max_rel_diff",
-                    "variants"):
+        for key in ("best_variant", "speedup", "traj_layers_per_s", "max_rel_diff", "variants"):
             assert key in numpy_peer, key
     for axis in ("B", "N", "T", "d"):
         assert doc["scaling"][axis]["exponent"] is not None
@@ -117,7 +150,7 @@ def test_kernel_dispatchers_cover_the_kernel_modules():
 
     found = probes.kernel_dispatchers()
     assert found and all(isinstance(d, Dispatcher) for d in found.values())
-    assert len({id(d) for d in found.values()}) == len(found)      # each one once
+    assert len({id(d) for d in found.values()}) == len(found)  # each one once
     modules = {name.rsplit(".", 1)[0] for name in found}
     assert len(modules) > 1 and all(m.startswith("tfkernels.kernels.") for m in modules)
 
@@ -153,7 +186,7 @@ def test_cache_counts_see_a_compile_then_a_cache_load(fake_kernels):
 
     assert probes.kernel_dispatchers(fake_kernels, imported_only=True) == {}
     before = probes.cache_counts(probes.kernel_dispatchers(fake_kernels, imported_only=True))
-    found = probes.kernel_dispatchers(fake_kernels)       # imports fakekern.sub
+    found = probes.kernel_dispatchers(fake_kernels)  # imports fakekern.sub
     assert list(found) == ["fakekern.sub.add_one"]
     found["fakekern.sub.add_one"](1)
     change = probes.count_change(before, probes.cache_counts(found))
@@ -164,7 +197,7 @@ def test_cache_counts_see_a_compile_then_a_cache_load(fake_kernels):
     found["fakekern.sub.add_one"](2)
     assert probes.count_change(before, probes.cache_counts(found))["how"] == "already loaded"
 
-    importlib.reload(sys.modules["fakekern.sub"])        # a new dispatcher, same cache
+    importlib.reload(sys.modules["fakekern.sub"])  # a new dispatcher, same cache
     found = probes.kernel_dispatchers(fake_kernels)
     before = probes.cache_counts(found)
     found["fakekern.sub.add_one"](3)
@@ -173,11 +206,11 @@ def test_cache_counts_see_a_compile_then_a_cache_load(fake_kernels):
 
 
 def test_first_call_probe_counts_every_kernel_it_runs():
-    first = probes.first_call("float64", 1)          # loads (or compiles) the lane flow
+    first = probes.first_call("float64", 1)  # loads (or compiles) the lane flow
     again = probes.first_call("float64", 1)
     assert first["workload"].startswith("integrate") and again["how"] == "already loaded"
     assert again["hits"] == again["misses"] == 0
-    if first["how"] != "already loaded":          # another test may have run it first
+    if first["how"] != "already loaded":  # another test may have run it first
         assert first["loaded"] or first["compiled"]
 
 
@@ -185,43 +218,82 @@ def test_decay_probe_runs_the_default_decay_study():
     a = probes.decay_defaults()
     # The default of `tfkernels decay`: d=16, 2 heads, d_ff=32, damping 4, T=4,
     # 32 Euler layers, float64, pair mode; a few trajectories.
-    assert (a.d, a.heads, a.d_ff, a.damping, a.seq_len, a.layers, a.method, a.dtype,
-            a.mode) == (16, 2, 32, 4.0, 4, 32, "euler", "float64", "pair")
+    assert (a.d, a.heads, a.d_ff, a.damping, a.seq_len, a.layers, a.method, a.dtype, a.mode) == (
+        16,
+        2,
+        32,
+        4.0,
+        4,
+        32,
+        "euler",
+        "float64",
+        "pair",
+    )
     assert a.trajectories == probes.DECAY_TRAJECTORIES
     assert probes.decay_defaults(dtype="float32").dtype == "float32"
 
 
 def test_readme_and_goals_report_both_compile_workloads():
-    start = {"import_s": 0.2, "first_call_s": 8.0, "total_s": 8.2,
-             "how": "cache miss (compiled)", "compiled": ["a", "b"], "loaded": []}
-    doc = {"compile": {"mode": "cold",
-                       "float32": {"in_process": {"first_call_s": 0.01,
-                                                  "how": "cache hit (loaded)"},
-                                   "cold": start, "warm": dict(start, total_s=0.4)},
-                       "decay": {"workload": "perturbation_decay pair mode", "cold":
-                                 dict(start, total_s=12.0), "warm": dict(start, total_s=0.5)}}}
+    start = {
+        "import_s": 0.2,
+        "first_call_s": 8.0,
+        "total_s": 8.2,
+        "how": "cache miss (compiled)",
+        "compiled": ["a", "b"],
+        "loaded": [],
+    }
+    doc = {
+        "compile": {
+            "mode": "cold",
+            "float32": {
+                "in_process": {"first_call_s": 0.01, "how": "cache hit (loaded)"},
+                "cold": start,
+                "warm": dict(start, total_s=0.4),
+            },
+            "decay": {
+                "workload": "perturbation_decay pair mode",
+                "cold": dict(start, total_s=12.0),
+                "warm": dict(start, total_s=0.5),
+            },
+        }
+    }
     from tfkernels.bench import report
 
     text = "\n".join(report.readme_compile(doc))
     assert "flow, float32" in text and "`tfkernels decay`" in text
     assert "perturbation_decay pair mode" in text and "2 kernels compiled" in text
     verdicts = {name: ok for name, ok, _ in report.goals(doc)}
-    assert verdicts == {"cold compile, flow, float32 < 10 s": True,
-                        "warm start, flow, float32 < 1 s": True,
-                        "cold compile, `tfkernels decay` < 10 s": False,
-                        "warm start, `tfkernels decay` < 1 s": True}
+    assert verdicts == {
+        "cold compile, flow, float32 < 10 s": True,
+        "warm start, flow, float32 < 1 s": True,
+        "cold compile, `tfkernels decay` < 10 s": False,
+        "warm start, `tfkernels decay` < 1 s": True,
+    }
     # A document written before the decay probe existed still reads.
-    old = {"compile": {"mode": "warm", "float64": {
-        "in_process": {"first_call_s": 0.01, "how": "already loaded"},
-        "warm": {"import_s": 0.2, "first_call_s": 0.2, "total_s": 0.4}}}}
+    old = {
+        "compile": {
+            "mode": "warm",
+            "float64": {
+                "in_process": {"first_call_s": 0.01, "how": "already loaded"},
+                "warm": {"import_s": 0.2, "first_call_s": 0.2, "total_s": 0.4},
+            },
+        }
+    }
     assert len(report.readme_compile(old)) == 1 and len(report.goals(old)) == 1
 
 
 def test_bench_command_imports_only_its_settings():
-    code = ("import sys, tfkernels.cli.bench; print(sorted(m for m in sys.modules if "
-            "m.startswith(('tfkernels.bench.', 'matplotlib', 'tqdm'))))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=fresh.child_env(), check=True)
+    code = (
+        "import sys, tfkernels.cli.bench; print(sorted(m for m in sys.modules if "
+        "m.startswith(('tfkernels.bench.', 'matplotlib', 'tqdm'))))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=fresh.child_env(),
+        check=True,
+    )
     assert r.stdout.split() == ["['tfkernels.bench.settings']"]
 
 
@@ -230,15 +302,15 @@ def test_flop_model_matches_a_hand_count():
     # T = 8 tokens, d = 16, H = 2 heads (d_h = 8), m = 64, GELU, damping on.
     T, d, H, m = 8, 16, 2, 64
     hand = {
-        "projections": 4 * (2 * 8 * 16 * 16),     # Q, K, V, O: 4 x 4096
-        "scores": 2 * 8 * 8 * 16,                 # H heads x 2·T²·d_h = 2·T²·d
+        "projections": 4 * (2 * 8 * 16 * 16),  # Q, K, V, O: 4 x 4096
+        "scores": 2 * 8 * 8 * 16,  # H heads x 2·T²·d_h = 2·T²·d
         "weighted_values": 2 * 8 * 8 * 16,
-        "softmax": 15 * 2 * 8 * 8,                # 15 flops x H·T² scores
-        "ffn_matmuls": 2 * 8 * 16 * 64 * 2,       # X W1 and σ W2
+        "softmax": 15 * 2 * 8 * 8,  # 15 flops x H·T² scores
+        "ffn_matmuls": 2 * 8 * 16 * 64 * 2,  # X W1 and σ W2
         "ffn_biases": 8 * 64 + 8 * 16,
-        "activation": 20 * 8 * 64,                # 20 flops per GELU
+        "activation": 20 * 8 * 64,  # 20 flops per GELU
         "damping": 8 * 16,
-        "sum_terms": 2 * 8 * 16,                  # three terms summed: two adds
+        "sum_terms": 2 * 8 * 16,  # three terms summed: two adds
     }
     got = flops.flops_per_eval(flops.FlowConfig(seq_len=T, d=d, n_heads=H, d_ff=m))
     assert {k: v for k, v in got.items() if k != "total"} == hand
@@ -263,16 +335,18 @@ def test_flow_config_rejects_bad_arguments():
         flops.FlowConfig(seq_len=4, d=8, activation="swish")
 
 
-@pytest.mark.parametrize("flags, vendor, family, expect", [
-    ("sse2 avx avx2 fma", "GenuineIntel", 6, 32),
-    ("sse2 avx avx2 fma avx512f", "GenuineIntel", 6, 64),
-    ("sse2 avx avx2 fma avx512f", "AuthenticAMD", 25, 32),   # Zen 4: 256-bit datapaths
-    ("sse2 avx avx2 fma avx512f", "AuthenticAMD", 26, 64),   # Zen 5: full 512-bit
-    ("sse2", "GenuineIntel", 6, 8),
-])
+@pytest.mark.parametrize(
+    "flags, vendor, family, expect",
+    [
+        ("sse2 avx avx2 fma", "GenuineIntel", 6, 32),
+        ("sse2 avx avx2 fma avx512f", "GenuineIntel", 6, 64),
+        ("sse2 avx avx2 fma avx512f", "AuthenticAMD", 25, 32),  # Zen 4: 256-bit datapaths
+        ("sse2 avx avx2 fma avx512f", "AuthenticAMD", 26, 64),  # Zen 5: full 512-bit
+        ("sse2", "GenuineIntel", 6, 8),
+    ],
+)
 def test_machine_peak_from_cpu_flags(flags, vendor, family, expect):
-    info = {"flags": flags, "vendor_id": vendor, "cpu family": str(family),
-            "cpu MHz": "2450.000"}
+    info = {"flags": flags, "vendor_id": vendor, "cpu family": str(family), "cpu MHz": "2450.000"}
     p = flops.machine_peak(cpuinfo=info, cores=2)
     assert p.flop_per_cycle == {"float32": expect, "float64": expect // 2}
     assert p.gflops["float32"] == pytest.approx(2 * p.clock_ghz * expect)
@@ -286,12 +360,15 @@ def test_machine_peak_of_this_machine_is_positive():
 
 
 # -------------------------------------------------------------------------- peers
-@pytest.mark.parametrize("kw", [
-    dict(activation="gelu"),
-    dict(activation="relu", causal=True, linear=True),
-    dict(activation="gelu_tanh", attention=False),
-    dict(activation="tanh", ffn=False, beta=0.5),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(activation="gelu"),
+        dict(activation="relu", causal=True, linear=True),
+        dict(activation="gelu_tanh", attention=False),
+        dict(activation="tanh", ffn=False, beta=0.5),
+    ],
+)
 def test_numpy_peer_vector_field_matches_tfkernels(kw):
     p = tfk.TransformerParams.random(8, 2, damping=0.7, seed=4, **kw)
     X = tfk.random_states(5, 6, 8, seed=1)
@@ -306,8 +383,9 @@ def test_numpy_peer_flow_matches_tfkernels(method):
     flow = peers.build("numpy", peers.flow_spec(p, 6, method), threads=2, py_threads=2)
     flow.load(x0)
     flow.run()
-    np.testing.assert_allclose(flow.result(), tfk.integrate(p, x0, 6, method=method),
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        flow.result(), tfk.integrate(p, x0, 6, method=method), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_missing_peer_is_reported_unavailable(monkeypatch):
@@ -350,18 +428,33 @@ def _args(*argv):
 
 
 def test_settings_grid_from_command_line():
-    s = bench_cli.settings_from_args(_args("--n", "8,32", "--d", "16,64", "--seq-len", "16",
-                                         "--dtype", "float32", "--peers", "none"))
+    s = bench_cli.settings_from_args(
+        _args(
+            "--n",
+            "8,32",
+            "--d",
+            "16,64",
+            "--seq-len",
+            "16",
+            "--dtype",
+            "float32",
+            "--peers",
+            "none",
+        )
+    )
     assert s.preset == "custom" and s.n_layers == (8, 32) and s.peers == ()
     assert [(c.seq_len, c.d, c.heads) for c in s.configs] == [(16, 16, 4), (16, 64, 4)]
 
 
-@pytest.mark.parametrize("argv, match", [
-    (("--d", "6", "--heads", "4"), "--heads"),
-    (("--peers", "numpy,tensorflow"), "--peers"),
-    (("--n", "8,x"), "--n"),
-    (("--dtype", "float16"), "--dtype"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (("--d", "6", "--heads", "4"), "--heads"),
+        (("--peers", "numpy,tensorflow"), "--peers"),
+        (("--n", "8,x"), "--n"),
+        (("--dtype", "float16"), "--dtype"),
+    ],
+)
 def test_settings_errors_name_the_option(argv, match):
     with pytest.raises(ValueError, match=match):
         bench_cli.settings_from_args(_args(*argv))
@@ -376,13 +469,23 @@ def test_paper_figure1_euler_order_is_one():
 def test_paper_writes_every_figure_and_field(tmp_path):
     doc = paper.run_paper(str(tmp_path), fig2_trajectories=64, fig3_iterations=2000)
     saved = json.loads((tmp_path / "paper.json").read_text())
-    for fig, key in (("figure1", "slope"), ("figure2", "rate"), ("figure2", "lambda"),
-                     ("figure3", "slope_standard"), ("figure3", "slope_accelerated")):
+    for fig, key in (
+        ("figure1", "slope"),
+        ("figure2", "rate"),
+        ("figure2", "lambda"),
+        ("figure3", "slope_standard"),
+        ("figure3", "slope_accelerated"),
+    ):
         assert np.isfinite(saved[fig][key]), (fig, key)
-    assert sorted(os.listdir(tmp_path)) == ["figure1.png", "figure2.png", "figure3.png",
-                                            "paper.json"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "figure1.png",
+        "figure2.png",
+        "figure3.png",
+        "paper.json",
+    ]
     assert doc["figure2"]["lambda"] == pytest.approx(-1.0)
     assert doc["figure2"]["bound_holds"]
     # The linear problem's theory: accelerated error ~ t^(-2 mu_min).
     assert doc["figure3"]["slope_accelerated"] == pytest.approx(
-        doc["figure3"]["theory_accelerated"], abs=0.15)
+        doc["figure3"]["theory_accelerated"], abs=0.15
+    )

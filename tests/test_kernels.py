@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 import tfkernels as tfk
 from tfkernels import config, reference
-from tfkernels.kernels import rng
-from tfkernels.kernels import aligned_buffers, empty_aligned
+from tfkernels.kernels import aligned_buffers, empty_aligned, rng
 
 
 def rel_err(a, b):
@@ -26,29 +25,46 @@ def models(draw):
     heads = draw(st.sampled_from([h for h in range(1, d + 1) if d % h == 0]))
     terms = draw(st.sampled_from(["all", "attention", "ffn", "linear", "attention+linear"]))
     return dict(
-        d=d, n_heads=heads, d_ff=draw(st.integers(1, 64)),
-        T=draw(st.integers(1, 33)), B=draw(st.integers(1, 5)),
+        d=d,
+        n_heads=heads,
+        d_ff=draw(st.integers(1, 64)),
+        T=draw(st.integers(1, 33)),
+        B=draw(st.integers(1, 5)),
         activation=draw(st.sampled_from(sorted(tfk.ACTIVATIONS))),
-        causal=draw(st.booleans()), beta=draw(st.sampled_from([0.5, 1.0, 2.0])),
+        causal=draw(st.booleans()),
+        beta=draw(st.sampled_from([0.5, 1.0, 2.0])),
         damping=draw(st.sampled_from([0.0, 0.7])),
         attention="attention" in terms or terms == "all",
-        ffn=terms in ("all", "ffn"), linear="linear" in terms or terms == "all",
-        per_layer=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
+        ffn=terms in ("all", "ffn"),
+        linear="linear" in terms or terms == "all",
+        per_layer=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
     )
 
 
 def build(m, dtype, n_layers=3):
     p = tfk.TransformerParams.random(
-        m["d"], m["n_heads"], m["d_ff"], damping=m["damping"], beta=m["beta"],
-        activation=m["activation"], causal=m["causal"], attention=m["attention"],
-        ffn=m["ffn"], linear=m["linear"], n_layers=n_layers if m["per_layer"] else None,
-        seed=m["seed"], dtype=dtype)
+        m["d"],
+        m["n_heads"],
+        m["d_ff"],
+        damping=m["damping"],
+        beta=m["beta"],
+        activation=m["activation"],
+        causal=m["causal"],
+        attention=m["attention"],
+        ffn=m["ffn"],
+        linear=m["linear"],
+        n_layers=n_layers if m["per_layer"] else None,
+        seed=m["seed"],
+        dtype=dtype,
+    )
     x0 = tfk.random_states(m["B"], m["T"], m["d"], seed=m["seed"], dtype=dtype)
     return p, x0
 
 
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
@@ -59,13 +75,16 @@ def test_vector_field_matches_reference(dtype, m):
     layer = 2 if m["per_layer"] else 0
     got = tfk.vector_field(p, x0, layer=layer)
     assert got.dtype == dtype and got.shape == x0.shape
-    assert rel_err(got, reference.vector_field(p, x0, layer=layer)) < config.RTOL[np.dtype(dtype).name]
+    assert (
+        rel_err(got, reference.vector_field(p, x0, layer=layer)) < config.RTOL[np.dtype(dtype).name]
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("method", ["euler", "heun", "rk4", "averaged"])
-@settings(max_examples=10, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(m=models())
 def test_integrate_matches_reference(dtype, method, m):
     n_layers = 3
@@ -129,13 +148,14 @@ def test_save_every_snapshots(small_params):
     assert snaps.shape == (3, 3, 3, 6)
     assert np.array_equal(snaps[:, 0], x0)
     assert np.array_equal(snaps[:, -1], tfk.integrate(small_params, x0, 8, method="heun"))
-    assert np.array_equal(snaps[:, 1], tfk.integrate(small_params, x0, 4, method="heun",
-                                                     t_final=0.5))
+    assert np.array_equal(
+        snaps[:, 1], tfk.integrate(small_params, x0, 4, method="heun", t_final=0.5)
+    )
 
 
 @pytest.mark.parametrize("shape", [(3,), (5, 7), (1, 8, 8), (2, 3, 4)])
 def test_empty_aligned_is_a_64_byte_aligned_c_array(shape, dtype):
-    for _ in range(8):                      # several allocations: the offset varies
+    for _ in range(8):  # several allocations: the offset varies
         a = empty_aligned(shape, dtype)
         assert a.shape == shape and a.dtype == np.dtype(dtype)
         assert a.flags.c_contiguous and a.flags.writeable and a.flags.aligned
@@ -148,7 +168,7 @@ def test_aligned_buffers_do_not_overlap(dtype):
     assert [b.shape for b in bufs] == shapes
     for i, b in enumerate(bufs):
         assert b.flags.c_contiguous and b.flags.writeable
-        assert b.size == 0 or b.ctypes.data % 64 == 0   # an empty array has no data
+        assert b.size == 0 or b.ctypes.data % 64 == 0  # an empty array has no data
         b[...] = i
-    for i, b in enumerate(bufs):              # no write reached another buffer
+    for i, b in enumerate(bufs):  # no write reached another buffer
         assert np.all(b == i)

@@ -9,10 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tfkernels as tfk
-from tfkernels import config
-from tfkernels import kernels
-from tfkernels.kernels import maths, structs
 from test_kernels import SETTINGS, build, models
+from tfkernels import config, kernels
+from tfkernels.kernels import maths, structs
 
 
 def both(fn):
@@ -27,16 +26,20 @@ def both(fn):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @SETTINGS
-@given(m=models(), B=st.integers(1, 40), method=st.sampled_from(["euler", "heun", "rk4",
-                                                                   "averaged"]))
+@given(
+    m=models(), B=st.integers(1, 40), method=st.sampled_from(["euler", "heun", "rk4", "averaged"])
+)
 def test_lanes_match_rows_bitwise(dtype, m, B, method):
-    m = dict(m, B=B)           # up to 3 groups of 16 (float32) or 5 of 8, the last partial
+    m = dict(m, B=B)  # up to 3 groups of 16 (float32) or 5 of 8, the last partial
     n_layers = 3
     p, x0 = build(m, dtype, n_layers)
     kw = dict(alpha="accelerated", c=0.5) if method == "averaged" else {}
     noise = [0.1, 0.0, 0.05]
-    on, off = both(lambda: tfk.integrate(
-        p, x0, n_layers, method=method, save_every=1, noise=noise, seed=4, start=3, **kw))
+    on, off = both(
+        lambda: tfk.integrate(
+            p, x0, n_layers, method=method, save_every=1, noise=noise, seed=4, start=3, **kw
+        )
+    )
     assert np.array_equal(on, off)
     layer = 1 if m["per_layer"] else 0
     on, off = both(lambda: tfk.vector_field(p, x0, layer=layer))
@@ -51,16 +54,16 @@ def test_blow_ups_in_a_group(dtype):
     e = np.finfo(dtype).maxexp * np.log10(2)
     p = tfk.TransformerParams.linear((np.eye(2) * 4 * (10 ** (e / 4) - 1)).astype(dtype))
     k = np.array([0.0, 0.3, 0.6, 0.9] * 5)[:19] * e
-    x0 = np.ones((19, 3, 2), dtype=dtype) * (10.0 ** k)[:, None, None].astype(dtype)
+    x0 = np.ones((19, 3, 2), dtype=dtype) * (10.0**k)[:, None, None].astype(dtype)
     x0[5] = 0.0
-    noise = [0.0] * 7 + [1e-3]                     # the zero trajectory stays finite
+    noise = [0.0] * 7 + [1e-3]  # the zero trajectory stays finite
     run = lambda: tfk.integrate(p, x0, 8, save_every=2, noise=noise, throw=False)
     on, off = both(run)
     assert np.array_equal(on, off, equal_nan=True)
     last = np.isnan(on[:, -1, 0, 0])
     assert last.sum() == 18 and not last[5]
     first_nan = np.isnan(on[:, :, 0, 0]).argmax(axis=1)
-    assert len(set(first_nan[last])) >= 3          # the lanes died at different layers
+    assert len(set(first_nan[last])) >= 3  # the lanes died at different layers
     with pytest.raises(FloatingPointError, match="18 trajectory"):
         tfk.integrate(p, x0, 8)
 
@@ -89,7 +92,8 @@ def test_is_finite_under_fastmath():
     from numba import njit
 
     f = njit(fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)(
-        lambda s: maths.is_finite(0.5 * np.log(s) - 1.0))
+        lambda s: maths.is_finite(0.5 * np.log(s) - 1.0)
+    )
     assert f(2.0) and not f(np.inf) and not f(np.nan)
 
 
@@ -98,10 +102,12 @@ def test_is_finite_under_fastmath():
 def test_pair_mode_on_lanes_matches_rows(dtype, method):
     from tfkernels.studies import decay
 
-    p = tfk.TransformerParams.random(d=8, n_heads=2, d_ff=12, damping=1.0, causal=True,
-                                     seed=4, dtype=dtype)
-    run = lambda: decay.log_ratios(p, 37, 3, 6, method=method, noise=[0.1, 0, 0.2, 0, 0, 0.1],
-                                   seed=5, start=2)
+    p = tfk.TransformerParams.random(
+        d=8, n_heads=2, d_ff=12, damping=1.0, causal=True, seed=4, dtype=dtype
+    )
+    run = lambda: decay.log_ratios(
+        p, 37, 3, 6, method=method, noise=[0.1, 0, 0.2, 0, 0, 0.1], seed=5, start=2
+    )
     (on, st_on), (off, st_off) = both(run)
     assert np.array_equal(st_on, st_off)
     # the states are the same bits; the float64 sum of squared distances may be
@@ -114,10 +120,20 @@ def test_pair_mode_on_lanes_matches_rows(dtype, method):
 def test_tangent_mode_on_lanes_matches_rows(dtype, activation):
     from tfkernels.studies import decay
 
-    p = tfk.TransformerParams.random(d=8, n_heads=2, d_ff=12, damping=1.0, causal=True,
-                                     linear=True, activation=activation, seed=4, dtype=dtype)
-    run = lambda: decay.log_ratios(p, 37, 3, 6, method="heun", mode="tangent",
-                                   noise=[0.1, 0, 0.2, 0, 0, 0.1], seed=5, start=2)
+    p = tfk.TransformerParams.random(
+        d=8,
+        n_heads=2,
+        d_ff=12,
+        damping=1.0,
+        causal=True,
+        linear=True,
+        activation=activation,
+        seed=4,
+        dtype=dtype,
+    )
+    run = lambda: decay.log_ratios(
+        p, 37, 3, 6, method="heun", mode="tangent", noise=[0.1, 0, 0.2, 0, 0, 0.1], seed=5, start=2
+    )
     (on, st_on), (off, st_off) = both(run)
     assert np.array_equal(st_on, st_off) and np.all(st_on == kernels.STATUS_OK)
     np.testing.assert_allclose(on, off, rtol=1e-13, atol=1e-13)

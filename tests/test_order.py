@@ -47,14 +47,16 @@ def test_linear_system_order_against_expm(method):
 
 @pytest.mark.parametrize("method", ORDERS)
 def test_transformer_order_against_solve_ivp(method):
-    p = tfk.TransformerParams.random(d=4, n_heads=2, d_ff=8, damping=0.5, causal=True,
-                                     activation="gelu_tanh", seed=4)
+    p = tfk.TransformerParams.random(
+        d=4, n_heads=2, d_ff=8, damping=0.5, causal=True, activation="gelu_tanh", seed=4
+    )
     x0 = tfk.random_states(1, 3, 4, seed=2)
     shape = x0.shape[1:]
-    fun = lambda t, y: reference.vector_field(p, y.reshape(shape)).ravel()  # noqa: E731
+    fun = lambda t, y: reference.vector_field(p, y.reshape(shape)).ravel()
     grid = np.arange(257) / 256  # contains every t_n of every N used
-    sol = solve_ivp(fun, (0, 1), x0[0].ravel(), method="DOP853", rtol=1e-12, atol=1e-12,
-                    t_eval=grid)
-    exact = lambda t: sol.y[:, int(round(t * 256))].reshape(shape)  # noqa: E731
+    sol = solve_ivp(
+        fun, (0, 1), x0[0].ravel(), method="DOP853", rtol=1e-12, atol=1e-12, t_eval=grid
+    )
+    exact = lambda t: sol.y[:, int(round(t * 256))].reshape(shape)
     errs = global_errors(p, x0, method, exact)
     assert abs(fitted_order(errs, LAYERS[method]) - ORDERS[method]) < BAND[method]

@@ -31,15 +31,30 @@ def test_linear_constructor_and_field():
 
 @pytest.mark.parametrize("n_layers", [None, 3])
 def test_save_load_round_trip(tmp_path, n_layers):
-    p = TransformerParams.random(d=6, n_heads=3, causal=True, activation="tanh", beta=0.7,
-                                 damping=0.2, linear=True, n_layers=n_layers, seed=1,
-                                 dtype=np.float32)
+    p = TransformerParams.random(
+        d=6,
+        n_heads=3,
+        causal=True,
+        activation="tanh",
+        beta=0.7,
+        damping=0.2,
+        linear=True,
+        n_layers=n_layers,
+        seed=1,
+        dtype=np.float32,
+    )
     p.save(tmp_path / "p.npz")
     q = TransformerParams.load(tmp_path / "p.npz")
     for k in ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2", "linear"):
         assert np.array_equal(getattr(p, k), getattr(q, k)) and getattr(q, k).dtype == np.float32
     assert (q.n_heads, q.beta, q.causal, q.damping, q.activation, q.n_sets) == (
-        3, 0.7, True, 0.2, "tanh", n_layers)
+        3,
+        0.7,
+        True,
+        0.2,
+        "tanh",
+        n_layers,
+    )
 
 
 def test_per_layer_slices():

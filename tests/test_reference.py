@@ -128,7 +128,9 @@ def test_attention_matches_einsum(causal, H, beta):
     X = rng.standard_normal((T, d))
     w = [rng.standard_normal((d, d)) / math.sqrt(d) for _ in range(4)]
     got = ref.attention(X, *w, n_heads=H, beta=beta, causal=causal)
-    np.testing.assert_allclose(got, _attention_einsum(X, *w, H, beta, causal), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(
+        got, _attention_einsum(X, *w, H, beta, causal), rtol=1e-12, atol=1e-13
+    )
 
 
 def test_causal_vector_field_ignores_future_tokens():
@@ -139,10 +141,10 @@ def test_causal_vector_field_ignores_future_tokens():
     F = ref.vector_field(p, X)
     for i in range(T - 1):
         Y = X.copy()
-        Y[i + 1:] = rng.standard_normal((T - i - 1, 4)) * 3.0
+        Y[i + 1 :] = rng.standard_normal((T - i - 1, 4)) * 3.0
         G = ref.vector_field(p, Y)
         np.testing.assert_array_equal(G[: i + 1], F[: i + 1])
-        assert not np.allclose(G[i + 1:], F[i + 1:])
+        assert not np.allclose(G[i + 1 :], F[i + 1 :])
     # Without the mask, the first token does see the others.
     p_full = p.replace(causal=False)
     Y = X.copy()
@@ -180,8 +182,12 @@ def test_vector_field_sums_terms_and_batches():
     assert F.shape == X.shape and F.dtype == np.float64
     for b in range(3):
         x = X[b]
-        expected = (_attention_einsum(x, p.wq, p.wk, p.wv, p.wo, 2, 1.3, False)
-                    + ref.ffn(x, p.w1, p.b1, p.w2, p.b2, "gelu") - 0.4 * x + x @ p.linear)
+        expected = (
+            _attention_einsum(x, p.wq, p.wk, p.wv, p.wo, 2, 1.3, False)
+            + ref.ffn(x, p.w1, p.b1, p.w2, p.b2, "gelu")
+            - 0.4 * x
+            + x @ p.linear
+        )
         np.testing.assert_allclose(F[b], expected, rtol=1e-12, atol=1e-13)
         np.testing.assert_array_equal(F[b], ref.vector_field(p, x))
 
@@ -192,9 +198,15 @@ def test_vector_field_float32_params_computed_in_float64():
     X = _rng(10).standard_normal((3, 4)).astype(np.float32)
     F = ref.vector_field(p32, X)
     assert F.dtype == np.float64
-    expected = ref.vector_field(p64.replace(**{k: getattr(p32, k).astype(np.float64)
-                                               for k in ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2")}),
-                                X.astype(np.float64))
+    expected = ref.vector_field(
+        p64.replace(
+            **{
+                k: getattr(p32, k).astype(np.float64)
+                for k in ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2")
+            }
+        ),
+        X.astype(np.float64),
+    )
     np.testing.assert_array_equal(F, expected)
 
 
@@ -202,8 +214,9 @@ def test_per_layer_weights_use_set_n():
     p = _nonlinear(seed=5, linear=True, n_layers=3)
     X = _rng(11).standard_normal((2, 3, 4))
     for n in range(3):
-        np.testing.assert_array_equal(ref.vector_field(p, X, layer=n),
-                                      ref.vector_field(p.layer(n), X))
+        np.testing.assert_array_equal(
+            ref.vector_field(p, X, layer=n), ref.vector_field(p.layer(n), X)
+        )
     assert not np.allclose(ref.vector_field(p, X, 0), ref.vector_field(p, X, 1))
     with pytest.raises(ValueError, match="layer"):
         ref.vector_field(p, X, layer=3)
@@ -223,9 +236,17 @@ def test_layer_weights_duck_typing():
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_jvp_matches_central_differences(act, causal, per_layer):
     rng = _rng(12)
-    p = TransformerParams.random(d=4, n_heads=2, damping=0.3, linear=True, beta=1.5,
-                                 activation=act, causal=causal, seed=6,
-                                 n_layers=3 if per_layer else None)
+    p = TransformerParams.random(
+        d=4,
+        n_heads=2,
+        damping=0.3,
+        linear=True,
+        beta=1.5,
+        activation=act,
+        causal=causal,
+        seed=6,
+        n_layers=3 if per_layer else None,
+    )
     layer = 2 if per_layer else 0
     X = rng.standard_normal((2, 4, 4))
     V = rng.standard_normal((2, 4, 4))
@@ -235,8 +256,12 @@ def test_jvp_matches_central_differences(act, causal, per_layer):
     scale = np.max(np.abs(fd))
     np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-6 * scale)
     # Linear in V.
-    np.testing.assert_allclose(ref.jvp(p, X, 2.0 * V - V[::-1], layer),
-                               2.0 * got - ref.jvp(p, X, V[::-1], layer), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        ref.jvp(p, X, 2.0 * V - V[::-1], layer),
+        2.0 * got - ref.jvp(p, X, V[::-1], layer),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def test_jacobian_is_jvp_matrix():
@@ -254,7 +279,7 @@ def test_jacobian_is_jvp_matrix():
     E[k, l] = h
     fd = (ref.vector_field(p, X + E)[i, j] - ref.vector_field(p, X - E)[i, j]) / (2 * h)
     assert J[i * 4 + j, k * 4 + l] == pytest.approx(fd, rel=1e-6, abs=1e-8)
-    assert np.all(J[0 * 4:1 * 4, 1 * 4:] == 0)  # causal: token 0 ignores tokens 1, 2
+    assert np.all(J[0 * 4 : 1 * 4, 1 * 4 :] == 0)  # causal: token 0 ignores tokens 1, 2
 
 
 def test_jacobian_and_log_norm_of_linear_system():
@@ -291,8 +316,12 @@ def _rk_by_tableau(p, X, dt, method, layer=0):
 def test_step_matches_butcher_tableau(method):
     p = _nonlinear(seed=8, n_layers=2)
     X = _rng(15).standard_normal((2, 3, 4))
-    np.testing.assert_allclose(ref.step(p, X, 0.1, method, layer=1),
-                               _rk_by_tableau(p, X, 0.1, method, layer=1), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(
+        ref.step(p, X, 0.1, method, layer=1),
+        _rk_by_tableau(p, X, 0.1, method, layer=1),
+        rtol=1e-14,
+        atol=1e-15,
+    )
 
 
 def test_averaged_default_equals_euler_exactly():
@@ -335,7 +364,10 @@ def test_noise_added_after_each_layer(method):
     eta = 0.1 * rng.standard_normal((2, 4, 3, 4))
     X = x0.copy()
     for n in range(4):
-        X = ref.step(p, X, 0.25, method, layer=n, alpha=0.3 if method == "averaged" else None) + eta[:, n]
+        X = (
+            ref.step(p, X, 0.25, method, layer=n, alpha=0.3 if method == "averaged" else None)
+            + eta[:, n]
+        )
     got = ref.integrate(p, x0, 4, method, alpha=0.3, eta=eta)
     np.testing.assert_array_equal(got, X)
     single = ref.integrate(p, x0[1], 4, method, alpha=0.3, eta=eta[1])
@@ -443,9 +475,15 @@ def nonlinear_truth():
     p = _nonlinear(seed=1)
     x0 = _rng(23).standard_normal((3, 4))
     n_max = 2 ** max(max(r) for r in _LEVELS.values())
-    sol = solve_ivp(lambda t, y: ref.vector_field(p, y.reshape(3, 4)).ravel(), (0.0, 1.0),
-                    x0.ravel(), method="DOP853", rtol=1e-12, atol=1e-12,
-                    t_eval=np.linspace(0.0, 1.0, n_max + 1))
+    sol = solve_ivp(
+        lambda t, y: ref.vector_field(p, y.reshape(3, 4)).ravel(),
+        (0.0, 1.0),
+        x0.ravel(),
+        method="DOP853",
+        rtol=1e-12,
+        atol=1e-12,
+        t_eval=np.linspace(0.0, 1.0, n_max + 1),
+    )
     assert sol.success
     return p, x0, n_max, sol.y.T.reshape(n_max + 1, 3, 4)
 
@@ -484,8 +522,12 @@ def test_ratios_linear_system_equal_matrix_powers(method):
     x0 = rng.standard_normal((4, 2, 3))
     u = _unit(rng.standard_normal((4, 2, 3)))
     M = _linear_step_matrix(A - gamma * np.eye(3), t_final / N, method, alpha=0.2, c=0.7)
-    expected = np.array([[np.linalg.norm(u[b] @ np.linalg.matrix_power(M, n)) for n in range(N + 1)]
-                         for b in range(4)])
+    expected = np.array(
+        [
+            [np.linalg.norm(u[b] @ np.linalg.matrix_power(M, n)) for n in range(N + 1)]
+            for b in range(4)
+        ]
+    )
     kw = dict(method=method, t_final=t_final, alpha=0.2, c=0.7)
     pair = ref.perturbation_ratios(p, x0, u, 1e-3, N, **kw)
     tangent = ref.tangent_ratios(p, x0, u, N, **kw)
@@ -495,8 +537,9 @@ def test_ratios_linear_system_equal_matrix_powers(method):
     np.testing.assert_allclose(pair, expected, rtol=1e-9)  # cancellation in X − Y
     # Same noise on both: the difference of a linear system does not see it.
     eta = rng.standard_normal((4, N, 2, 3))
-    np.testing.assert_allclose(ref.perturbation_ratios(p, x0, u, 1e-3, N, eta=eta, **kw),
-                               expected, rtol=1e-8)
+    np.testing.assert_allclose(
+        ref.perturbation_ratios(p, x0, u, 1e-3, N, eta=eta, **kw), expected, rtol=1e-8
+    )
     # Single trajectory.
     np.testing.assert_allclose(ref.tangent_ratios(p, x0[2], u[2], N, **kw), expected[2], rtol=1e-13)
 
@@ -523,7 +566,10 @@ def test_step_jvp_matches_finite_differences(method):
     X = rng.standard_normal((2, 3, 4))
     V = rng.standard_normal((2, 3, 4))
     h = 1e-6
-    fd = (ref.step(p, X + h * V, 0.3, method, alpha=0.4) - ref.step(p, X - h * V, 0.3, method, alpha=0.4)) / (2 * h)
+    fd = (
+        ref.step(p, X + h * V, 0.3, method, alpha=0.4)
+        - ref.step(p, X - h * V, 0.3, method, alpha=0.4)
+    ) / (2 * h)
     Xn, Vn = ref.step_jvp(p, X, V, 0.3, method, alpha=0.4)
     np.testing.assert_array_equal(Xn, ref.step(p, X, 0.3, method, alpha=0.4))
     np.testing.assert_allclose(Vn, fd, rtol=1e-6, atol=1e-8)

@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tfkernels.studies import distributed, runner
-
 from runner_doubles import Trace, recording_bars
+from tfkernels.studies import distributed, runner
 
 
 def trace_chunk(chunk_start, chunk_len, tag=None):
@@ -82,11 +81,11 @@ def test_ordered_merge_takes_each_chunk_once_whatever_the_arrival_order():
     parts = [Trace((i,)) for i in range(8)]
     seen = []
     merger = runner.OrderedMerge(on_merge=lambda i, s: seen.append((i, s.chunks)))
-    arrival = [3, 1, 0, 1, 2, 7, 5, 6, 4, 0]               # with two repeats
+    arrival = [3, 1, 0, 1, 2, 7, 5, 6, 4, 0]  # with two repeats
     taken = [merger.add(i, parts[i]) for i in arrival]
     assert taken == [True, True, True, False, True, True, True, True, True, False]
     assert merger.stats.chunks == tuple(range(8)) and merger.next == 8
-    assert not merger.buffer and merger.max_held == 4       # 7, 5, 6 and 4 at once
+    assert not merger.buffer and merger.max_held == 4  # 7, 5, 6 and 4 at once
     assert [i for i, _ in seen] == list(range(1, 9))
     assert seen[2] == (3, (0, 1, 2))
 
@@ -94,38 +93,42 @@ def test_ordered_merge_takes_each_chunk_once_whatever_the_arrival_order():
 def test_resumed_run_equals_the_uninterrupted_one(bars):
     full = runner.run_chunks(trace_chunk, 23, 5, shared=(7,))
     saved = {}
-    runner.run_chunks(trace_chunk, 23, 5, shared=(7,),
-                      on_merge=lambda i, s: saved.setdefault(i, s))
+    runner.run_chunks(trace_chunk, 23, 5, shared=(7,), on_merge=lambda i, s: saved.setdefault(i, s))
     assert sorted(saved) == [1, 2, 3, 4, 5]
     for k in (0, 2, 5):
         resume = (k, saved.get(k))
-        out = runner.run_chunks(trace_chunk, 23, 5, shared=(7,), resume=resume,
-                                progress=True)
+        out = runner.run_chunks(trace_chunk, 23, 5, shared=(7,), resume=resume, progress=True)
         assert out.stats == full.stats and (out.n_chunks, out.n_run) == (5, 5 - k)
-        done = min(5 * k, 23)                                # trajectories resumed
+        done = min(5 * k, 23)  # trajectories resumed
         assert bars[-1].kwargs["initial"] == done and sum(bars[-1].updates) == 23 - done
 
 
-@pytest.mark.parametrize("resume, exc", [
-    ((6, Trace(())), ValueError),          # past the last chunk
-    ((2, None), ValueError),               # the prefix's statistics are missing
-    ((0, Trace(())), ValueError),          # statistics without a prefix
-    ((-1, None), ValueError),
-    (3, TypeError),
-])
+@pytest.mark.parametrize(
+    "resume, exc",
+    [
+        ((6, Trace(())), ValueError),  # past the last chunk
+        ((2, None), ValueError),  # the prefix's statistics are missing
+        ((0, Trace(())), ValueError),  # statistics without a prefix
+        ((-1, None), ValueError),
+        (3, TypeError),
+    ],
+)
 def test_bad_resume_is_refused(resume, exc):
     with pytest.raises(exc, match="`resume`"):
         runner.run_chunks(trace_chunk, 23, 5, resume=resume)
 
 
-@pytest.mark.parametrize("kw, exc, name", [
-    (dict(n_trajectories=0), ValueError, "n_trajectories"),
-    (dict(n_trajectories=2.5), TypeError, "n_trajectories"),
-    (dict(chunk_size=0), ValueError, "chunk_size"),
-    (dict(chunk_fn="trace_chunk"), TypeError, "chunk_fn"),
-    (dict(n_threads=0), ValueError, "n_threads"),
-    (dict(client=object()), NotImplementedError, "client"),
-])
+@pytest.mark.parametrize(
+    "kw, exc, name",
+    [
+        (dict(n_trajectories=0), ValueError, "n_trajectories"),
+        (dict(n_trajectories=2.5), TypeError, "n_trajectories"),
+        (dict(chunk_size=0), ValueError, "chunk_size"),
+        (dict(chunk_fn="trace_chunk"), TypeError, "chunk_fn"),
+        (dict(n_threads=0), ValueError, "n_threads"),
+        (dict(client=object()), NotImplementedError, "client"),
+    ],
+)
 def test_bad_arguments_raise_naming_them(kw, exc, name):
     args = dict(chunk_fn=trace_chunk, n_trajectories=10, chunk_size=3)
     args.update(kw)
@@ -150,19 +153,27 @@ def read_only(a):
 
 
 def test_writable_reaches_every_array_of_a_nested_structure():
-    packed = Packed(weights=(read_only([1.0, 2.0]), np.zeros(2), (read_only([[3.0]]),)),
-                    settings=read_only([4, 5]), n=3)
+    packed = Packed(
+        weights=(read_only([1.0, 2.0]), np.zeros(2), (read_only([[3.0]]),)),
+        settings=read_only([4, 5]),
+        n=3,
+    )
     cfg = Config(a=read_only([6.0]), name="x")
     out_packed, out_cfg = distributed._writable_inputs((packed, cfg))
     assert type(out_packed) is Packed and type(out_cfg) is Config
-    leaves = [out_packed.weights[0], out_packed.weights[1], out_packed.weights[2][0],
-              out_packed.settings, out_cfg.a]
+    leaves = [
+        out_packed.weights[0],
+        out_packed.weights[1],
+        out_packed.weights[2][0],
+        out_packed.settings,
+        out_cfg.a,
+    ]
     assert all(a.flags.writeable for a in leaves)
-    assert out_packed.weights[1] is packed.weights[1]       # already writable: no copy
+    assert out_packed.weights[1] is packed.weights[1]  # already writable: no copy
     assert out_packed.n == 3 and out_cfg.name == "x"
     np.testing.assert_array_equal(out_packed.weights[2][0], [[3.0]])
     assert out_packed.settings.dtype == packed.settings.dtype
-    again = distributed._writable_inputs((packed, cfg))     # the same inputs: cached
+    again = distributed._writable_inputs((packed, cfg))  # the same inputs: cached
     assert again[0] is out_packed and again[1] is out_cfg
 
 
@@ -193,11 +204,13 @@ def imported_modules(module):
     return names
 
 
-@pytest.mark.parametrize("module", ["tfkernels.studies.runner",
-                                    "tfkernels.studies.distributed"])
+@pytest.mark.parametrize("module", ["tfkernels.studies.runner", "tfkernels.studies.distributed"])
 def test_runner_knows_no_study(module):
     studies = {"decay", "stats", "lipschitz", "paper"}
-    bad = {n for n in imported_modules(module)
-           if n.startswith("tfkernels.studies.") and n.split(".")[2] in studies}
+    bad = {
+        n
+        for n in imported_modules(module)
+        if n.startswith("tfkernels.studies.") and n.split(".")[2] in studies
+    }
     assert not bad, bad
     assert not {n for n in imported_modules(module) if n.split(".")[0] in ("dask",)}

@@ -27,11 +27,17 @@ def _lanes(a):
 
 
 @settings(max_examples=60, deadline=None)
-@given(R=st.integers(1, 13), K=st.integers(1, 40), n=st.integers(1, 70),
-       pad=st.integers(0, 5), accumulate=st.booleans(), x_transposed=st.booleans(),
-       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
-def test_gemm_ld_matches_float64_product(R, K, n, pad, accumulate, x_transposed, dtype,
-                                         seed):
+@given(
+    R=st.integers(1, 13),
+    K=st.integers(1, 40),
+    n=st.integers(1, 70),
+    pad=st.integers(0, 5),
+    accumulate=st.booleans(),
+    x_transposed=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_gemm_ld_matches_float64_product(R, K, n, pad, accumulate, x_transposed, dtype, seed):
     g = np.random.default_rng(seed)
     # sub-matrices inside larger buffers: offsets and row strides beyond the widths;
     # X stored either row-major (R × ldx) or transposed (K × ldx', read with cx)
@@ -40,24 +46,24 @@ def test_gemm_ld_matches_float64_product(R, K, n, pad, accumulate, x_transposed,
     if x_transposed:
         ldx, cx = 1, R + pad
         X = g.standard_normal(xo + K * cx).astype(dtype)
-        Xm = X[xo:xo + K * cx].reshape(K, cx)[:, :R].T.astype(np.float64)
+        Xm = X[xo : xo + K * cx].reshape(K, cx)[:, :R].T.astype(np.float64)
     else:
         ldx, cx = K + pad, 1
         X = g.standard_normal(xo + R * ldx).astype(dtype)
-        Xm = X[xo:xo + R * ldx].reshape(R, ldx)[:, :K].astype(np.float64)
+        Xm = X[xo : xo + R * ldx].reshape(R, ldx)[:, :K].astype(np.float64)
     W = g.standard_normal((wo + K * ldw + 1,)).astype(dtype)
     out = g.standard_normal(oo + R * ldo).astype(dtype)
     before = out.copy()
-    Wm = W[wo:wo + K * ldw].reshape(K, ldw)[:, :n].astype(np.float64)
-    Om = before[oo:oo + R * ldo].reshape(R, ldo)[:, :n].astype(np.float64)
+    Wm = W[wo : wo + K * ldw].reshape(K, ldw)[:, :n].astype(np.float64)
+    Om = before[oo : oo + R * ldo].reshape(R, ldo)[:, :n].astype(np.float64)
     want = Xm @ Wm + (Om if accumulate else 0.0)
     simd.gemm_ld(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate)
-    got = out[oo:oo + R * ldo].reshape(R, ldo)
+    got = out[oo : oo + R * ldo].reshape(R, ldo)
     scale = np.abs(Xm) @ np.abs(Wm) + (np.abs(Om) if accumulate else 0.0)
     assert np.all(np.abs(got[:, :n] - want) <= TOL[dtype] * (scale + 1e-30))
     # nothing outside the R × n block is written
     mask = np.ones(out.shape, bool)
-    mask[oo:oo + R * ldo].reshape(R, ldo)[:, :n] = False
+    mask[oo : oo + R * ldo].reshape(R, ldo)[:, :n] = False
     assert np.array_equal(out[mask], before[mask])
 
 
@@ -67,8 +73,21 @@ def test_gemm_covers_every_tile_path(dtype):
     L = _lanes(np.zeros(1, dtype))
     g = np.random.default_rng(0)
     for R in (1, 3, 4, 5, 8, 9):
-        for n in sorted({1, L // 2 - 1, L // 2, L // 2 + 1, L - 1, L, L + L // 2,
-                         2 * L, 2 * L + 1, 3 * L, 3 * L + L // 2 + 1}):
+        for n in sorted(
+            {
+                1,
+                L // 2 - 1,
+                L // 2,
+                L // 2 + 1,
+                L - 1,
+                L,
+                L + L // 2,
+                2 * L,
+                2 * L + 1,
+                3 * L,
+                3 * L + L // 2 + 1,
+            }
+        ):
             X = g.standard_normal((R, 7)).astype(dtype)
             W = g.standard_normal((7, n)).astype(dtype)
             out = np.empty((R, n), dtype)
@@ -94,13 +113,16 @@ def _elementary(x, short):
     return e, f
 
 
-@pytest.mark.parametrize("dtype, short, exp_tol, erfc_tol", [
-    # float64: exp to a few ulp (relative error grows like |x|·eps: exp's conditioning);
-    # erfc relative error ≤ ~40 eps at x = 6, where x² = 36 carries the rounding.
-    (np.float64, False, 1e-15, 3e-14),
-    # float32: the short polynomials, same story at float32 precision.
-    (np.float32, True, 5e-7, 1e-5),
-])
+@pytest.mark.parametrize(
+    "dtype, short, exp_tol, erfc_tol",
+    [
+        # float64: exp to a few ulp (relative error grows like |x|·eps: exp's conditioning);
+        # erfc relative error ≤ ~40 eps at x = 6, where x² = 36 carries the rounding.
+        (np.float64, False, 1e-15, 3e-14),
+        # float32: the short polynomials, same story at float32 precision.
+        (np.float32, True, 5e-7, 1e-5),
+    ],
+)
 def test_exp_and_erfc_error_bounds(dtype, short, exp_tol, erfc_tol):
     x = np.linspace(0.0, 6.0, 6001).astype(dtype)
     e, f = _elementary(x, short)

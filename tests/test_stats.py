@@ -18,8 +18,11 @@ EPS = np.finfo(np.float64).eps
 
 #: ``log r`` values: mostly moderate, some beyond the sketch's range (clipped into its
 #: end bins, which must stay exact too), and exact ties (the same few values drawn often).
-VALUES = st.one_of(st.floats(-60.0, 60.0), st.floats(-3000.0, 3000.0),
-                   st.sampled_from([0.0, -1.5, 2.0 ** -11, -1024.0, 1024.0]))
+VALUES = st.one_of(
+    st.floats(-60.0, 60.0),
+    st.floats(-3000.0, 3000.0),
+    st.sampled_from([0.0, -1.5, 2.0**-11, -1024.0, 1024.0]),
+)
 
 
 @st.composite
@@ -30,8 +33,8 @@ def trajectories(draw):
     logr = draw(hnp.arrays(np.float64, (n, L), elements=VALUES))
     status = np.full(n, STATUS_OK, dtype=np.int64)
     for i in draw(st.lists(st.integers(0, n - 1), max_size=n, unique=True)):
-        status[i] = draw(st.integers(0, L - 1))         # first non-finite layer
-        logr[i, status[i]:] = np.nan
+        status[i] = draw(st.integers(0, L - 1))  # first non-finite layer
+        logr[i, status[i] :] = np.nan
     steps = draw(hnp.arrays(np.float64, L - 1, elements=st.floats(0.01, 2.0)))
     t = np.concatenate([[0.0], np.cumsum(steps)])
     log_bound = draw(hnp.arrays(np.float64, L, elements=st.floats(-100.0, 100.0)))
@@ -122,8 +125,8 @@ def test_any_split_and_ordered_grouping_gives_the_one_pass_statistics(traj, data
     ref = DecayStats.from_chunk(logr, status, 0, t, log_bound)
 
     assert_order_free_fields_equal(merged, ref)
-    bad = np.flatnonzero(status != STATUS_OK)          # ordered fields: chunk order
-    assert merged.bad_index == bad[:stats.N_BAD_KEPT].tolist() == ref.bad_index
+    bad = np.flatnonzero(status != STATUS_OK)  # ordered fields: chunk order
+    assert merged.bad_index == bad[: stats.N_BAD_KEPT].tolist() == ref.bad_index
     assert merged.bad_layer == ref.bad_layer
     assert merged.batches == [p.batches[0] for p in parts]
     assert_moments_close(merged, ref, tolerances(logr, status == STATUS_OK, t, len(parts)))
@@ -153,8 +156,9 @@ def test_chunk_order_merge_is_bit_identical_however_the_chunks_arrive():
     logr = rng.standard_normal((97, 5)).cumsum(axis=1)
     status = np.full(97, STATUS_OK, dtype=np.int64)
     t = np.linspace(0.0, 1.0, 5)
-    parts = chunk_stats(logr, status, t, np.zeros(5), [(a, min(a + 10, 97))
-                                                       for a in range(0, 97, 10)])
+    parts = chunk_stats(
+        logr, status, t, np.zeros(5), [(a, min(a + 10, 97)) for a in range(0, 97, 10)]
+    )
     fold = parts[0]
     for p in parts[1:]:
         fold = fold.merge(p)
@@ -178,5 +182,4 @@ def test_per_layer_table_of_too_few_trajectories_is_nan(count):
     assert np.all(np.isnan(table["q50"])) == (count == 0)
     rate, ci, how = stats.rate_estimate(s, np.arange(L, dtype=float))
     assert np.all(np.isnan(ci))
-    assert how == ("no valid trajectories" if count == 0 else
-                   "one valid trajectory: no interval")
+    assert how == ("no valid trajectories" if count == 0 else "one valid trajectory: no interval")

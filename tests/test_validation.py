@@ -39,7 +39,9 @@ def test_mismatched_dtypes(p, x0):
 def test_non_finite_states_and_weights(p, x0, bad):
     x = x0.copy()
     x[1, 0, 2] = bad
-    with pytest.raises(ValueError, match=r"`x0` contains NaN or inf \(first at index \(1, 0, 2\)\)"):
+    with pytest.raises(
+        ValueError, match=r"`x0` contains NaN or inf \(first at index \(1, 0, 2\)\)"
+    ):
         tfk.integrate(p, x, 4)
     w = p.w1.copy()
     w[0, 0] = bad
@@ -121,7 +123,9 @@ def test_blow_up_is_reported_not_hidden():
     p = TransformerParams.linear(np.eye(3) * 1e300)
     x0 = np.ones((2, 1, 3))
     x0[1] = 0.0  # the zero state stays at the fixed point 0
-    with pytest.raises(FloatingPointError, match=r"1 trajectory\(ies\) became non-finite.*trajectory 0 at layer 2"):
+    with pytest.raises(
+        FloatingPointError, match=r"1 trajectory\(ies\) became non-finite.*trajectory 0 at layer 2"
+    ):
         tfk.integrate(p, x0, 4)
     out = tfk.integrate(p, x0, 4, throw=False, save_every=1)
     assert np.all(np.isfinite(out[0, :2])) and np.all(np.isnan(out[0, 2:]))

@@ -8,9 +8,9 @@ trajectories at once and measures what the theory predicts.
 from importlib import metadata as _metadata
 
 from .api import integrate, random_states, vector_field
-from .studies.decay import DecayResult, perturbation_decay
 from .methods import ACTIVATIONS, METHODS
 from .params import TransformerParams
+from .studies.decay import DecayResult, perturbation_decay
 
 try:
     # The one version source is pyproject.toml, read back from the installed metadata.

@@ -3,12 +3,11 @@
 import numpy as np
 
 from . import _validate as v
-from . import config
 from . import kernels
 from .kernels import rng
-from .threads import check_n_threads, run_threads, threads  # noqa: F401  (re-exported)
 from .methods import METHODS, tableau
 from .params import TransformerParams
+from .threads import check_n_threads, run_threads, threads  # noqa: F401  (re-exported)
 
 
 def check_params(params):
@@ -64,15 +63,18 @@ def random_states(batch, seq_len, d, *, seed=0, start=0, dtype=np.float64, scale
     >>> bool(np.array_equal(a[2:], b))
     True
     """
-    shape = tuple(v.check_int(k, x, minimum=1) for k, x in
-                  (("batch", batch), ("seq_len", seq_len), ("d", d)))
+    shape = tuple(
+        v.check_int(k, x, minimum=1) for k, x in (("batch", batch), ("seq_len", seq_len), ("d", d))
+    )
     seed = v.check_int("seed", seed, minimum=0)
     start = v.check_int("start", start, minimum=0)
     dtype = v.check_dtype("dtype", dtype)
     scale = v.check_float("scale", scale, minimum=0.0)
     out = np.empty(shape, dtype=dtype)
-    run_threads(lambda lo, hi: rng._normal_batch(seed, rng.STREAM_STATE, start + lo, scale,
-                                                 out[lo:hi]), shape[0])
+    run_threads(
+        lambda lo, hi: rng._normal_batch(seed, rng.STREAM_STATE, start + lo, scale, out[lo:hi]),
+        shape[0],
+    )
     return out
 
 
@@ -114,8 +116,10 @@ def alpha_schedule(alpha, n_layers, dt):
         a = np.full(n_layers, dt)
     elif isinstance(alpha, str):
         if alpha != "accelerated":
-            raise ValueError(f"unknown `alpha` {alpha!r}; use None, a float, 'accelerated' "
-                             "or an array of length n_layers")
+            raise ValueError(
+                f"unknown `alpha` {alpha!r}; use None, a float, 'accelerated' "
+                "or an array of length n_layers"
+            )
         a = 2.0 / (np.arange(n_layers) + 2.0)
     elif np.ndim(alpha) == 0:
         a = np.full(n_layers, v.check_float("alpha", alpha))
@@ -134,8 +138,9 @@ def noise_schedule(noise, n_layers):
         return np.full(n_layers, v.check_float("noise", noise, minimum=0.0))
     s = v.check_array("noise", np.asarray(noise, dtype=np.float64), ndim=1)
     if s.shape != (n_layers,):
-        raise ValueError(f"`noise` must be a scalar or have length n_layers={n_layers}, "
-                         f"got {s.shape[0]}")
+        raise ValueError(
+            f"`noise` must be a scalar or have length n_layers={n_layers}, got {s.shape[0]}"
+        )
     if np.any(s < 0):
         raise ValueError("`noise` scales must be >= 0")
     return s
@@ -155,8 +160,10 @@ def prepare_run(params, n_layers, method, t_final, alpha, c, noise):
     t_final = v.check_float("t_final", t_final, minimum=0.0, strict=True)
     c = v.check_float("c", c, minimum=0.0, strict=True)
     if params.n_sets is not None and params.n_sets != n_layers:
-        raise ValueError(f"`params` has {params.n_sets} per-layer weight sets but "
-                         f"`n_layers`={n_layers}; they must match")
+        raise ValueError(
+            f"`params` has {params.n_sets} per-layer weight sets but "
+            f"`n_layers`={n_layers}; they must match"
+        )
     dt = t_final / n_layers
     if method == "averaged":
         h = alpha_schedule(alpha, n_layers, dt) * c
@@ -182,8 +189,22 @@ def raise_on_status(status, start=0):
         )
 
 
-def integrate(params, x0, n_layers, *, method="euler", t_final=1.0, save_every=None,
-              alpha=None, c=1.0, noise=0.0, seed=0, start=0, throw=True, n_threads=None):
+def integrate(
+    params,
+    x0,
+    n_layers,
+    *,
+    method="euler",
+    t_final=1.0,
+    save_every=None,
+    alpha=None,
+    c=1.0,
+    noise=0.0,
+    seed=0,
+    start=0,
+    throw=True,
+    n_threads=None,
+):
     """Run ``n_layers`` residual layers (steps of ``dX/dt = f(X)``) on every trajectory.
 
     Parameters
@@ -250,8 +271,17 @@ def integrate(params, x0, n_layers, *, method="euler", t_final=1.0, save_every=N
     out = np.empty((B, n_out, T, d), dtype=x0.dtype)
     status = np.empty(B, dtype=np.int64)
     with threads(n_threads):
-        kernels.integrate(kernels.pack_params(params), x0, kernels.Schedule(a, b, h, σ), seed,
-                          start, k, first, out, status)
+        kernels.integrate(
+            kernels.pack_params(params),
+            x0,
+            kernels.Schedule(a, b, h, σ),
+            seed,
+            start,
+            k,
+            first,
+            out,
+            status,
+        )
     if throw:
         raise_on_status(status, start)
     return out[:, 0] if save_every is None else out

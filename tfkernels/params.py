@@ -110,8 +110,15 @@ class TransformerParams:
         d = ref.shape[-1] if present[0] not in ("w1", "b1") else self.w2.shape[-1]
         m = None if self.w1 is None else self.w1.shape[-1]
         expect = {
-            "wq": (d, d), "wk": (d, d), "wv": (d, d), "wo": (d, d),
-            "w1": (d, m), "b1": (m,), "w2": (m, d), "b2": (d,), "linear": (d, d),
+            "wq": (d, d),
+            "wk": (d, d),
+            "wv": (d, d),
+            "wo": (d, d),
+            "w1": (d, m),
+            "b1": (m,),
+            "w2": (m, d),
+            "b2": (d,),
+            "linear": (d, d),
         }
         for k in present:
             if getattr(self, k).shape != lead + expect[k]:
@@ -169,7 +176,9 @@ class TransformerParams:
         """Return the shared-weight parameters that layer ``n`` uses."""
         if self.n_sets is None:
             return self
-        return self.replace(**{k: getattr(self, k)[n] for k in _MATRICES if getattr(self, k) is not None})
+        return self.replace(
+            **{k: getattr(self, k)[n] for k in _MATRICES if getattr(self, k) is not None}
+        )
 
     def replace(self, **changes):
         """Return a copy with some fields replaced (validated again)."""
@@ -185,8 +194,15 @@ class TransformerParams:
         )
 
     def __repr__(self):
-        terms = [t for t, on in (("attention", self.attention), ("ffn", self.ffn),
-                                 ("linear", self.linear is not None)) if on]
+        terms = [
+            t
+            for t, on in (
+                ("attention", self.attention),
+                ("ffn", self.ffn),
+                ("linear", self.linear is not None),
+            )
+            if on
+        ]
         return (
             f"TransformerParams(d={self.d}, n_heads={self.n_heads}, d_ff={self.d_ff}, "
             f"terms={'+'.join(terms)}, activation={self.activation!r}, beta={self.beta}, "
@@ -196,9 +212,24 @@ class TransformerParams:
 
     # ----------------------------------------------------------- constructors
     @classmethod
-    def random(cls, d, n_heads, d_ff=None, *, damping=0.0, beta=1.0, activation="gelu",
-               causal=False, attention=True, ffn=True, linear=False, n_layers=None,
-               seed=0, dtype=np.float64, weight_scale=1.0):
+    def random(
+        cls,
+        d,
+        n_heads,
+        d_ff=None,
+        *,
+        damping=0.0,
+        beta=1.0,
+        activation="gelu",
+        causal=False,
+        attention=True,
+        ffn=True,
+        linear=False,
+        n_layers=None,
+        seed=0,
+        dtype=np.float64,
+        weight_scale=1.0,
+    ):
         """Draw random weights with variance ``weight_scale² / fan_in``.
 
         Parameters
@@ -237,14 +268,21 @@ class TransformerParams:
 
         kw = {}
         if attention:
-            kw.update(wq=draw((d, d), d), wk=draw((d, d), d), wv=draw((d, d), d), wo=draw((d, d), d))
+            kw.update(
+                wq=draw((d, d), d), wk=draw((d, d), d), wv=draw((d, d), d), wo=draw((d, d), d)
+            )
         if ffn:
-            kw.update(w1=draw((d, d_ff), d), b1=draw((d_ff,), d), w2=draw((d_ff, d), d_ff),
-                      b2=draw((d,), d_ff))
+            kw.update(
+                w1=draw((d, d_ff), d),
+                b1=draw((d_ff,), d),
+                w2=draw((d_ff, d), d_ff),
+                b2=draw((d,), d_ff),
+            )
         if linear:
             kw.update(linear=draw((d, d), d))
-        return cls(n_heads=n_heads, beta=beta, causal=causal, damping=damping,
-                   activation=activation, **kw)
+        return cls(
+            n_heads=n_heads, beta=beta, causal=causal, damping=damping, activation=activation, **kw
+        )
 
     @classmethod
     def _linear(cls, A, damping=0.0):
@@ -272,17 +310,29 @@ class TransformerParams:
     def save(self, path):
         """Write the parameters to ``path`` as ``.npz``."""
         arrays = {k: getattr(self, k) for k in _MATRICES if getattr(self, k) is not None}
-        np.savez(path, n_heads=self.n_heads, beta=self.beta, causal=self.causal,
-                 damping=self.damping, activation=self.activation, **arrays)
+        np.savez(
+            path,
+            n_heads=self.n_heads,
+            beta=self.beta,
+            causal=self.causal,
+            damping=self.damping,
+            activation=self.activation,
+            **arrays,
+        )
 
     @classmethod
     def load(cls, path):
         """Read parameters written by :meth:`save`."""
         with np.load(path, allow_pickle=False) as z:
             kw = {k: z[k] for k in _MATRICES if k in z.files}
-            return cls(n_heads=int(z["n_heads"]), beta=float(z["beta"]),
-                       causal=bool(z["causal"]), damping=float(z["damping"]),
-                       activation=str(z["activation"]), **kw)
+            return cls(
+                n_heads=int(z["n_heads"]),
+                beta=float(z["beta"]),
+                causal=bool(z["causal"]),
+                damping=float(z["damping"]),
+                activation=str(z["activation"]),
+                **kw,
+            )
 
 
 class _ConstructorOnClass:

@@ -356,8 +356,11 @@ def layer_weights(params, layer=0):
         If ``layer`` is outside the range of the per-layer weight sets.
     """
     out = {}
-    groups = (("wq", ("wq", "wk", "wv", "wo")), ("w1", ("w1", "b1", "w2", "b2")),
-              ("linear", ("linear",)))
+    groups = (
+        ("wq", ("wq", "wk", "wv", "wo")),
+        ("w1", ("w1", "b1", "w2", "b2")),
+        ("linear", ("linear",)),
+    )
     for key, names in groups:
         lead = getattr(params, key, None)
         per_layer = lead is not None and np.ndim(lead) == 3
@@ -397,8 +400,9 @@ def _f_single(w, X):
     """
     F = np.zeros_like(X)
     if w["wq"] is not None:
-        F = F + attention(X, w["wq"], w["wk"], w["wv"], w["wo"], w["n_heads"],
-                          beta=w["beta"], causal=w["causal"])
+        F = F + attention(
+            X, w["wq"], w["wk"], w["wv"], w["wo"], w["n_heads"], beta=w["beta"], causal=w["causal"]
+        )
     if w["w1"] is not None:
         F = F + ffn(X, w["w1"], w["b1"], w["w2"], w["b2"], activation=w["activation"])
     if w["damping"] != 0.0:
@@ -423,8 +427,17 @@ def _jvp_single(w, X, V):
     """
     D = np.zeros_like(X)
     if w["wq"] is not None:
-        D = D + attention_jvp(X, V, w["wq"], w["wk"], w["wv"], w["wo"], w["n_heads"],
-                              beta=w["beta"], causal=w["causal"])
+        D = D + attention_jvp(
+            X,
+            V,
+            w["wq"],
+            w["wk"],
+            w["wv"],
+            w["wo"],
+            w["n_heads"],
+            beta=w["beta"],
+            causal=w["causal"],
+        )
     if w["w1"] is not None:
         D = D + ffn_jvp(X, V, w["w1"], w["b1"], w["w2"], w["b2"], activation=w["activation"])
     if w["damping"] != 0.0:
@@ -655,8 +668,10 @@ def step_jvp(params, X, V, dt, method="euler", layer=0, alpha=None, c=1.0):
         k3, d3 = f(Y3), df(Y3, W3)
         Y4, W4 = X + dt * k3, V + dt * d3
         k4, d4 = f(Y4), df(Y4, W4)
-        return (X + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4),
-                V + (dt / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4))
+        return (
+            X + (dt / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4),
+            V + (dt / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4),
+        )
     h = (dt if alpha is None else float(alpha)) * float(c)
     return X + h * f(X), V + h * df(X, V)
 
@@ -745,8 +760,9 @@ def _noise(eta, x_ndim, n):
     return eta[n] if x_ndim == 2 else eta[:, n]
 
 
-def integrate(params, x0, n_layers, method="euler", t_final=1.0, save_every=None,
-              alpha=None, c=1.0, eta=None):
+def integrate(
+    params, x0, n_layers, method="euler", t_final=1.0, save_every=None, alpha=None, c=1.0, eta=None
+):
     """Advance the state through N layers (``Δt = t_final / N``).
 
     Parameters
@@ -850,8 +866,9 @@ def _fro(D):
     return np.sqrt(np.sum(D * D, axis=(1, 2)))
 
 
-def perturbation_ratios(params, x0, u, eps, n_layers, method="euler", t_final=1.0,
-                        alpha=None, c=1.0, eta=None):
+def perturbation_ratios(
+    params, x0, u, eps, n_layers, method="euler", t_final=1.0, alpha=None, c=1.0, eta=None
+):
     """Pair mode: growth of a finite perturbation ``ε·u`` across the layers.
 
     ``Y_0 = X_0 + ε·u``; X and Y are advanced by the same update with the same noise
@@ -898,8 +915,9 @@ def perturbation_ratios(params, x0, u, eps, n_layers, method="euler", t_final=1.
     return np.stack(ratios, axis=-1) if X.ndim == 3 else np.array(ratios)
 
 
-def tangent_ratios(params, x0, u, n_layers, method="euler", t_final=1.0, alpha=None,
-                   c=1.0, eta=None):
+def tangent_ratios(
+    params, x0, u, n_layers, method="euler", t_final=1.0, alpha=None, c=1.0, eta=None
+):
     """Tangent mode: growth of an infinitesimal perturbation across the layers.
 
     ``δ_0 = u`` is propagated through the exact linearisation of each step

@@ -54,7 +54,8 @@ def _pool():
         if _POOL is None:
             _POOL = concurrent.futures.ThreadPoolExecutor(
                 max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
-                thread_name_prefix="tfkernels")
+                thread_name_prefix="tfkernels",
+            )
         return _POOL
 
 

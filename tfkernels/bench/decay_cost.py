@@ -28,8 +28,7 @@ class DecayStudy:
 
     def sample(self, n_inner):
         """Summed loop time of ``n_inner`` studies."""
-        return sum(self.study(*self.args, **self.kw).meta["loop_time_s"]
-                   for _ in range(n_inner))
+        return sum(self.study(*self.args, **self.kw).meta["loop_time_s"] for _ in range(n_inner))
 
 
 def decay_section(settings, bar):
@@ -49,9 +48,17 @@ def decay_section(settings, bar):
         impls[mode].sample(1)
     impls["flow"].setup()
     wait_quiet(settings.wait_quiet_s)
-    timed = time_interleaved(impls, settings.repeats, settings.min_sample_s,
-                             settings.pause_s)
+    timed = time_interleaved(impls, settings.repeats, settings.min_sample_s, settings.pause_s)
     flow_s = timed["flow"]["median_s"]
-    return {"status": "ok", "dtype": dtype, "T": T, "d": d, "heads": H, "N": N, "B": B,
-            "flow_s": flow_s, **{f"{m}_s": timed[m]["median_s"] for m in ("pair", "tangent")},
-            **{f"{m}_ratio": timed[m]["median_s"] / flow_s for m in ("pair", "tangent")}}
+    return {
+        "status": "ok",
+        "dtype": dtype,
+        "T": T,
+        "d": d,
+        "heads": H,
+        "N": N,
+        "B": B,
+        "flow_s": flow_s,
+        **{f"{m}_s": timed[m]["median_s"] for m in ("pair", "tangent")},
+        **{f"{m}_ratio": timed[m]["median_s"] / flow_s for m in ("pair", "tangent")},
+    }

@@ -33,8 +33,9 @@ def fitted_order(layers, errors, floor):
 
 def method_kwargs(method):
     """Keyword arguments of :func:`tfkernels.integrate` for an error study method."""
-    return {"method": method, "alpha": None, "c": 1.0} if method == "averaged" else \
-        {"method": method}
+    return (
+        {"method": method, "alpha": None, "c": 1.0} if method == "averaged" else {"method": method}
+    )
 
 
 def global_errors(params, x0, exact, layers, method):
@@ -73,8 +74,14 @@ def transformer_problem(d=8, heads=2, T=4, seed=5):
     def fun(t, y):
         return tfk.vector_field(params, y.reshape(1, T, d)).ravel()
 
-    exact = np.stack([solve_ivp(fun, (0.0, 1.0), x.ravel(), method="DOP853", rtol=1e-12,
-                                atol=1e-14).y[:, -1].reshape(T, d) for x in x0])
+    exact = np.stack(
+        [
+            solve_ivp(fun, (0.0, 1.0), x.ravel(), method="DOP853", rtol=1e-12, atol=1e-14)
+            .y[:, -1]
+            .reshape(T, d)
+            for x in x0
+        ]
+    )
     return params, x0, exact, "solve_ivp DOP853 rtol=1e-12 atol=1e-14"
 
 
@@ -82,17 +89,29 @@ def error_section(settings, bar):
     """Global error E(N) and fitted order of each method, linear and transformer."""
     es = settings.errors
     out = {}
-    for system, make, key in (("linear", linear_problem, "linear_layers"),
-                              ("transformer", transformer_problem, "transformer_layers")):
+    for system, make, key in (
+        ("linear", linear_problem, "linear_layers"),
+        ("transformer", transformer_problem, "transformer_layers"),
+    ):
         bar.set_postfix_str(f"errors {system}")
         params, x0, exact, how = make()
         layers = list(es[key])
-        entry = {"reference": how, "layers": layers, "d": params.d, "T": x0.shape[1],
-                 "B": x0.shape[0], "floor": ERROR_FLOOR[system], "methods": {}}
+        entry = {
+            "reference": how,
+            "layers": layers,
+            "d": params.d,
+            "T": x0.shape[1],
+            "B": x0.shape[0],
+            "floor": ERROR_FLOOR[system],
+            "methods": {},
+        }
         for m in es["methods"]:
             errs = global_errors(params, x0, exact, layers, m)
-            entry["methods"][m] = {"errors": errs, "expected_order": EXPECTED_ORDER[m],
-                                   "order": fitted_order(layers, errs, ERROR_FLOOR[system])}
+            entry["methods"][m] = {
+                "errors": errs,
+                "expected_order": EXPECTED_ORDER[m],
+                "order": fitted_order(layers, errs, ERROR_FLOOR[system]),
+            }
             bar.update()
         out[system] = entry
     return out

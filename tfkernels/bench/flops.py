@@ -123,17 +123,25 @@ class FlowConfig:
         if self.d_ff is None:
             object.__setattr__(self, "d_ff", 4 * self.d)
         if self.activation not in ACTIVATION_FLOPS:
-            raise ValueError(f"`activation` must be one of {sorted(ACTIVATION_FLOPS)}, "
-                             f"got {self.activation!r}")
+            raise ValueError(
+                f"`activation` must be one of {sorted(ACTIVATION_FLOPS)}, got {self.activation!r}"
+            )
 
     @classmethod
     def from_params(cls, params, seq_len):
         """Describe the flow of a :class:`~tfkernels.TransformerParams` on T tokens."""
-        return cls(seq_len=seq_len, d=params.d, n_heads=params.n_heads,
-                   d_ff=params.d_ff or 4 * params.d, attention=params.attention,
-                   ffn=params.ffn, linear=params.linear is not None,
-                   damping=params.damping != 0, causal=params.causal,
-                   activation=params.activation)
+        return cls(
+            seq_len=seq_len,
+            d=params.d,
+            n_heads=params.n_heads,
+            d_ff=params.d_ff or 4 * params.d,
+            attention=params.attention,
+            ffn=params.ffn,
+            linear=params.linear is not None,
+            damping=params.damping != 0,
+            causal=params.causal,
+            activation=params.activation,
+        )
 
 
 def score_pairs(seq_len, causal):
@@ -212,7 +220,8 @@ def flops_per_layer(cfg, method="euler"):
     """
     n_stages = len(tableau(method).b)
     return n_stages * flops_per_eval(cfg)["total"] + stage_combination_flops(
-        method, cfg.seq_len, cfg.d)
+        method, cfg.seq_len, cfg.d
+    )
 
 
 # ------------------------------------------------------------------- machine peak
@@ -263,10 +272,16 @@ class MachinePeak:
 
     def as_dict(self):
         """A JSON-ready dict of every field."""
-        return {"cores": self.cores, "clock_ghz": self.clock_ghz,
-                "vector_bits": self.vector_bits, "fma_units": self.fma_units,
-                "flop_per_cycle": dict(self.flop_per_cycle), "gflops": dict(self.gflops),
-                "explanation": self.explanation, "sources": dict(self.sources)}
+        return {
+            "cores": self.cores,
+            "clock_ghz": self.clock_ghz,
+            "vector_bits": self.vector_bits,
+            "fma_units": self.fma_units,
+            "flop_per_cycle": dict(self.flop_per_cycle),
+            "gflops": dict(self.gflops),
+            "explanation": self.explanation,
+            "sources": dict(self.sources),
+        }
 
 
 def read_cpuinfo(path="/proc/cpuinfo"):
@@ -390,8 +405,16 @@ def machine_peak(cores=None, clock_ghz=None, flop_per_cycle32=None, cpuinfo=None
         f"{bits // 32} float32 lanes x {pipes}] = {gflops['float32']:.1f} GFLOP/s float32, "
         f"{gflops['float64']:.1f} GFLOP/s float64 ({fpc['float64']} flop/cycle)"
     )
-    return MachinePeak(cores=n_cores, clock_ghz=clock, vector_bits=bits, fma_units=units,
-                       flop_per_cycle=fpc, gflops=gflops, explanation=text, sources=srcs)
+    return MachinePeak(
+        cores=n_cores,
+        clock_ghz=clock,
+        vector_bits=bits,
+        fma_units=units,
+        flop_per_cycle=fpc,
+        gflops=gflops,
+        explanation=text,
+        sources=srcs,
+    )
 
 
 def cpu_model(cpuinfo=None):
@@ -406,8 +429,13 @@ def cpu_model(cpuinfo=None):
 # ------------------------------------------------------------- measured FMA peak
 #: Serial worker: no reference counting (``config.WORKER_NRT``), it allocates nothing.
 #: GIL-free, so that one call per thread runs in parallel (``threads.run_each``).
-_jit = njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
-            _nrt=config.WORKER_NRT, nogil=True)
+_jit = njit(
+    cache=config.CACHE,
+    fastmath=config.FASTMATH,
+    error_model=config.ERROR_MODEL,
+    _nrt=config.WORKER_NRT,
+    nogil=True,
+)
 
 #: Independent FMA chains per thread in :func:`measured_peak`. Full FMA throughput needs
 #: at least latency × pipes chains in flight (4 cycles × 2 pipes = 8 on current x86
@@ -607,13 +635,17 @@ class PeakReference:
     repeats: int = 5
 
     @classmethod
-    def measure(cls, threads=(1,), dtypes=("float32", "float64"), min_seconds=0.2,
-                repeats=5, nominal=None):
+    def measure(
+        cls, threads=(1,), dtypes=("float32", "float64"), min_seconds=0.2, repeats=5, nominal=None
+    ):
         """Run :func:`measured_peak` for every dtype and thread count."""
         nominal = machine_peak() if nominal is None else nominal
-        measured = {np.dtype(dt).name: {int(n): measured_peak(dt, n, min_seconds, repeats)
-                                        for n in sorted(set(threads))}
-                    for dt in dtypes}
+        measured = {
+            np.dtype(dt).name: {
+                int(n): measured_peak(dt, n, min_seconds, repeats) for n in sorted(set(threads))
+            }
+            for dt in dtypes
+        }
         return cls(nominal, measured, min_seconds, repeats)
 
     def _threads(self, threads):
@@ -647,27 +679,43 @@ class PeakReference:
         """One sentence: measured peaks, implied clocks, and which peak % uses."""
         parts = []
         for n in sorted({k for per in self.measured.values() for k in per}):
-            rates = " / ".join(f"{self.measured[dt][n]:.0f} {dt}" for dt in self.measured
-                               if n in self.measured[dt])
-            clocks = sorted({round(self.implied_clock_ghz(dt, n), 2) for dt in self.measured
-                             if n in self.measured[dt]})
-            parts.append(f"{rates} GFLOP/s on {n} thread(s) (implied clock "
-                         f"{' / '.join(f'{c:.2f}' for c in clocks)} GHz)")
+            rates = " / ".join(
+                f"{self.measured[dt][n]:.0f} {dt}" for dt in self.measured if n in self.measured[dt]
+            )
+            clocks = sorted(
+                {
+                    round(self.implied_clock_ghz(dt, n), 2)
+                    for dt in self.measured
+                    if n in self.measured[dt]
+                }
+            )
+            parts.append(
+                f"{rates} GFLOP/s on {n} thread(s) (implied clock "
+                f"{' / '.join(f'{c:.2f}' for c in clocks)} GHz)"
+            )
         if not parts:
             return "measured FMA peak: not measured; % peak uses the nominal peak"
-        return (f"measured FMA peak ({FMA_CHAINS} independent vector FMA chains per "
-                f"thread, median of {self.repeats} runs of >= {self.min_seconds:g} s): "
-                + "; ".join(parts) + "; % peak divides by the larger of nominal and "
-                "measured for the threads used")
+        return (
+            f"measured FMA peak ({FMA_CHAINS} independent vector FMA chains per "
+            f"thread, median of {self.repeats} runs of >= {self.min_seconds:g} s): "
+            + "; ".join(parts)
+            + "; % peak divides by the larger of nominal and "
+            "measured for the threads used"
+        )
 
     def as_dict(self):
         """A JSON-ready dict: the measured rates, implied clocks and the peak used."""
         return {
-            "gflops": {dt: {str(n): v for n, v in per.items()}
-                       for dt, per in self.measured.items()},
-            "implied_clock_ghz": {dt: {str(n): self.implied_clock_ghz(dt, n) for n in per}
-                                  for dt, per in self.measured.items()},
-            "fma_chains": FMA_CHAINS, "lanes": {dt: fma_lanes(dt) for dt in self.measured},
-            "min_seconds": self.min_seconds, "repeats": self.repeats,
+            "gflops": {
+                dt: {str(n): v for n, v in per.items()} for dt, per in self.measured.items()
+            },
+            "implied_clock_ghz": {
+                dt: {str(n): self.implied_clock_ghz(dt, n) for n in per}
+                for dt, per in self.measured.items()
+            },
+            "fma_chains": FMA_CHAINS,
+            "lanes": {dt: fma_lanes(dt) for dt in self.measured},
+            "min_seconds": self.min_seconds,
+            "repeats": self.repeats,
             "explanation": self.summary(),
         }

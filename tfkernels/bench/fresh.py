@@ -13,7 +13,7 @@ import sys
 
 def package_root():
     """The folder holding the ``tfkernels`` package (a source checkout or site-packages)."""
-    here = os.path.dirname(os.path.abspath(__file__))            # .../tfkernels/bench
+    here = os.path.dirname(os.path.abspath(__file__))  # .../tfkernels/bench
     return os.path.dirname(os.path.dirname(here))
 
 
@@ -22,8 +22,7 @@ def child_env(extra=None):
     ``PYTHONPATH``."""
     env = dict(os.environ)
     env.update(extra or {})
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root(), env.get("PYTHONPATH"))
-                                        if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root(), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -47,9 +46,13 @@ def run_json_script(script, args=(), extra_env=None, timeout=600):
         The decoded object, or ``{"error": <tail of stderr>}`` when the child failed.
     """
     try:
-        r = subprocess.run([sys.executable, "-c", script, *map(str, args)],
-                           env=child_env(extra_env), capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run(
+            [sys.executable, "-c", script, *map(str, args)],
+            env=child_env(extra_env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     if r.returncode:

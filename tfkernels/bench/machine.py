@@ -19,8 +19,13 @@ from .timing import timed, wait_quiet
 PEAK_REPEATS = 5
 
 #: Environment variables recorded with every sweep (they change what is measured).
-ENV_KEYS = ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS", "XLA_FLAGS")
+ENV_KEYS = (
+    "NUMBA_NUM_THREADS",
+    "NUMBA_THREADING_LAYER",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "XLA_FLAGS",
+)
 
 
 def gemm_gflops(dtype, n=1024, repeats=3):
@@ -29,7 +34,7 @@ def gemm_gflops(dtype, n=1024, repeats=3):
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
     best = min(timed(lambda: a @ b) for _ in range(repeats + 1))
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def versions():
@@ -39,9 +44,13 @@ def versions():
 
     import tfkernels
 
-    out = {"python": platform.python_version(), "numpy": np.__version__,
-           "numba": numba.__version__, "scipy": scipy.__version__,
-           "tfkernels": tfkernels.__version__}
+    out = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "scipy": scipy.__version__,
+        "tfkernels": tfkernels.__version__,
+    }
     for name in ("torch", "jax"):
         try:
             out[name] = peers.library_version(name)
@@ -53,11 +62,20 @@ def versions():
 def git_revision():
     """``(commit, dirty)`` of the source tree, or ``(None, None)`` outside git."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package_root(),
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=package_root(), capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=package_root(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=package_root(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev or None, bool(dirty)
     except (OSError, subprocess.SubprocessError):
         return None, None
@@ -83,9 +101,11 @@ def measure_peak(settings):
     tfkernels.bench.flops.PeakReference
     """
     wait_quiet(settings.wait_quiet_s)
-    return flops.PeakReference.measure(threads=sorted({1, sweep_threads(settings)}),
-                                       min_seconds=settings.peak_min_s,
-                                       repeats=PEAK_REPEATS)
+    return flops.PeakReference.measure(
+        threads=sorted({1, sweep_threads(settings)}),
+        min_seconds=settings.peak_min_s,
+        repeats=PEAK_REPEATS,
+    )
 
 
 def machine_section(settings, peak=None):
@@ -100,15 +120,22 @@ def machine_section(settings, peak=None):
     n = sweep_threads(settings)
     commit, dirty = git_revision()
     return {
-        "cpu": flops.cpu_model(), "platform": platform.platform(),
-        "logical_cpus": os.cpu_count(), "peak": peak.nominal.as_dict(),
+        "cpu": flops.cpu_model(),
+        "platform": platform.platform(),
+        "logical_cpus": os.cpu_count(),
+        "peak": peak.nominal.as_dict(),
         "measured_peak": peak.as_dict(),
-        "peak_used": {"threads": n, "gflops": {dt: peak.peak_gflops(dt, n)
-                                               for dt in ("float32", "float64")},
-                      "nominal_gflops": {dt: peak.nominal.peak_gflops(dt, n)
-                                         for dt in ("float32", "float64")}},
+        "peak_used": {
+            "threads": n,
+            "gflops": {dt: peak.peak_gflops(dt, n) for dt in ("float32", "float64")},
+            "nominal_gflops": {
+                dt: peak.nominal.peak_gflops(dt, n) for dt in ("float32", "float64")
+            },
+        },
         "gemm_gflops": {dt: gemm_gflops(dt) for dt in ("float32", "float64")},
-        "threads": settings.threads, "numba_threading_layer": threading_layer(),
-        "env": {k: os.environ.get(k) for k in ENV_KEYS}, "versions": versions(),
+        "threads": settings.threads,
+        "numba_threading_layer": threading_layer(),
+        "env": {k: os.environ.get(k) for k in ENV_KEYS},
+        "versions": versions(),
         "git": {"commit": commit, "dirty": dirty},
     }

@@ -33,42 +33,100 @@ def _json_default(obj):
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-CSV_FIELDS = ("section", "dtype", "config", "B", "N", "T", "d", "heads", "method", "impl",
-              "variant", "status", "median_s", "traj_layers_per_s", "gflops", "frac_peak",
-              "speedup", "axis", "value", "threads", "system", "error", "order")
+CSV_FIELDS = (
+    "section",
+    "dtype",
+    "config",
+    "B",
+    "N",
+    "T",
+    "d",
+    "heads",
+    "method",
+    "impl",
+    "variant",
+    "status",
+    "median_s",
+    "traj_layers_per_s",
+    "gflops",
+    "frac_peak",
+    "speedup",
+    "axis",
+    "value",
+    "threads",
+    "system",
+    "error",
+    "order",
+)
 
 
 def csv_rows(doc):
     """Flatten a sweep document into CSV rows (dicts over :data:`CSV_FIELDS`)."""
     rows = []
     for p in doc.get("throughput", []):
-        base = {"section": "throughput", **{k: p[k] for k in
-                                             ("dtype", "config", "B", "N", "T", "d", "heads",
-                                              "method")}}
-        rows.append({**base, "impl": "tfkernels", "status": "ok",
-                     **{k: p["ours"][k] for k in ("median_s", "traj_layers_per_s",
-                                                   "gflops", "frac_peak")}})
+        base = {
+            "section": "throughput",
+            **{k: p[k] for k in ("dtype", "config", "B", "N", "T", "d", "heads", "method")},
+        }
+        rows.append(
+            {
+                **base,
+                "impl": "tfkernels",
+                "status": "ok",
+                **{
+                    k: p["ours"][k]
+                    for k in ("median_s", "traj_layers_per_s", "gflops", "frac_peak")
+                },
+            }
+        )
         for name, peer in p["peers"].items():
             for vname, v in peer["variants"].items():
-                rows.append({**base, "impl": name, "variant": vname, "status": v["status"],
-                             **{k: v.get(k) for k in ("median_s", "traj_layers_per_s",
-                                                      "gflops", "frac_peak")},
-                             "speedup": (v["median_s"] / p["ours"]["median_s"]
-                                         if "median_s" in v else None)})
+                rows.append(
+                    {
+                        **base,
+                        "impl": name,
+                        "variant": vname,
+                        "status": v["status"],
+                        **{
+                            k: v.get(k)
+                            for k in ("median_s", "traj_layers_per_s", "gflops", "frac_peak")
+                        },
+                        "speedup": (
+                            v["median_s"] / p["ours"]["median_s"] if "median_s" in v else None
+                        ),
+                    }
+                )
     for axis, entry in doc.get("scaling", {}).items():
         if not isinstance(entry, dict) or "points" not in entry:
             continue
         for e in entry["points"]:
-            rows.append({"section": "scaling", "dtype": doc["scaling"]["dtype"], "axis": axis,
-                         "impl": "tfkernels", **{k: e[k] for k in
-                                                 ("value", "B", "N", "T", "d", "heads",
-                                                  "threads", "median_s")},
-                         "speedup": e.get("speedup")})
+            rows.append(
+                {
+                    "section": "scaling",
+                    "dtype": doc["scaling"]["dtype"],
+                    "axis": axis,
+                    "impl": "tfkernels",
+                    **{
+                        k: e[k]
+                        for k in ("value", "B", "N", "T", "d", "heads", "threads", "median_s")
+                    },
+                    "speedup": e.get("speedup"),
+                }
+            )
     for system, entry in doc.get("errors", {}).items():
         for m, r in entry["methods"].items():
             for N, err in zip(entry["layers"], r["errors"]):
-                rows.append({"section": "errors", "system": system, "method": m, "N": N,
-                             "error": err, "order": r["order"], "impl": "tfkernels"})
+                rows.append(
+                    {
+                        "section": "errors",
+                        "system": system,
+                        "method": m,
+                        "N": N,
+                        "error": err,
+                        "order": r["order"],
+                        "impl": "tfkernels",
+                    }
+                )
     return rows
 
 

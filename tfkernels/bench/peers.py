@@ -96,17 +96,22 @@ def variants(peer, threads):
     """
     n = str(threads)
     if peer == "numpy":
-        return [Variant("numpy", "blas-threads",
-                        {"OPENBLAS_NUM_THREADS": n, "OPENBLAS_THREAD_TIMEOUT": "4"},
-                        {"py_threads": 1}),
-                Variant("numpy", "py-threads", {"OPENBLAS_NUM_THREADS": "1"},
-                        {"py_threads": threads})]
+        return [
+            Variant(
+                "numpy",
+                "blas-threads",
+                {"OPENBLAS_NUM_THREADS": n, "OPENBLAS_THREAD_TIMEOUT": "4"},
+                {"py_threads": 1},
+            ),
+            Variant("numpy", "py-threads", {"OPENBLAS_NUM_THREADS": "1"}, {"py_threads": threads}),
+        ]
     if peer == "torch":
         return [Variant("torch", "eager", {}, {})]
     if peer == "jax":
-        return [Variant("jax", "default", {"XLA_FLAGS": ""}, {}),
-                Variant("jax", "eigen-st",
-                        {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}, {})]
+        return [
+            Variant("jax", "default", {"XLA_FLAGS": ""}, {}),
+            Variant("jax", "eigen-st", {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}, {}),
+        ]
     raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
 
 
@@ -131,14 +136,25 @@ def flow_spec(params, n_layers, method="euler", t_final=1.0):
     if method not in METHODS or method == "averaged":
         raise ValueError(f"peers run euler, heun or rk4, got `method`={method!r}")
     a, b, _ = tableau(method).arrays
-    weights = {k: np.asarray(getattr(params, k)) for k in
-               ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2", "linear")
-               if getattr(params, k) is not None}
-    return {"weights": weights, "n_heads": params.n_heads, "beta": params.beta,
-            "causal": params.causal, "damping": params.damping,
-            "activation": params.activation, "n_layers": int(n_layers),
-            "dt": float(t_final) / int(n_layers), "a": a, "b": b,
-            "dtype": np.dtype(params.dtype).name, "method": method}
+    weights = {
+        k: np.asarray(getattr(params, k))
+        for k in ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2", "linear")
+        if getattr(params, k) is not None
+    }
+    return {
+        "weights": weights,
+        "n_heads": params.n_heads,
+        "beta": params.beta,
+        "causal": params.causal,
+        "damping": params.damping,
+        "activation": params.activation,
+        "n_layers": int(n_layers),
+        "dt": float(t_final) / int(n_layers),
+        "a": a,
+        "b": b,
+        "dtype": np.dtype(params.dtype).name,
+        "method": method,
+    }
 
 
 def rk_layer(f, X, spec):
@@ -224,8 +240,7 @@ class NumpyFlow:
         self.x0 = np.ascontiguousarray(x0)
         B, T, d = x0.shape
         w = self.spec["weights"]
-        width = max(3 * d, w["w1"].shape[1] if "w1" in w else 0,
-                    self.spec["n_heads"] * T)
+        width = max(3 * d, w["w1"].shape[1] if "w1" in w else 0, self.spec["n_heads"] * T)
         per_traj = T * width
         chunk = max(1, NUMPY_CHUNK_ELEMS // per_traj)
         chunk = min(chunk, -(-B // self.py_threads))
@@ -277,7 +292,7 @@ class TorchFlow:
             H = spec["n_heads"]
             dh = d // H
             qkv = (X @ w["wqkv"]).reshape(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)
-            S = (qkv[0] @ qkv[1].transpose(-1, -2)) * (spec["beta"] / dh ** 0.5)
+            S = (qkv[0] @ qkv[1].transpose(-1, -2)) * (spec["beta"] / dh**0.5)
             if spec["causal"]:
                 S = S.masked_fill(self.mask[:T, :T], float("-inf"))
             P = torch.softmax(S, dim=-1)
@@ -344,7 +359,7 @@ class JaxFlow:
             H = spec["n_heads"]
             dh = d // H
             qkv = (X @ w["wqkv"]).reshape(T, 3, H, dh)
-            S = jnp.einsum("thc,shc->hts", qkv[:, 0], qkv[:, 1]) * (spec["beta"] / dh ** 0.5)
+            S = jnp.einsum("thc,shc->hts", qkv[:, 0], qkv[:, 1]) * (spec["beta"] / dh**0.5)
             if spec["causal"]:
                 S = jnp.where(jnp.tril(jnp.ones((T, T), dtype=bool)), S, -jnp.inf)
             P = jax.nn.softmax(S, axis=-1)
@@ -417,6 +432,7 @@ def serve(peer, threads, options, stdin, stdout):
     ``("setup", spec, x0)`` → ``("ok", {"out", "first_s"})``;
     ``("time", n)`` → ``("ok", seconds for n runs)``; ``("exit",)``.
     """
+
     def reply(*msg):
         pickle.dump(msg, stdout, protocol=pickle.HIGHEST_PROTOCOL)
         stdout.flush()
@@ -476,10 +492,20 @@ class PeerProcess:
         self.status, self.message, self.version = "ok", "", None
         env = child_env(variant.env)
         self.log = tempfile.TemporaryFile()
-        cmd = [sys.executable, "-m", "tfkernels.bench.peers", "--serve", variant.peer,
-               "--threads", str(threads), "--options", repr(variant.options)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, env=env)
+        cmd = [
+            sys.executable,
+            "-m",
+            "tfkernels.bench.peers",
+            "--serve",
+            variant.peer,
+            "--threads",
+            str(threads),
+            "--options",
+            repr(variant.options),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env
+        )
         kind, payload = self._read()
         if kind == "ready":
             self.version = payload["version"]
@@ -495,8 +521,9 @@ class PeerProcess:
             return pickle.load(self.proc.stdout)
         except (EOFError, pickle.UnpicklingError):
             self.proc.wait()
-            return "error", (f"worker exited with code {self.proc.returncode}: "
-                             f"{self._stderr_tail()}")
+            return "error", (
+                f"worker exited with code {self.proc.returncode}: {self._stderr_tail()}"
+            )
 
     def _fail(self, status, message):
         self.status, self.message = status, str(message).strip()

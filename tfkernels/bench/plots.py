@@ -21,8 +21,9 @@ def _log_xticks(ax, values, labels=None, fontsize=8):
     """Ticks exactly at ``values`` on a log x axis, no minor tick labels."""
     from matplotlib.ticker import NullFormatter
 
-    ax.set_xticks(list(values), [str(v) for v in values] if labels is None else labels,
-                  fontsize=fontsize)
+    ax.set_xticks(
+        list(values), [str(v) for v in values] if labels is None else labels, fontsize=fontsize
+    )
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
@@ -56,8 +57,7 @@ def _by_dtype(doc):
 
 def _finish_width_panel(ax, pts):
     """Config-and-width ticks, grid and legend of a panel over the widths of ``pts``."""
-    _log_xticks(ax, [p["d"] for p in pts], [f"{p['config']}\nd={p['d']}" for p in pts],
-                fontsize=7)
+    _log_xticks(ax, [p["d"] for p in pts], [f"{p['config']}\nd={p['d']}" for p in pts], fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -75,8 +75,13 @@ def plot_throughput(doc, path):
                 ax.plot(ds, ys, "s--", label=name)
         pk = pts[0]["peak_gflops"]  # max(nominal, measured)
         which = "measured" if pk > pts[0].get("nominal_peak_gflops", pk) else "nominal"
-        ax.set(xscale="log", yscale="log", xlabel="width d", ylabel="GFLOP/s",
-               title=f"{dt}, N={pts[0]['N']} (peak {pk:.0f} GFLOP/s, {which})")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="width d",
+            ylabel="GFLOP/s",
+            title=f"{dt}, N={pts[0]['N']} (peak {pk:.0f} GFLOP/s, {which})",
+        )
         _finish_width_panel(ax, pts)
     _save(plt, fig, path)
 
@@ -92,8 +97,13 @@ def plot_speedup(doc, path):
             if np.any(np.isfinite(ys)):
                 ax.plot(ds, ys, "o-", label=f"vs {name}")
         ax.axhline(1.0, color="k", lw=0.8)
-        ax.set(xscale="log", yscale="log", xlabel="width d",
-               ylabel="speed-up (peer time / our time)", title=f"{dt}, N={pts[0]['N']}")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="width d",
+            ylabel="speed-up (peer time / our time)",
+            title=f"{dt}, N={pts[0]['N']}",
+        )
         _finish_width_panel(ax, pts)
     _save(plt, fig, path)
 
@@ -107,11 +117,20 @@ def plot_errors(doc, path):
         for m, r in e["methods"].items():
             order = "n/a" if r["order"] is None else f"{r['order']:.2f}"
             style = ":" if m == "averaged" else "-"
-            ax.plot(e["layers"], np.maximum(r["errors"], 1e-17), "o" + style,
-                    label=f"{m}: order {order} (expect {r['expected_order']})")
+            ax.plot(
+                e["layers"],
+                np.maximum(r["errors"], 1e-17),
+                "o" + style,
+                label=f"{m}: order {order} (expect {r['expected_order']})",
+            )
         ax.axhline(e["floor"], color="gray", lw=0.8, ls="--")
-        ax.set(xscale="log", yscale="log", xlabel="layers N", ylabel="relative error E(N)",
-               title=f"{system} (reference: {e['reference']})")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="layers N",
+            ylabel="relative error E(N)",
+            title=f"{system} (reference: {e['reference']})",
+        )
         _log_xticks(ax, e["layers"])
         ax.title.set_fontsize(8)
         ax.grid(True, which="both", alpha=0.3)
@@ -136,8 +155,13 @@ def plot_scaling(doc, path):
         else:
             ax.plot(xs, [p["median_s"] for p in pts], "o-")
             exp = sc[name]["exponent"]
-            ax.set(xscale="log", yscale="log", xlabel=name, ylabel="seconds per call",
-                   title=f"time ~ {name}^{exp:.2f}" if exp is not None else name)
+            ax.set(
+                xscale="log",
+                yscale="log",
+                xlabel=name,
+                ylabel="seconds per call",
+                title=f"time ~ {name}^{exp:.2f}" if exp is not None else name,
+            )
             _log_xticks(ax, xs)
         ax.grid(True, which="both", alpha=0.3)
     _save(plt, fig, path)
@@ -145,9 +169,12 @@ def plot_scaling(doc, path):
 
 def write_plots(doc, stem):
     """Write every plot the document has data for; return their file names."""
-    jobs = [("throughput", plot_throughput, "throughput"), ("throughput", plot_speedup,
-                                                           "speedup"),
-            ("errors", plot_errors, "errors"), ("scaling", plot_scaling, "scaling")]
+    jobs = [
+        ("throughput", plot_throughput, "throughput"),
+        ("throughput", plot_speedup, "speedup"),
+        ("errors", plot_errors, "errors"),
+        ("scaling", plot_scaling, "scaling"),
+    ]
     names = []
     for key, fn, suffix in jobs:
         if doc.get(key):

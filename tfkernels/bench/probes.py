@@ -51,8 +51,9 @@ def kernel_dispatchers(package="tfkernels.kernels", imported_only=False):
     from numba.core.dispatcher import Dispatcher
 
     pkg = importlib.import_module(package)
-    names = [pkg.__name__] + [m.name for m in pkgutil.walk_packages(pkg.__path__,
-                                                                     pkg.__name__ + ".")]
+    names = [pkg.__name__] + [
+        m.name for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")
+    ]
     if imported_only:
         modules = [sys.modules[n] for n in names if n in sys.modules]
     else:
@@ -72,8 +73,10 @@ def cache_counts(dispatchers):
     A miss is a compilation (Numba counts one whenever the on-disk cache had no
     entry, or caching is off); a hit is an overload loaded from the cache.
     """
-    return {name: (sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
-            for name, d in dispatchers.items()}
+    return {
+        name: (sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
+        for name, d in dispatchers.items()
+    }
 
 
 def count_change(before, after):
@@ -90,15 +93,20 @@ def count_change(before, after):
         when anything compiled, else ``"cache hit (loaded)"`` when anything loaded,
         else ``"already loaded"``.
     """
-    delta = {name: tuple(a - b for a, b in zip(counts, before.get(name, (0, 0))))
-             for name, counts in after.items()}
+    delta = {
+        name: tuple(a - b for a, b in zip(counts, before.get(name, (0, 0))))
+        for name, counts in after.items()
+    }
     hits = sum(h for h, _ in delta.values())
     misses = sum(m for _, m in delta.values())
-    how = ("cache miss (compiled)" if misses else "cache hit (loaded)" if hits
-           else "already loaded")
-    return {"how": how, "hits": hits, "misses": misses,
-            "loaded": sorted(n for n, (h, _) in delta.items() if h),
-            "compiled": sorted(n for n, (_, m) in delta.items() if m)}
+    how = "cache miss (compiled)" if misses else "cache hit (loaded)" if hits else "already loaded"
+    return {
+        "how": how,
+        "hits": hits,
+        "misses": misses,
+        "loaded": sorted(n for n, (h, _) in delta.items() if h),
+        "compiled": sorted(n for n, (_, m) in delta.items() if m),
+    }
 
 
 # ------------------------------------------------------------------ workloads
@@ -159,18 +167,35 @@ def decay_workload(dtype=None, threads=None):
     import tfkernels as tfk
 
     a = decay_defaults(dtype=dtype)
-    p = tfk.TransformerParams.random(d=a.d, n_heads=a.heads, d_ff=a.d_ff,
-                                     damping=a.damping, activation=a.activation,
-                                     seed=a.seed, dtype=a.dtype)
+    p = tfk.TransformerParams.random(
+        d=a.d,
+        n_heads=a.heads,
+        d_ff=a.d_ff,
+        damping=a.damping,
+        activation=a.activation,
+        seed=a.seed,
+        dtype=a.dtype,
+    )
 
     def call():
-        tfk.perturbation_decay(p, a.trajectories, a.seq_len, a.layers, method=a.method,
-                               eps=a.eps, mode=a.mode, seed=a.seed,
-                               chunk_size=a.chunk_size, n_threads=threads)
+        tfk.perturbation_decay(
+            p,
+            a.trajectories,
+            a.seq_len,
+            a.layers,
+            method=a.method,
+            eps=a.eps,
+            mode=a.mode,
+            seed=a.seed,
+            chunk_size=a.chunk_size,
+            n_threads=threads,
+        )
 
-    return call, (f"perturbation_decay {a.mode} mode, {a.trajectories} trajectories, "
-                  f"d={a.d}, H={a.heads}, d_ff={a.d_ff}, damping {a.damping:g}, "
-                  f"T={a.seq_len}, N={a.layers} {a.method}, {a.dtype}")
+    return call, (
+        f"perturbation_decay {a.mode} mode, {a.trajectories} trajectories, "
+        f"d={a.d}, H={a.heads}, d_ff={a.d_ff}, damping {a.damping:g}, "
+        f"T={a.seq_len}, N={a.layers} {a.method}, {a.dtype}"
+    )
 
 
 #: Probe name → builder ``(dtype, threads) -> (call, description)``.
@@ -204,8 +229,13 @@ def first_call(dtype, threads, workload="flow"):
     t0 = time.perf_counter()
     call()
     t_second = time.perf_counter() - t0
-    return {"workload": description, "first_call_s": t_first, "second_call_s": t_second,
-            "compile_or_load_s": max(t_first - t_second, 0.0), **change}
+    return {
+        "workload": description,
+        "first_call_s": t_first,
+        "second_call_s": t_second,
+        "compile_or_load_s": max(t_first - t_second, 0.0),
+        **change,
+    }
 
 
 _COMPILE_SCRIPT = r"""
@@ -253,8 +283,7 @@ def compile_section(settings):
     out = {"mode": settings.compile}
     modes = {"cold": ("cold", "warm"), "warm": ("warm",)}.get(settings.compile, ())
     for dt in settings.dtypes:
-        out[dt] = {"in_process": first_call(dt, settings.threads), **_starts("flow", dt,
-                                                                             modes)}
+        out[dt] = {"in_process": first_call(dt, settings.threads), **_starts("flow", dt, modes)}
     if modes:
         dt = decay_defaults().dtype
         out["decay"] = {"workload": decay_workload(dt)[1], **_starts("decay", dt, modes)}
@@ -265,8 +294,10 @@ def _starts(workload, dtype, modes):
     """The ``cold`` / ``warm`` fresh starts of one workload."""
     if "cold" in modes:
         with tempfile.TemporaryDirectory(prefix="tfk-cache-") as cache:
-            return {"cold": fresh_start(workload, dtype, cache),
-                    "warm": fresh_start(workload, dtype, cache)}
+            return {
+                "cold": fresh_start(workload, dtype, cache),
+                "warm": fresh_start(workload, dtype, cache),
+            }
     return {"warm": fresh_start(workload, dtype)} if modes else {}
 
 

@@ -27,26 +27,36 @@ def load_docs(out_dir):
 
 def fmt(x, spec=".3g"):
     """``x`` formatted with ``spec``; "—" for None and non-finite floats."""
-    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else \
-        format(x, spec)
+    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
 
 
 def readme_throughput(doc):
     """Markdown table: one row per throughput point, ratios against each peer."""
     names = list(doc["throughput"][0]["peers"]) if doc["throughput"] else []
-    head = ["config (T, d, H)", "dtype", "N", "B", "tfkernels traj-layers/s", "GFLOP/s",
-            "% peak"] + [f"{n}: traj-layers/s (×ours)" for n in names] + ["busy"]
+    head = (
+        ["config (T, d, H)", "dtype", "N", "B", "tfkernels traj-layers/s", "GFLOP/s", "% peak"]
+        + [f"{n}: traj-layers/s (×ours)" for n in names]
+        + ["busy"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in doc["throughput"]:
         o = p["ours"]
-        cells = [f"{p['config']} ({p['T']}, {p['d']}, {p['heads']})", p["dtype"], p["N"],
-                 p["B"], fmt(o["traj_layers_per_s"], ",.0f"), fmt(o["gflops"], ".1f"),
-                 fmt(100 * o["frac_peak"], ".1f")]
+        cells = [
+            f"{p['config']} ({p['T']}, {p['d']}, {p['heads']})",
+            p["dtype"],
+            p["N"],
+            p["B"],
+            fmt(o["traj_layers_per_s"], ",.0f"),
+            fmt(o["gflops"], ".1f"),
+            fmt(100 * o["frac_peak"], ".1f"),
+        ]
         for n in names:
             peer = p["peers"][n]
             if peer["status"] == "ok":
-                cells.append(f"{peer['traj_layers_per_s']:,.0f} [{peer['best_variant']}] "
-                             f"(**{peer['speedup']:.2f}×**)")
+                cells.append(
+                    f"{peer['traj_layers_per_s']:,.0f} [{peer['best_variant']}] "
+                    f"(**{peer['speedup']:.2f}×**)"
+                )
             else:
                 cells.append(peer["status"])
         busy = p.get("contention", {}).get("foreign_cpu_frac")
@@ -61,8 +71,7 @@ def compile_entries(compile_doc):
     One ``flow, <dtype>`` entry per dtype, then ``tfkernels decay`` (the default decay
     study) when it was probed; the section's other keys (``mode``) are left out.
     """
-    out = [(f"flow, {dt}", compile_doc[dt]) for dt in ("float32", "float64")
-           if dt in compile_doc]
+    out = [(f"flow, {dt}", compile_doc[dt]) for dt in ("float32", "float64") if dt in compile_doc]
     if "decay" in compile_doc:
         out.append(("`tfkernels decay`", compile_doc["decay"]))
     return out
@@ -70,8 +79,10 @@ def compile_entries(compile_doc):
 
 def _fresh_start(kind, e):
     """One fresh-process start (``cold`` or ``warm``) in words."""
-    text = (f"{kind} start (import + first call, fresh process) {e['total_s']:.2f} s = "
-            f"{e['import_s']:.2f} + {e['first_call_s']:.2f}")
+    text = (
+        f"{kind} start (import + first call, fresh process) {e['total_s']:.2f} s = "
+        f"{e['import_s']:.2f} + {e['first_call_s']:.2f}"
+    )
     if e.get("compiled"):
         return text + f" ({len(e['compiled'])} kernels compiled)"
     if e.get("loaded"):
@@ -98,28 +109,38 @@ def readme_scaling(doc):
     """Bullet list of scaling exponents and parallel efficiency."""
     sc = doc["scaling"]
     base = ", ".join(f"{k}={v}" for k, v in sc["base"].items())
-    lines = [f"Base ({sc['dtype']}): {base}. Fitted exponent of time against each axis "
-             "(1 = linear):", ""]
+    lines = [
+        f"Base ({sc['dtype']}): {base}. Fitted exponent of time against each axis (1 = linear):",
+        "",
+    ]
     for axis in ("B", "N", "T", "d"):
         if axis in sc:
             pts = sc[axis]["points"]
-            lines.append(f"- {axis}: exponent {fmt(sc[axis]['exponent'], '.2f')} over "
-                         f"{pts[0]['value']}…{pts[-1]['value']}")
+            lines.append(
+                f"- {axis}: exponent {fmt(sc[axis]['exponent'], '.2f')} over "
+                f"{pts[0]['value']}…{pts[-1]['value']}"
+            )
     if "threads" in sc:
         for e in sc["threads"]["points"]:
-            lines.append(f"- {e['value']} thread(s): {e['median_s'] * 1e3:.2f} ms, speed-up "
-                         f"{e['speedup']:.2f}×, efficiency {100 * e['efficiency']:.0f} %")
+            lines.append(
+                f"- {e['value']} thread(s): {e['median_s'] * 1e3:.2f} ms, speed-up "
+                f"{e['speedup']:.2f}×, efficiency {100 * e['efficiency']:.0f} %"
+            )
     return lines
 
 
 def readme_errors(doc):
     """Markdown table of fitted orders."""
-    lines = ["| system | reference | method | expected order | fitted order | E at largest N |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| system | reference | method | expected order | fitted order | E at largest N |",
+        "|---|---|---|---|---|---|",
+    ]
     for system, e in doc["errors"].items():
         for m, r in e["methods"].items():
-            lines.append(f"| {system} | {e['reference']} | {m} | {r['expected_order']} | "
-                         f"{fmt(r['order'], '.2f')} | {r['errors'][-1]:.2e} |")
+            lines.append(
+                f"| {system} | {e['reference']} | {m} | {r['expected_order']} | "
+                f"{fmt(r['order'], '.2f')} | {r['errors'][-1]:.2e} |"
+            )
     return lines
 
 
@@ -128,10 +149,12 @@ def readme_decay(doc):
     dec = doc["decay"]
     if dec.get("status") != "ok":
         return [f"- {dec.get('message', 'not measured')}"]
-    return [f"- {dec['dtype']}, B={dec['B']}, T={dec['T']}, d={dec['d']}, N={dec['N']}: flow "
-            f"{dec['flow_s'] * 1e3:.2f} ms; pair mode {dec['pair_s'] * 1e3:.2f} ms "
-            f"({dec['pair_ratio']:.2f}×); tangent mode {dec['tangent_s'] * 1e3:.2f} ms "
-            f"({dec['tangent_ratio']:.2f}×) — the study's chunk loop, λ̂ estimate excluded"]
+    return [
+        f"- {dec['dtype']}, B={dec['B']}, T={dec['T']}, d={dec['d']}, N={dec['N']}: flow "
+        f"{dec['flow_s'] * 1e3:.2f} ms; pair mode {dec['pair_s'] * 1e3:.2f} ms "
+        f"({dec['pair_ratio']:.2f}×); tangent mode {dec['tangent_s'] * 1e3:.2f} ms "
+        f"({dec['tangent_ratio']:.2f}×) — the study's chunk loop, λ̂ estimate excluded"
+    ]
 
 
 def readme_memory(doc):
@@ -142,9 +165,11 @@ def readme_memory(doc):
         if "error" in r:
             lines.append(f"- B={r['B']}: failed")
             continue
-        lines.append(f"- B={r['B']} (state {r['state_mb']:.1f} MB): peak RSS grew "
-                     f"{r['extra_mb']:.1f} MB during the call, "
-                     f"{r['beyond_output_mb']:.1f} MB beyond its output array")
+        lines.append(
+            f"- B={r['B']} (state {r['state_mb']:.1f} MB): peak RSS grew "
+            f"{r['extra_mb']:.1f} MB during the call, "
+            f"{r['beyond_output_mb']:.1f} MB beyond its output array"
+        )
     return lines
 
 
@@ -157,23 +182,34 @@ def goals(doc):
         cand = [p for p in pts if p["config"] == cfg and p["dtype"] == dt]
         return max(cand, key=lambda p: p["N"]) if cand else None
 
-    for cfgs, need, label in ((("tiny", "small"), 2.0, "≥ 2× best peer"),
-                              (("medium", "large"), 1.2, "≥ 1.2× best peer")):
+    for cfgs, need, label in (
+        (("tiny", "small"), 2.0, "≥ 2× best peer"),
+        (("medium", "large"), 1.2, "≥ 1.2× best peer"),
+    ):
         for cfg in cfgs:
             for dt in ("float32", "float64"):
                 p = at(cfg, dt)
                 if p is None or not p.get("best_peer"):
                     continue
                 s = p["best_peer"]
-                out.append((f"{cfg} {dt}: {label}", s["speedup"] >= need,
-                            f"{s['speedup']:.2f}× vs {s['peer']}[{s['variant']}]"))
+                out.append(
+                    (
+                        f"{cfg} {dt}: {label}",
+                        s["speedup"] >= need,
+                        f"{s['speedup']:.2f}× vs {s['peer']}[{s['variant']}]",
+                    )
+                )
     for cfgs, need in ((("tiny", "small"), 0.40), (("medium", "large"), 0.60)):
         for cfg in cfgs:
             p = at(cfg, "float32")
             if p is not None:
-                out.append((f"{cfg} float32: ≥ {need:.0%} of peak",
-                            p["ours"]["frac_peak"] >= need,
-                            f"{100 * p['ours']['frac_peak']:.1f} %"))
+                out.append(
+                    (
+                        f"{cfg} float32: ≥ {need:.0%} of peak",
+                        p["ours"]["frac_peak"] >= need,
+                        f"{100 * p['ours']['frac_peak']:.1f} %",
+                    )
+                )
     out += _goal_memory(doc) + _goal_threads(doc) + _goal_compile(doc) + _goal_decay(doc)
     return out
 
@@ -182,8 +218,10 @@ def _goal_decay(doc):
     dec = doc.get("decay")
     if not dec or dec.get("status") != "ok":
         return []
-    return [(f"{m} mode costs ≤ 2.2× the flow", dec[f"{m}_ratio"] <= 2.2,
-             f"{dec[f'{m}_ratio']:.2f}×") for m in ("pair", "tangent")]
+    return [
+        (f"{m} mode costs ≤ 2.2× the flow", dec[f"{m}_ratio"] <= 2.2, f"{dec[f'{m}_ratio']:.2f}×")
+        for m in ("pair", "tangent")
+    ]
 
 
 def _goal_memory(doc):
@@ -194,9 +232,14 @@ def _goal_memory(doc):
     if not ok_pts:
         return []
     worst = max(r["beyond_output_mb"] for r in ok_pts)
-    return [(f"peak RSS growth beyond input and output < {mem['limit_mb']} MB "
-             f"(B up to {max(r['B'] for r in ok_pts)})", worst < mem["limit_mb"],
-             f"{worst:.1f} MB")]
+    return [
+        (
+            f"peak RSS growth beyond input and output < {mem['limit_mb']} MB "
+            f"(B up to {max(r['B'] for r in ok_pts)})",
+            worst < mem["limit_mb"],
+            f"{worst:.1f} MB",
+        )
+    ]
 
 
 def _goal_threads(doc):
@@ -204,19 +247,30 @@ def _goal_threads(doc):
     if not th or len(th["points"]) < 2:
         return []
     e = th["points"][1]
-    return [("parallel speed-up 1 → 2 threads ≥ 1.85×", e["speedup"] >= 1.85,
-             f"{e['speedup']:.2f}×")]
+    return [
+        ("parallel speed-up 1 → 2 threads ≥ 1.85×", e["speedup"] >= 1.85, f"{e['speedup']:.2f}×")
+    ]
 
 
 def _goal_compile(doc):
     out = []
     for label, e in compile_entries(doc.get("compile", {})):
         if "total_s" in e.get("cold", {}):
-            out.append((f"cold compile, {label} < 10 s", e["cold"]["total_s"] < 10,
-                        f"{e['cold']['total_s']:.1f} s"))
+            out.append(
+                (
+                    f"cold compile, {label} < 10 s",
+                    e["cold"]["total_s"] < 10,
+                    f"{e['cold']['total_s']:.1f} s",
+                )
+            )
         if "total_s" in e.get("warm", {}):
-            out.append((f"warm start, {label} < 1 s", e["warm"]["total_s"] < 1,
-                        f"{e['warm']['total_s']:.2f} s"))
+            out.append(
+                (
+                    f"warm start, {label} < 1 s",
+                    e["warm"]["total_s"] < 1,
+                    f"{e['warm']['total_s']:.2f} s",
+                )
+            )
     return out
 
 
@@ -224,47 +278,71 @@ def readme_section(doc):
     """The README section of one sweep document."""
     m = doc["machine"]
     stem = f"bench-{doc['preset']}"
-    lines = [f"## Preset `{doc['preset']}` — {doc['created']}", "",
-             f"`{doc['command']}` — {doc['elapsed_s']:.0f} s, {m['threads']} thread(s), "
-             f"git {(m['git']['commit'] or '?')[:10]}{' (dirty)' if m['git']['dirty'] else ''}, "
-             f"Numba threading layer {m['numba_threading_layer']}.", ""]
+    lines = [
+        f"## Preset `{doc['preset']}` — {doc['created']}",
+        "",
+        f"`{doc['command']}` — {doc['elapsed_s']:.0f} s, {m['threads']} thread(s), "
+        f"git {(m['git']['commit'] or '?')[:10]}{' (dirty)' if m['git']['dirty'] else ''}, "
+        f"Numba threading layer {m['numba_threading_layer']}.",
+        "",
+    ]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     lines += [f"Versions: {versions}.", ""]
     if m.get("peak_used"):
         used, nominal = m["peak_used"]["gflops"], m["peak_used"]["nominal_gflops"]
-        lines += ["% peak below divides by " + ", ".join(
-            f"{used[dt]:.0f} GFLOP/s {dt} (nominal {nominal[dt]:.0f})" for dt in used)
+        lines += [
+            "% peak below divides by "
+            + ", ".join(f"{used[dt]:.0f} GFLOP/s {dt} (nominal {nominal[dt]:.0f})" for dt in used)
             + f": the larger of the nominal and the measured FMA peak on "
-              f"{m['peak_used']['threads']} thread(s).", ""]
+            f"{m['peak_used']['threads']} thread(s).",
+            "",
+        ]
     c = doc.get("contention", {})
     if c.get("foreign_cpu_frac") is not None:
-        lines += [f"Other processes used {100 * c['foreign_cpu_frac']:.0f} % of the CPUs "
-                  f"during this run (hypervisor steal {100 * c['steal_frac']:.1f} %); the "
-                  "column 'busy' below is that share during each point. A busy core "
-                  "slows every multi-threaded implementation, so compare within a row.",
-                  ""]
+        lines += [
+            f"Other processes used {100 * c['foreign_cpu_frac']:.0f} % of the CPUs "
+            f"during this run (hypervisor steal {100 * c['steal_frac']:.1f} %); the "
+            "column 'busy' below is that share during each point. A busy core "
+            "slows every multi-threaded implementation, so compare within a row.",
+            "",
+        ]
     if doc.get("throughput"):
-        lines += ["### Throughput (median of interleaved runs; ×ours = peer time / our time, "
-                  "> 1 means tfkernels is faster)", ""] + readme_throughput(doc) + [""]
-    sections = (("compile", "Compile and start-up", readme_compile),
-                ("scaling", "Scaling", readme_scaling),
-                ("errors", "Error scaling (global error at t = 1)", readme_errors),
-                ("decay", "Perturbation-decay study cost", readme_decay),
-                ("memory", "Memory", readme_memory))
+        lines += (
+            [
+                "### Throughput (median of interleaved runs; ×ours = peer time / our time, "
+                "> 1 means tfkernels is faster)",
+                "",
+            ]
+            + readme_throughput(doc)
+            + [""]
+        )
+    sections = (
+        ("compile", "Compile and start-up", readme_compile),
+        ("scaling", "Scaling", readme_scaling),
+        ("errors", "Error scaling (global error at t = 1)", readme_errors),
+        ("decay", "Perturbation-decay study cost", readme_decay),
+        ("memory", "Memory", readme_memory),
+    )
     for key, title, fn in sections:
         if doc.get(key):
             lines += [f"### {title}", ""] + fn(doc) + [""]
     g = goals(doc)
     if g:
-        lines += ["### Issue 5 goals, judged from this run", "",
-                  "| goal | met | measured |", "|---|---|---|"]
+        lines += [
+            "### Issue 5 goals, judged from this run",
+            "",
+            "| goal | met | measured |",
+            "|---|---|---|",
+        ]
         lines += [f"| {name} | {'yes' if ok else '**no**'} | {fig} |" for name, ok, fig in g]
         lines += [""]
         busy = doc.get("contention", {}).get("foreign_cpu_frac")
         if busy is not None and busy > 0.25:
-            lines += [f"Other processes used {100 * busy:.0f} % of the CPUs during this run: "
-                      "the speed verdicts above are not reliable; rerun on a quiet machine.",
-                      ""]
+            lines += [
+                f"Other processes used {100 * busy:.0f} % of the CPUs during this run: "
+                "the speed verdicts above are not reliable; rerun on a quiet machine.",
+                "",
+            ]
     for png in doc.get("plots", []):
         lines += [f"![{png}]({png})", ""]
     lines += [f"Data: [`{stem}.json`]({stem}.json), [`{stem}.csv`]({stem}.csv).", ""]
@@ -295,57 +373,80 @@ def peak_used(machine):
 
 def readme_peak(machine):
     """README lines on the peak: nominal, measured (implied clock), and the one used."""
-    lines = [f"Nominal machine {machine['peak']['explanation']} (the clock the machine "
-             "reports; a virtual machine reports its base clock, and the cores boost above "
-             "it under load).", ""]
+    lines = [
+        f"Nominal machine {machine['peak']['explanation']} (the clock the machine "
+        "reports; a virtual machine reports its base clock, and the cores boost above "
+        "it under load).",
+        "",
+    ]
     mp = machine.get("measured_peak")
     if not mp or not mp.get("gflops"):
-        return lines + ["% peak divides by the nominal peak (no measured peak in this run).",
-                        ""]
+        return lines + ["% peak divides by the nominal peak (no measured peak in this run).", ""]
     used = machine["peak_used"]
     n = used["threads"]
-    lines += ["Measured FMA peak (`tfkernels.bench.flops.measured_peak`: "
-              f"{mp['fma_chains']} independent vector FMA chains per thread in registers, "
-              f"nothing else; median of {mp['repeats']} runs of ≥ {mp['min_seconds']:g} s "
-              "of CPU time): "]
+    lines += [
+        "Measured FMA peak (`tfkernels.bench.flops.measured_peak`: "
+        f"{mp['fma_chains']} independent vector FMA chains per thread in registers, "
+        f"nothing else; median of {mp['repeats']} runs of ≥ {mp['min_seconds']:g} s "
+        "of CPU time): "
+    ]
     parts = []
     for k in sorted({int(t) for per in mp["gflops"].values() for t in per}):
         rates = [(dt, per[str(k)]) for dt, per in mp["gflops"].items() if str(k) in per]
-        clocks = dict.fromkeys(f"{mp['implied_clock_ghz'][dt][str(k)]:.2f}"
-                               for dt, _ in rates)
-        parts.append(" / ".join(f"{v:.0f} GFLOP/s {dt}" for dt, v in rates)
-                     + f" on {k} thread(s) (implied clock "
-                     + " / ".join(clocks) + " GHz)")
+        clocks = dict.fromkeys(f"{mp['implied_clock_ghz'][dt][str(k)]:.2f}" for dt, _ in rates)
+        parts.append(
+            " / ".join(f"{v:.0f} GFLOP/s {dt}" for dt, v in rates)
+            + f" on {k} thread(s) (implied clock "
+            + " / ".join(clocks)
+            + " GHz)"
+        )
     lines[-1] += "; ".join(parts) + "."
     nominal = used["nominal_gflops"]
-    lines += ["", f"% peak uses the larger of nominal and measured on the sweep's {n} "
-              "thread(s): " + ", ".join(
-                  f"{dt} {used['gflops'][dt]:.0f} GFLOP/s "
-                  f"({'measured' if used['gflops'][dt] > nominal[dt] else 'nominal'}; "
-                  f"nominal {nominal[dt]:.0f})" for dt in used["gflops"]) + ".", ""]
+    lines += [
+        "",
+        f"% peak uses the larger of nominal and measured on the sweep's {n} "
+        "thread(s): "
+        + ", ".join(
+            f"{dt} {used['gflops'][dt]:.0f} GFLOP/s "
+            f"({'measured' if used['gflops'][dt] > nominal[dt] else 'nominal'}; "
+            f"nominal {nominal[dt]:.0f})"
+            for dt in used["gflops"]
+        )
+        + ".",
+        "",
+    ]
     return lines
 
 
 def write_readme(out_dir):
     """Regenerate ``<out_dir>/README.md`` from every sweep and paper result there."""
     docs = load_docs(out_dir)
-    lines = ["# Benchmark results", "",
-             "Generated by `tfkernels bench` (and `tfkernels paper`); do not edit by hand —",
-             "rerun the harness instead. Every ratio is formed within one run on one machine.",
-             ""]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `tfkernels bench` (and `tfkernels paper`); do not edit by hand —",
+        "rerun the harness instead. Every ratio is formed within one run on one machine.",
+        "",
+    ]
     if docs:
         m = docs[0]["machine"]
         g = m["gemm_gflops"]
         used = peak_used(m)
-        lines += [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPU(s), "
-                  f"{m['platform']}.", ""] + readme_peak(m) + [
-                  f"Attainable: a 1024×1024 NumPy/OpenBLAS GEMM reaches "
-                  f"{g['float32']:.0f} GFLOP/s float32 and {g['float64']:.0f} float64 "
-                  f"({100 * g['float32'] / used['float32']:.0f} % and "
-                  f"{100 * g['float64'] / used['float64']:.0f} % of peak).", "",
-                  "FLOPs per trajectory-layer: the model in `tfkernels/bench/flops.py` "
-                  "(every matmul 2·m·k·n; 15 flops per softmax score; 20 per GELU; "
-                  "bias, damping, term sums and RK combinations counted).", ""]
+        lines += (
+            [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPU(s), {m['platform']}.", ""]
+            + readme_peak(m)
+            + [
+                f"Attainable: a 1024×1024 NumPy/OpenBLAS GEMM reaches "
+                f"{g['float32']:.0f} GFLOP/s float32 and {g['float64']:.0f} float64 "
+                f"({100 * g['float32'] / used['float32']:.0f} % and "
+                f"{100 * g['float64'] / used['float64']:.0f} % of peak).",
+                "",
+                "FLOPs per trajectory-layer: the model in `tfkernels/bench/flops.py` "
+                "(every matmul 2·m·k·n; 15 flops per softmax score; 20 per GELU; "
+                "bias, damping, term sums and RK combinations counted).",
+                "",
+            ]
+        )
     for doc in docs:
         lines += readme_section(doc)
     lines += readme_paper(out_dir)

@@ -55,15 +55,22 @@ def run_sweep(settings, out_dir="results", progress=True, plots=True):
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
     settings = replace(settings, threads=sweep_threads(settings))
-    doc = {"preset": settings.preset, "created": _now(),
-           "command": " ".join(["tfkernels", *sys.argv[1:]]),
-           "settings": _settings_dict(settings)}
+    doc = {
+        "preset": settings.preset,
+        "created": _now(),
+        "command": " ".join(["tfkernels", *sys.argv[1:]]),
+        "settings": _settings_dict(settings),
+    }
     monitor = CpuMonitor()
     peak = measure_peak(settings)
     doc["machine"] = machine_section(settings, peak)
     sec = settings.sections
-    with tqdm(total=count_steps(settings), disable=not progress, unit="pt",
-              desc=f"bench {settings.preset}") as bar:
+    with tqdm(
+        total=count_steps(settings),
+        disable=not progress,
+        unit="pt",
+        desc=f"bench {settings.preset}",
+    ) as bar:
         if "compile" in sec:
             bar.set_postfix_str("compile")
             doc["compile"] = compile_section(settings)

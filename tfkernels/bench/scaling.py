@@ -37,8 +37,9 @@ def scaling_measure(settings, shape, counts, dtype):
     impls = {k: Ours(p, x0, N, settings.method, k) for k in counts}
     for impl in impls.values():
         impl.setup()
-    timed = time_interleaved(impls, settings.repeats, settings.min_sample_s,
-                             settings.pause_s if len(counts) > 1 else 0.0)
+    timed = time_interleaved(
+        impls, settings.repeats, settings.min_sample_s, settings.pause_s if len(counts) > 1 else 0.0
+    )
     return [timed[k]["median_s"] for k in counts]
 
 
@@ -60,21 +61,31 @@ def scaling_section(settings, bar):
         bar.set_postfix_str("scaling threads")
         wait_quiet(settings.wait_quiet_s)
         counts = [run[1] for run in by_threads]
-        per_count = dict(zip(counts, scaling_measure(settings, by_threads[0][2], counts,
-                                                     dtype)))
+        per_count = dict(zip(counts, scaling_measure(settings, by_threads[0][2], counts, dtype)))
     for axis, value, shape, threads in runs:
         bar.set_postfix_str(f"scaling {axis}={value}")
         if axis != "threads" and axis not in rows:
             wait_quiet(settings.wait_quiet_s)
-        t = (per_count[value] if axis == "threads"
-             else scaling_measure(settings, shape, [threads], dtype)[0])
+        t = (
+            per_count[value]
+            if axis == "threads"
+            else scaling_measure(settings, shape, [threads], dtype)[0]
+        )
         T, d, H, N, B = shape
-        rows.setdefault(axis, []).append({"value": value, "T": T, "d": d, "heads": H,
-                                          "N": N, "B": B, "threads": threads,
-                                          "median_s": t})
+        rows.setdefault(axis, []).append(
+            {
+                "value": value,
+                "T": T,
+                "d": d,
+                "heads": H,
+                "N": N,
+                "B": B,
+                "threads": threads,
+                "median_s": t,
+            }
+        )
         bar.update()
-    out = {"dtype": dtype, "base": dict(zip("T d heads N B".split(),
-                                            settings.scaling["base"]))}
+    out = {"dtype": dtype, "base": dict(zip("T d heads N B".split(), settings.scaling["base"]))}
     for axis, entries in rows.items():
         xs = [e["value"] for e in entries]
         ts = [e["median_s"] for e in entries]

@@ -7,8 +7,12 @@ Imports nothing beyond the standard library at import time, so that the command 
 from dataclasses import dataclass, field
 
 #: The named configurations (T, d, heads) of issue 5's goal table.
-NAMED_CONFIGS = {"tiny": (8, 16, 2), "small": (16, 32, 4), "medium": (32, 64, 4),
-                 "large": (64, 128, 8)}
+NAMED_CONFIGS = {
+    "tiny": (8, 16, 2),
+    "small": (16, 32, 4),
+    "medium": (32, 64, 4),
+    "large": (64, 128, 8),
+}
 
 
 @dataclass(frozen=True)
@@ -90,37 +94,84 @@ def _named(*names):
 
 PRESETS = {
     "ci": Settings(
-        preset="ci", dtypes=("float32",), configs=_named("tiny"), n_layers=(8,),
-        batch=32, peers=("numpy",), repeats=3, min_sample_s=0.005, compile="first",
+        preset="ci",
+        dtypes=("float32",),
+        configs=_named("tiny"),
+        n_layers=(8,),
+        batch=32,
+        peers=("numpy",),
+        repeats=3,
+        min_sample_s=0.005,
+        compile="first",
         peak_min_s=0.05,
-        memory_batches=(), sections=("compile", "throughput", "scaling", "errors"),
-        scaling={"base": (4, 8, 2, 4, 32), "batch": (16, 32), "layers": (4, 8),
-                 "seq_len": (4, 8), "width": (8, 16), "threads": True},
-        errors={"linear_layers": (8, 16, 32, 64), "transformer_layers": (4, 8, 16),
-                "methods": ("euler", "heun", "rk4", "averaged")}),
+        memory_batches=(),
+        sections=("compile", "throughput", "scaling", "errors"),
+        scaling={
+            "base": (4, 8, 2, 4, 32),
+            "batch": (16, 32),
+            "layers": (4, 8),
+            "seq_len": (4, 8),
+            "width": (8, 16),
+            "threads": True,
+        },
+        errors={
+            "linear_layers": (8, 16, 32, 64),
+            "transformer_layers": (4, 8, 16),
+            "methods": ("euler", "heun", "rk4", "averaged"),
+        },
+    ),
     "quick": Settings(
-        preset="quick", dtypes=("float32", "float64"), configs=_named("tiny", "small"),
-        n_layers=(8, 32), work=5e8, repeats=7, min_sample_s=0.03, pause_s=0.05,
-        compile="warm", wait_quiet_s=5.0,
+        preset="quick",
+        dtypes=("float32", "float64"),
+        configs=_named("tiny", "small"),
+        n_layers=(8, 32),
+        work=5e8,
+        repeats=7,
+        min_sample_s=0.03,
+        pause_s=0.05,
+        compile="warm",
+        wait_quiet_s=5.0,
         memory_batches=(4096,),
-        scaling={"base": (8, 16, 2, 16, 128), "batch": (32, 128, 512),
-                 "layers": (4, 16, 64), "seq_len": (4, 8, 16), "width": (8, 16, 32),
-                 "threads": True},
-        errors={"linear_layers": (8, 16, 32, 64, 128),
-                "transformer_layers": (4, 8, 16, 32),
-                "methods": ("euler", "heun", "rk4", "averaged")}),
+        scaling={
+            "base": (8, 16, 2, 16, 128),
+            "batch": (32, 128, 512),
+            "layers": (4, 16, 64),
+            "seq_len": (4, 8, 16),
+            "width": (8, 16, 32),
+            "threads": True,
+        },
+        errors={
+            "linear_layers": (8, 16, 32, 64, 128),
+            "transformer_layers": (4, 8, 16, 32),
+            "methods": ("euler", "heun", "rk4", "averaged"),
+        },
+    ),
     "full": Settings(
-        preset="full", dtypes=("float32", "float64"),
-        configs=_named("tiny", "small", "medium", "large"), n_layers=(8, 32, 128),
-        work=4e9, repeats=7, min_sample_s=0.1, pause_s=0.05, compile="cold",
+        preset="full",
+        dtypes=("float32", "float64"),
+        configs=_named("tiny", "small", "medium", "large"),
+        n_layers=(8, 32, 128),
+        work=4e9,
+        repeats=7,
+        min_sample_s=0.1,
+        pause_s=0.05,
+        compile="cold",
         wait_quiet_s=60.0,
         memory_batches=(1024, 16384, 131072),
-        scaling={"base": (16, 32, 4, 32, 256), "batch": (16, 64, 256, 1024, 4096),
-                 "layers": (8, 32, 128, 512), "seq_len": (4, 8, 16, 32, 64),
-                 "width": (8, 16, 32, 64, 128), "threads": True},
-        errors={"linear_layers": (4, 8, 16, 32, 64, 128, 256, 512, 1024),
-                "transformer_layers": (4, 8, 16, 32, 64, 128, 256),
-                "methods": ("euler", "heun", "rk4", "averaged")}),
+        scaling={
+            "base": (16, 32, 4, 32, 256),
+            "batch": (16, 64, 256, 1024, 4096),
+            "layers": (8, 32, 128, 512),
+            "seq_len": (4, 8, 16, 32, 64),
+            "width": (8, 16, 32, 64, 128),
+            "threads": True,
+        },
+        errors={
+            "linear_layers": (4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            "transformer_layers": (4, 8, 16, 32, 64, 128, 256),
+            "methods": ("euler", "heun", "rk4", "averaged"),
+        },
+    ),
 }
 
 

@@ -32,8 +32,9 @@ class Ours:
 
     def run(self):
         """One call of :func:`tfkernels.integrate`; returns the final states."""
-        return self.tfk.integrate(self.params, self.x0, self.n_layers, method=self.method,
-                                  n_threads=self.threads)
+        return self.tfk.integrate(
+            self.params, self.x0, self.n_layers, method=self.method, n_threads=self.threads
+        )
 
     def setup(self):
         """First call; returns ``(output, seconds)``."""
@@ -71,16 +72,18 @@ def bench_params(cfg, dtype):
     """Weights of a throughput point: attention + GELU FFN (m = 4d), damping 1."""
     import tfkernels as tfk
 
-    return tfk.TransformerParams.random(cfg.d, cfg.heads, damping=1.0, seed=1,
-                                        dtype=np.dtype(dtype))
+    return tfk.TransformerParams.random(
+        cfg.d, cfg.heads, damping=1.0, seed=1, dtype=np.dtype(dtype)
+    )
 
 
 def start_peers(settings):
     """Start one worker process per peer variant; return ``{peer: [PeerProcess]}``."""
     procs = {}
     for name in settings.peers:
-        procs[name] = [peers.PeerProcess(v, settings.threads)
-                       for v in peers.variants(name, settings.threads)]
+        procs[name] = [
+            peers.PeerProcess(v, settings.threads) for v in peers.variants(name, settings.threads)
+        ]
     return procs
 
 
@@ -97,14 +100,20 @@ def check_peer(proc, spec, x0, ours_out, dtype):
     try:
         out, first = proc.setup(spec, x0)
     except RuntimeError as exc:
-        return {"status": proc.status if proc.status != "ok" else "error",
-                "message": str(exc)[-1500:]}
+        return {
+            "status": proc.status if proc.status != "ok" else "error",
+            "message": str(exc)[-1500:],
+        }
     scale = float(np.max(np.abs(ours_out))) or 1.0
     diff = float(np.max(np.abs(out.astype(np.float64) - ours_out))) / scale
     if not np.isfinite(diff) or diff > PEER_RTOL[dtype]:
-        return {"status": "mismatch", "max_rel_diff": diff, "first_call_s": first,
-                "message": f"max|peer - ours| / max|ours| = {diff:.3g} > "
-                           f"{PEER_RTOL[dtype]:g}; not timed"}
+        return {
+            "status": "mismatch",
+            "max_rel_diff": diff,
+            "first_call_s": first,
+            "message": f"max|peer - ours| / max|ours| = {diff:.3g} > "
+            f"{PEER_RTOL[dtype]:g}; not timed",
+        }
     return {"status": "ok", "max_rel_diff": diff, "first_call_s": first}
 
 
@@ -133,20 +142,35 @@ def throughput_point(settings, cfg, dtype, N, procs, peak):
             variants.setdefault(name, {})[proc.variant.name] = check
             if check["status"] == "ok":
                 impls[proc.variant.label] = proc
-    timed = time_interleaved(impls, settings.repeats, settings.min_sample_s,
-                             settings.pause_s)
+    timed = time_interleaved(impls, settings.repeats, settings.min_sample_s, settings.pause_s)
     fpl = flops.flops_per_layer(flow_config(cfg), settings.method)
     pk = peak.peak_gflops(dtype, settings.threads)  # max(nominal, measured)
-    point = {"config": cfg.name, "dtype": dtype, "B": B, "N": N, "T": cfg.seq_len,
-             "d": cfg.d, "heads": cfg.heads, "d_ff": 4 * cfg.d, "method": settings.method,
-             "flops_per_traj_layer": fpl, "peak_gflops": pk,
-             "nominal_peak_gflops": peak.nominal.peak_gflops(dtype, settings.threads),
-             "measured_peak_gflops": peak.measured_gflops(dtype, settings.threads),
-             "ours": {**timed["tfkernels"], **rates(timed["tfkernels"]["median_s"], B * N,
-                                                    fpl, pk), "first_call_s": ours_first}}
-    point["peers"] = {name: summarize_peer(variants[name], timed, procs[name], B * N, fpl,
-                                           pk, point["ours"]["median_s"])
-                      for name in procs}
+    point = {
+        "config": cfg.name,
+        "dtype": dtype,
+        "B": B,
+        "N": N,
+        "T": cfg.seq_len,
+        "d": cfg.d,
+        "heads": cfg.heads,
+        "d_ff": 4 * cfg.d,
+        "method": settings.method,
+        "flops_per_traj_layer": fpl,
+        "peak_gflops": pk,
+        "nominal_peak_gflops": peak.nominal.peak_gflops(dtype, settings.threads),
+        "measured_peak_gflops": peak.measured_gflops(dtype, settings.threads),
+        "ours": {
+            **timed["tfkernels"],
+            **rates(timed["tfkernels"]["median_s"], B * N, fpl, pk),
+            "first_call_s": ours_first,
+        },
+    }
+    point["peers"] = {
+        name: summarize_peer(
+            variants[name], timed, procs[name], B * N, fpl, pk, point["ours"]["median_s"]
+        )
+        for name in procs
+    }
     return point
 
 
@@ -161,21 +185,34 @@ def summarize_peer(variants, timed, plist, work_items, fpl, pk, ours_s):
     ok = {k: v for k, v in variants.items() if "median_s" in v}
     if not ok:
         statuses = sorted({v["status"] for v in variants.values()})
-        return {"status": statuses[0] if len(statuses) == 1 else "/".join(statuses),
-                "variants": variants,
-                "message": "; ".join(v.get("message", "") for v in variants.values())}
+        return {
+            "status": statuses[0] if len(statuses) == 1 else "/".join(statuses),
+            "variants": variants,
+            "message": "; ".join(v.get("message", "") for v in variants.values()),
+        }
     best = min(ok, key=lambda k: ok[k]["median_s"])
     b = ok[best]
-    return {"status": "ok", "best_variant": best, "median_s": b["median_s"],
-            "traj_layers_per_s": b["traj_layers_per_s"], "gflops": b["gflops"],
-            "frac_peak": b["frac_peak"], "speedup": b["median_s"] / ours_s,
-            "max_rel_diff": b["max_rel_diff"], "variants": variants}
+    return {
+        "status": "ok",
+        "best_variant": best,
+        "median_s": b["median_s"],
+        "traj_layers_per_s": b["traj_layers_per_s"],
+        "gflops": b["gflops"],
+        "frac_peak": b["frac_peak"],
+        "speedup": b["median_s"] / ours_s,
+        "max_rel_diff": b["max_rel_diff"],
+        "variants": variants,
+    }
 
 
 def throughput_points(settings):
     """The (config, dtype, N) points of the throughput sweep, in order."""
-    return [(cfg, dt, N) for dt in settings.dtypes for cfg in settings.configs
-            for N in settings.n_layers]
+    return [
+        (cfg, dt, N)
+        for dt in settings.dtypes
+        for cfg in settings.configs
+        for N in settings.n_layers
+    ]
 
 
 def throughput_section(settings, peak, bar):
@@ -205,8 +242,11 @@ def add_best_peer(points):
         ok = {k: v for k, v in p["peers"].items() if v.get("status") == "ok"}
         if ok:
             best = min(ok, key=lambda k: ok[k]["median_s"])
-            p["best_peer"] = {"peer": best, "variant": ok[best]["best_variant"],
-                              "speedup": ok[best]["speedup"]}
+            p["best_peer"] = {
+                "peer": best,
+                "variant": ok[best]["best_variant"],
+                "speedup": ok[best]["speedup"],
+            }
         else:
             p["best_peer"] = None
     return points

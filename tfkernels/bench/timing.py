@@ -45,11 +45,13 @@ def time_interleaved(impls, repeats, min_sample_s, pause_s):
     times = {label: [] for label in impls}
     labels = list(impls)
     for r in range(repeats):
-        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
             times[label].append(impls[label].sample(n_inner[label]) / n_inner[label])
             time.sleep(pause_s)
-    return {label: {"median_s": statistics.median(ts), "times_s": ts,
-                    "n_inner": n_inner[label]} for label, ts in times.items()}
+    return {
+        label: {"median_s": statistics.median(ts), "times_s": ts, "n_inner": n_inner[label]}
+        for label, ts in times.items()
+    }
 
 
 def _proc_stat_cpu():
@@ -108,8 +110,11 @@ class CpuMonitor:
         if s0 is None or s1 is None:
             return {**out, "foreign_cpu_frac": None, "steal_frac": None}
         foreign = max((s1[0] - s0[0]) - (o1 - o0), 0.0) / (wall * n_cpu)
-        return {**out, "foreign_cpu_frac": min(foreign, 1.0),
-                "steal_frac": (s1[1] - s0[1]) / (wall * n_cpu)}
+        return {
+            **out,
+            "foreign_cpu_frac": min(foreign, 1.0),
+            "steal_frac": (s1[1] - s0[1]) / (wall * n_cpu),
+        }
 
 
 def wait_quiet(max_wait_s, threshold=0.15, window_s=0.5):
@@ -130,5 +135,8 @@ def wait_quiet(max_wait_s, threshold=0.15, window_s=0.5):
         frac = mon.read()["foreign_cpu_frac"]
         waited = time.perf_counter() - t0
         if frac is None or frac < threshold or waited >= max_wait_s:
-            return {"waited_s": waited, "quiet": frac is None or frac < threshold,
-                    "foreign_cpu_frac": frac}
+            return {
+                "waited_s": waited,
+                "quiet": frac is None or frac < threshold,
+                "foreign_cpu_frac": frac,
+            }

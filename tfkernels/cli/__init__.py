@@ -13,8 +13,10 @@ import sys
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     "decay": ("tfkernels.cli.decay", "Monte Carlo study of perturbation decay across layers"),
-    "bench": ("tfkernels.cli.bench",
-              "throughput and error-scaling sweeps against NumPy/PyTorch/JAX"),
+    "bench": (
+        "tfkernels.cli.bench",
+        "throughput and error-scaling sweeps against NumPy/PyTorch/JAX",
+    ),
     "paper": ("tfkernels.cli.paper", "reproduce the paper's Figures 1-3 with fitted slopes"),
 }
 
@@ -41,8 +43,12 @@ def build_parser(argv=()):
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = _command_of(argv)
     for name, (module, help_) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         p.set_defaults(_module=module)
         if name == chosen:
             importlib.import_module(module).configure_parser(p)

@@ -14,32 +14,54 @@ from ..bench.settings import PRESETS, Settings, default_threads, grid_configs
 
 def configure_parser(parser):
     """Add the ``tfkernels bench`` options to ``parser``."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                        help="sweep size: ci (seconds), quick (about a minute), full")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="sweep size: ci (seconds), quick (about a minute), full",
+    )
     parser.add_argument("--n", help="layers N, comma-separated (e.g. 8,32,128)")
-    parser.add_argument("--d", help="widths d, comma-separated (e.g. 16,64); a grid at "
-                                    "--seq-len and --heads replaces the named configs")
+    parser.add_argument(
+        "--d",
+        help="widths d, comma-separated (e.g. 16,64); a grid at "
+        "--seq-len and --heads replaces the named configs",
+    )
     parser.add_argument("--seq-len", type=int, help="tokens T of the --d grid; None: 16")
     parser.add_argument("--heads", type=int, help="heads H of the --d grid; None: 4")
     parser.add_argument("--dtype", help="float32, float64, both, or a comma list")
-    parser.add_argument("--batch", type=int, help="trajectories B per call; None: "
-                                                  "sized per config from the preset's work")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        help="trajectories B per call; None: sized per config from the preset's work",
+    )
     parser.add_argument("--peers", help="comma list of numpy,torch,jax, or none")
-    parser.add_argument("--threads", type=int, help="threads for tfkernels and the peers; "
-                                                    "None: all Numba threads")
-    parser.add_argument("--repeats", type=int,
-                        help="timed samples per implementation; None: the preset's")
-    parser.add_argument("--method", choices=("euler", "heun", "rk4"),
-                        help="update rule of the throughput sweep; None: the preset's (euler)")
-    parser.add_argument("--compile", choices=("first", "warm", "cold"),
-                        help="compile-time measurement: in-process first call only, plus "
-                             "a warm start, or plus a cold compile in a fresh cache (of a "
-                             "tiny flow and of the default `tfkernels decay` study); "
-                             "None: the preset's")
+    parser.add_argument(
+        "--threads", type=int, help="threads for tfkernels and the peers; None: all Numba threads"
+    )
+    parser.add_argument(
+        "--repeats", type=int, help="timed samples per implementation; None: the preset's"
+    )
+    parser.add_argument(
+        "--method",
+        choices=("euler", "heun", "rk4"),
+        help="update rule of the throughput sweep; None: the preset's (euler)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("first", "warm", "cold"),
+        help="compile-time measurement: in-process first call only, plus "
+        "a warm start, or plus a cold compile in a fresh cache (of a "
+        "tiny flow and of the default `tfkernels decay` study); "
+        "None: the preset's",
+    )
     parser.add_argument("--sections", help="comma list of " + ",".join(Settings.sections))
-    parser.add_argument("--wait-quiet", type=float, metavar="SECONDS",
-                        help="before each point wait up to SECONDS for other processes to "
-                             "leave the CPUs; 0: never; None: the preset's")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        metavar="SECONDS",
+        help="before each point wait up to SECONDS for other processes to "
+        "leave the CPUs; 0: never; None: the preset's",
+    )
     parser.add_argument("--out", default="results", help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
@@ -50,8 +72,9 @@ def _int_list(name, text):
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"`{name}` must be a comma-separated list of integers, "
-                         f"got {text!r}") from None
+        raise ValueError(
+            f"`{name}` must be a comma-separated list of integers, got {text!r}"
+        ) from None
     if not values or min(values) < 1:
         raise ValueError(f"`{name}` needs positive integers, got {text!r}")
     return values
@@ -64,8 +87,7 @@ def _name_list(name, text, allowed):
         return ()
     bad = [v for v in values if v not in allowed]
     if bad:
-        raise ValueError(f"`{name}`: unknown {', '.join(bad)}; choose from "
-                         f"{', '.join(allowed)}")
+        raise ValueError(f"`{name}`: unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
     return values
 
 
@@ -87,8 +109,11 @@ def settings_from_args(args):
     if args.n:
         custom["n_layers"] = _int_list("--n", args.n)
     if args.dtype:
-        dts = ("float32", "float64") if args.dtype == "both" else \
-            _name_list("--dtype", args.dtype, ("float32", "float64"))
+        dts = (
+            ("float32", "float64")
+            if args.dtype == "both"
+            else _name_list("--dtype", args.dtype, ("float32", "float64"))
+        )
         custom["dtypes"] = dts
     if args.batch:
         custom["batch"] = _int_list("--batch", str(args.batch))[0]
@@ -107,12 +132,17 @@ def settings_from_args(args):
         custom["sections"] = _name_list("--sections", args.sections, Settings.sections)
     threads = args.threads or default_threads()
     if threads > default_threads():
-        raise ValueError(f"`--threads`={threads} exceeds the {default_threads()} threads "
-                         "Numba started with (set NUMBA_NUM_THREADS to raise it)")
+        raise ValueError(
+            f"`--threads`={threads} exceeds the {default_threads()} threads "
+            "Numba started with (set NUMBA_NUM_THREADS to raise it)"
+        )
     if args.repeats is not None and args.repeats < 1:
         raise ValueError(f"`--repeats` must be >= 1, got {args.repeats}")
-    name = s.preset if not (set(custom) & {"configs", "n_layers", "dtypes", "batch",
-                                           "method"}) else "custom"
+    name = (
+        s.preset
+        if not (set(custom) & {"configs", "n_layers", "dtypes", "batch", "method"})
+        else "custom"
+    )
     return replace(s, preset=name, threads=threads, **custom)
 
 
@@ -125,17 +155,19 @@ def print_summary(doc, file=None):
     print(m["peak"]["explanation"], file=file)
     if m.get("measured_peak"):
         print(m["measured_peak"]["explanation"], file=file)
-        print("% peak uses " + ", ".join(f"{v:.0f} GFLOP/s {dt}" for dt, v in
-                                         peak_used(m).items())
-              + f" on {m['peak_used']['threads']} thread(s)", file=file)
+        print(
+            "% peak uses "
+            + ", ".join(f"{v:.0f} GFLOP/s {dt}" for dt, v in peak_used(m).items())
+            + f" on {m['peak_used']['threads']} thread(s)",
+            file=file,
+        )
     if doc.get("throughput"):
         print("\n".join(readme_throughput(doc)), file=file)
     for name, ok, fig in goals(doc):
         print(f"{'met   ' if ok else 'NOT met'} {name}: {fig}", file=file)
     if doc.get("errors"):
         for system, e in doc["errors"].items():
-            orders = ", ".join(f"{m} {fmt(r['order'], '.2f')}"
-                               for m, r in e["methods"].items())
+            orders = ", ".join(f"{m} {fmt(r['order'], '.2f')}" for m, r in e["methods"].items())
             print(f"fitted orders ({system}): {orders}", file=file)
 
 
@@ -148,10 +180,11 @@ def run_cli(args):
         return 2
     from ..bench.run import run_sweep
 
-    doc = run_sweep(settings, args.out, progress=not args.no_progress,
-                    plots=not args.no_plots)
+    doc = run_sweep(settings, args.out, progress=not args.no_progress, plots=not args.no_plots)
     print_summary(doc)
-    print(f"wrote {os.path.join(args.out, 'bench-' + doc['preset'])}.json/.csv, "
-          f"README.md and {len(doc.get('plots', []))} plot(s) "
-          f"in {doc['elapsed_s']:.0f} s")
+    print(
+        f"wrote {os.path.join(args.out, 'bench-' + doc['preset'])}.json/.csv, "
+        f"README.md and {len(doc.get('plots', []))} plot(s) "
+        f"in {doc['elapsed_s']:.0f} s"
+    )
     return 0

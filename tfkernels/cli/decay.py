@@ -12,6 +12,7 @@ import sys
 from .. import config
 from ..methods import ACTIVATIONS, METHODS, MODES
 
+
 def _count(text):
     """argparse type: a positive integer, also written as ``1e6`` or ``1_000_000``."""
     try:
@@ -26,14 +27,26 @@ def _count(text):
 def configure_parser(parser):
     """Add the options of ``tfkernels decay`` to ``parser``."""
     g = parser.add_argument_group("study")
-    g.add_argument("--trajectories", type=_count, default=1_000_000,
-                   help="number of trajectories (pairs); accepts 1e6")
+    g.add_argument(
+        "--trajectories",
+        type=_count,
+        default=1_000_000,
+        help="number of trajectories (pairs); accepts 1e6",
+    )
     g.add_argument("--layers", type=int, default=32, help="number of layers N")
     g.add_argument("--method", default="euler", choices=list(METHODS), help="update rule")
-    g.add_argument("--mode", default="pair", choices=list(MODES),
-                   help="finite pair (eps) or exact linearization (tangent)")
-    g.add_argument("--eps", type=float, default=None,
-                   help="pair-mode perturbation size (None: 1e-6 for float64, 1e-3 for float32)")
+    g.add_argument(
+        "--mode",
+        default="pair",
+        choices=list(MODES),
+        help="finite pair (eps) or exact linearization (tangent)",
+    )
+    g.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help="pair-mode perturbation size (None: 1e-6 for float64, 1e-3 for float32)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of weights, states and directions")
     m = parser.add_argument_group("model (random weights)")
     m.add_argument("--seq-len", type=int, default=4, help="tokens T per state")
@@ -41,20 +54,33 @@ def configure_parser(parser):
     m.add_argument("--heads", type=int, default=2, help="attention heads")
     m.add_argument("--d-ff", type=int, default=32, help="FFN hidden width")
     m.add_argument("--damping", type=float, default=4.0, help="damping γ")
-    m.add_argument("--activation", default="gelu", choices=list(ACTIVATIONS),
-                   help="FFN activation σ")
-    m.add_argument("--dtype", default="float64", choices=["float32", "float64"],
-                   help="state and weight dtype")
+    m.add_argument(
+        "--activation", default="gelu", choices=list(ACTIVATIONS), help="FFN activation σ"
+    )
+    m.add_argument(
+        "--dtype", default="float64", choices=["float32", "float64"], help="state and weight dtype"
+    )
     r = parser.add_argument_group("run")
-    r.add_argument("--chunk-size", type=int, default=config.CHUNK_SIZE,
-                   help="trajectories per kernel call (bounds memory)")
+    r.add_argument(
+        "--chunk-size",
+        type=int,
+        default=config.CHUNK_SIZE,
+        help="trajectories per kernel call (bounds memory)",
+    )
     r.add_argument("--threads", type=int, default=None, help="Numba threads (None: all)")
-    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run the chunks on the Dask cluster of this scheduler, e.g. "
-                        "tcp://scheduler:8786 (needs tfkernels[dask]); without it the "
-                        "study runs locally")
-    r.add_argument("--out", default=os.path.join("results", "decay"),
-                   help="output folder for decay.json, decay.csv and decay.png")
+    r.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the chunks on the Dask cluster of this scheduler, e.g. "
+        "tcp://scheduler:8786 (needs tfkernels[dask]); without it the "
+        "study runs locally",
+    )
+    r.add_argument(
+        "--out",
+        default=os.path.join("results", "decay"),
+        help="output folder for decay.json, decay.csv and decay.png",
+    )
 
 
 def run_cli(args):
@@ -64,17 +90,33 @@ def run_cli(args):
 
     client = None
     try:
-        params = TransformerParams.random(d=args.d, n_heads=args.heads, d_ff=args.d_ff,
-                                          damping=args.damping, activation=args.activation,
-                                          seed=args.seed, dtype=args.dtype)
+        params = TransformerParams.random(
+            d=args.d,
+            n_heads=args.heads,
+            d_ff=args.d_ff,
+            damping=args.damping,
+            activation=args.activation,
+            seed=args.seed,
+            dtype=args.dtype,
+        )
         if getattr(args, "scheduler", None):
             from ..studies import distributed
 
             client = distributed.connect(args.scheduler)
-        res = perturbation_decay(params, args.trajectories, args.seq_len, args.layers,
-                                 method=args.method, eps=args.eps, mode=args.mode,
-                                 seed=args.seed, chunk_size=args.chunk_size,
-                                 n_threads=args.threads, progress=True, client=client)
+        res = perturbation_decay(
+            params,
+            args.trajectories,
+            args.seq_len,
+            args.layers,
+            method=args.method,
+            eps=args.eps,
+            mode=args.mode,
+            seed=args.seed,
+            chunk_size=args.chunk_size,
+            n_threads=args.threads,
+            progress=True,
+            client=client,
+        )
     except (TypeError, ValueError, ImportError, OSError) as err:
         print(f"tfkernels decay: error: {err}", file=sys.stderr)
         return 2

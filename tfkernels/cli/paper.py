@@ -10,11 +10,15 @@ import os
 
 def configure_parser(parser):
     """Add the ``tfkernels paper`` options to ``parser``."""
-    parser.add_argument("--out", default=os.path.join("results", "paper"),
-                        help="output folder for the PNGs and paper.json")
+    parser.add_argument(
+        "--out",
+        default=os.path.join("results", "paper"),
+        help="output folder for the PNGs and paper.json",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    parser.add_argument("--trajectories", type=int, default=1000,
-                        help="pairs of trajectories in Figure 2")
+    parser.add_argument(
+        "--trajectories", type=int, default=1000, help="pairs of trajectories in Figure 2"
+    )
 
 
 def run_cli(args):
@@ -22,8 +26,9 @@ def run_cli(args):
     from ..studies import paper
 
     if args.trajectories < 1:
-        raise SystemExit(f"tfkernels paper: error: `--trajectories` must be >= 1, "
-                         f"got {args.trajectories}")
+        raise SystemExit(
+            f"tfkernels paper: error: `--trajectories` must be >= 1, got {args.trajectories}"
+        )
     doc = paper.run_paper(args.out, seed=args.seed, fig2_trajectories=args.trajectories)
     for line in doc["summary"]:
         print(line)

@@ -22,9 +22,33 @@ Nothing here imports the public API (:mod:`tfkernels.api`) or the studies.
 
 from .dispatch import decay_kernel, integrate, jvp_kernel, vector_field, vjp_kernel
 from .drivers import MODE_PAIR, MODE_TANGENT
-from .structs import (STATUS_OK, Model, Schedule, Settings, Weights, aligned_buffers,
-                      empty_aligned, pack_params, use_lanes)
+from .structs import (
+    STATUS_OK,
+    Model,
+    Schedule,
+    Settings,
+    Weights,
+    aligned_buffers,
+    empty_aligned,
+    pack_params,
+    use_lanes,
+)
 
-__all__ = ["MODE_PAIR", "MODE_TANGENT", "STATUS_OK", "Model", "Schedule", "Settings",
-           "Weights", "aligned_buffers", "decay_kernel", "empty_aligned", "integrate",
-           "jvp_kernel", "pack_params", "use_lanes", "vector_field", "vjp_kernel"]
+__all__ = [
+    "MODE_PAIR",
+    "MODE_TANGENT",
+    "STATUS_OK",
+    "Model",
+    "Schedule",
+    "Settings",
+    "Weights",
+    "aligned_buffers",
+    "decay_kernel",
+    "empty_aligned",
+    "integrate",
+    "jvp_kernel",
+    "pack_params",
+    "use_lanes",
+    "vector_field",
+    "vjp_kernel",
+]

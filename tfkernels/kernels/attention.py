@@ -47,8 +47,7 @@ def head_probs(qkv, h0, g, dh, causal, qt, P, mt):
     d = qkv.shape[1] // 3
     for k in range(g):
         h = h0 + k
-        gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, h * dh * T, T, P, k * T, P.shape[1],
-                T, dh, T, False)
+        gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, h * dh * T, T, P, k * T, P.shape[1], T, dh, T, False)
     softmax_columns(P, g * T, causal, mt, runtime(1))
 
 
@@ -81,8 +80,22 @@ def attention_rows(X, wqkv, wo, n_heads, beta, causal, fs, out):
         head_probs(qkv, h0, g, dh, causal, qt, P, mt)
         for k in range(g):
             h = h0 + k
-            gemm_ld(qkv, 2 * d + h * dh, 1, 3 * d, P, k * T, P.shape[1], heads, h * dh * T,
-                    T, dh, T, T, False)
+            gemm_ld(
+                qkv,
+                2 * d + h * dh,
+                1,
+                3 * d,
+                P,
+                k * T,
+                P.shape[1],
+                heads,
+                h * dh * T,
+                T,
+                dh,
+                T,
+                T,
+                False,
+            )
     gemm_ld(heads, 0, 1, T, wo, 0, d, out, 0, d, T, d, d, True)
 
 
@@ -121,10 +134,10 @@ def attention_tangent_rows(V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
             gemm_ld(qkv, d + h * dh, 3 * d, 1, qtd, h * dh * T, T, dP, 0, T, T, dh, T, False)
             gemm_ld(dqkv, d + h * dh, 3 * d, 1, qt, h * dh * T, T, dP, 0, T, T, dh, T, True)
             softmax_tangent_columns(P, k * T, T, dP, mt[0])
-            gemm_ld(qkv, 2 * d + h * dh, 1, 3 * d, dP, 0, T, dheads, h * dh * T, T, dh, T,
-                    T, False)
-            gemm_ld(dqkv, 2 * d + h * dh, 1, 3 * d, P, k * T, C, dheads, h * dh * T, T, dh,
-                    T, T, True)
+            gemm_ld(qkv, 2 * d + h * dh, 1, 3 * d, dP, 0, T, dheads, h * dh * T, T, dh, T, T, False)
+            gemm_ld(
+                dqkv, 2 * d + h * dh, 1, 3 * d, P, k * T, C, dheads, h * dh * T, T, dh, T, T, True
+            )
     gemm_ld(dheads, 0, 1, T, wo, 0, d, out, 0, d, T, d, d, True)
 
 
@@ -137,7 +150,7 @@ def attention_vjp(X, G, wqkv, wqkv_t, wo_t, n_heads, beta, causal, vs, out):
     dh = d // n_heads
     scale = beta / math.sqrt(dh)
     gemm(X, wqkv, qkv, False)
-    gemm(G, wo_t, go, False)         # gradient w.r.t. the concatenated heads
+    gemm(G, wo_t, go, False)  # gradient w.r.t. the concatenated heads
     dqkv[:, :] = 0
     for hd in range(n_heads):
         q0, k0, v0 = hd * dh, d + hd * dh, 2 * d + hd * dh
@@ -186,38 +199,73 @@ def attention_lanes(X, wqkv, wo, n_heads, beta, causal, fs, out):
     :func:`attention_rows`, for a lane-interleaved group ``X (T, d·L)``.
 
     ``qkv (T, 3d·L)`` gets ``X [Wq|Wk|Wv]`` in one product, then its Q block is scaled
-    by ``β/√d_h``. Each head's scores ``K_h (Q_h)ᵀ`` go transposed into
-    ``P (T keys, H·T·L)`` (head h, query i at columns ``(h·T + i)·L …``), so that one
-    :func:`~tfkernels.kernels.maths.softmax_columns` call normalizes every column along contiguous rows of
-    all heads and lanes; ``P_h V_h`` goes into head h's columns of ``heads (T, d·L)``.
+    by ``β/√d_h``. Each head's scores ``K_h (Q_h)ᵀ`` go transposed into ``P (T keys,
+    H·T·L)`` (head h, query i at columns ``(h·T + i)·L …``), so that one
+    :func:`~tfkernels.kernels.maths.softmax_columns` call normalizes every column along
+    contiguous rows of all heads and lanes; ``P_h V_h`` goes into head h's columns of
+    ``heads (T, d·L)``.
     """
     qkv, P, heads, mt = fs.qkv, fs.P, fs.heads, fs.mt
     L = lanes(X)
     T = X.shape[0]
     d = X.shape[1] // L
     dh = d // n_heads
-    e = 3 * d * L                           # stride of a row of qkv
-    c = n_heads * T * L                     # stride of a row (key) of P
+    e = 3 * d * L  # stride of a row of qkv
+    c = n_heads * T * L  # stride of a row (key) of P
     lgemm(X, 0, d * L, L, wqkv, 0, 3 * d, 1, False, qkv, 0, e, L, T, d, 3 * d, False)
     scale = X.dtype.type(beta / math.sqrt(dh))
     for i in range(T):
         for j in range(d * L):
             qkv[i, j] *= scale
     for h in range(n_heads):
-        lgemm(qkv, h * dh * L, e, L, qkv, (d + h * dh) * L, L, e, True,
-              P, h * T * L, L, c, T, dh, T, False)
+        lgemm(
+            qkv,
+            h * dh * L,
+            e,
+            L,
+            qkv,
+            (d + h * dh) * L,
+            L,
+            e,
+            True,
+            P,
+            h * T * L,
+            L,
+            c,
+            T,
+            dh,
+            T,
+            False,
+        )
     softmax_columns(P, c, causal, mt, L)
     for h in range(n_heads):
-        lgemm(P, h * T * L, L, c, qkv, (2 * d + h * dh) * L, e, L, True,
-              heads, h * dh * L, d * L, L, T, T, dh, False)
+        lgemm(
+            P,
+            h * T * L,
+            L,
+            c,
+            qkv,
+            (2 * d + h * dh) * L,
+            e,
+            L,
+            True,
+            heads,
+            h * dh * L,
+            d * L,
+            L,
+            T,
+            T,
+            dh,
+            False,
+        )
     lgemm(heads, 0, d * L, L, wo, 0, d, 1, False, out, 0, d * L, L, T, d, d, True)
 
 
 @_jit
 def attention_tangent_lanes(V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
-    """:func:`attention_tangent_rows` for a lane-interleaved group, from
-    the activations :func:`attention_lanes` left (``causal`` is already in ``P``): ``qkv`` with its Q block already
-    scaled by ``s = β/√d_h``, every head's transposed probabilities in
+    """:func:`attention_tangent_rows` for a lane-interleaved group, from the activations
+    :func:`attention_lanes` left (``causal`` is already in ``P``): ``qkv`` with its Q block
+    already scaled by ``s = β/√d_h``, every head's transposed probabilities in
     ``P (T, H·T·L)``. The same products in the same k order, so the same bits:
     ``dS = K_h (s dQ_h)ᵀ + dK_h (s Q_h)ᵀ``, ``dP = P∘(dS − Σ_keys P∘dS)`` per query
     column, ``dO_h = dP V_h + P_h dV_h``, ``out += dO W_o``."""
@@ -236,13 +284,49 @@ def attention_tangent_lanes(V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
         for j in range(d * L):
             dqkv[i, j] *= scale
     for h in range(n_heads):
-        lgemm(dqkv, h * dh * L, e, L, qkv, (d + h * dh) * L, L, e, True,
-                    dP, 0, L, TL, T, dh, T, False)
-        lgemm(qkv, h * dh * L, e, L, dqkv, (d + h * dh) * L, L, e, True,
-                    dP, 0, L, TL, T, dh, T, True)
+        lgemm(
+            dqkv, h * dh * L, e, L, qkv, (d + h * dh) * L, L, e, True, dP, 0, L, TL, T, dh, T, False
+        )
+        lgemm(
+            qkv, h * dh * L, e, L, dqkv, (d + h * dh) * L, L, e, True, dP, 0, L, TL, T, dh, T, True
+        )
         softmax_tangent_columns(P, h * TL, TL, dP, mt[0])
-        lgemm(dP, 0, L, TL, qkv, (2 * d + h * dh) * L, e, L, True,
-                    dheads, h * dh * L, d * L, L, T, T, dh, False)
-        lgemm(P, h * TL, L, c, dqkv, (2 * d + h * dh) * L, e, L, True,
-                    dheads, h * dh * L, d * L, L, T, T, dh, True)
+        lgemm(
+            dP,
+            0,
+            L,
+            TL,
+            qkv,
+            (2 * d + h * dh) * L,
+            e,
+            L,
+            True,
+            dheads,
+            h * dh * L,
+            d * L,
+            L,
+            T,
+            T,
+            dh,
+            False,
+        )
+        lgemm(
+            P,
+            h * TL,
+            L,
+            c,
+            dqkv,
+            (2 * d + h * dh) * L,
+            e,
+            L,
+            True,
+            dheads,
+            h * dh * L,
+            d * L,
+            L,
+            T,
+            T,
+            dh,
+            True,
+        )
     lgemm(dheads, 0, d * L, L, wo, 0, d, 1, False, out, 0, d * L, L, T, d, d, True)

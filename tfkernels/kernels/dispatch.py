@@ -53,14 +53,39 @@ def integrate(model, x0, sched, seed, start, save_every, first, out, status):
         def body(lo, hi):
             lane, X = structs.aligned_buffers(((T, d), (T, d * L)), dt)
             ss = structs.step_scratch(LANES, model, T, d, sched.b.shape[0], dt)
-            drivers.integrate_lanes(x0[lo:hi], lm, sched, seed, start + lo, save_every, first,
-                                    out[lo:hi], status[lo:hi], lane, X, ss)
+            drivers.integrate_lanes(
+                x0[lo:hi],
+                lm,
+                sched,
+                seed,
+                start + lo,
+                save_every,
+                first,
+                out[lo:hi],
+                status[lo:hi],
+                lane,
+                X,
+                ss,
+            )
     else:
+
         def body(lo, hi):
             X = structs.empty_aligned((T, d), dt)
             ss = structs.step_scratch(ROWS, model, T, d, sched.b.shape[0], dt)
-            drivers.integrate_rows(x0[lo:hi], model, sched, seed, start + lo, save_every, first,
-                                   out[lo:hi], status[lo:hi], X, ss)
+            drivers.integrate_rows(
+                x0[lo:hi],
+                model,
+                sched,
+                seed,
+                start + lo,
+                save_every,
+                first,
+                out[lo:hi],
+                status[lo:hi],
+                X,
+                ss,
+            )
+
     run(body, B)
 
 
@@ -77,9 +102,11 @@ def vector_field(model, X, layer, out):
             fs = structs.step_scratch(LANES, model, T, d, 1, dt).field
             drivers.vector_field_lanes(X[lo:hi], lm, layer, out[lo:hi], G, F, fs)
     else:
+
         def body(lo, hi):
             fs = structs.step_scratch(ROWS, model, T, d, 1, dt).field
             drivers.vector_field_rows(X[lo:hi], model, layer, out[lo:hi], fs)
+
     run(body, B)
 
 
@@ -99,19 +126,48 @@ def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr
             X, Y, u, v = structs.aligned_buffers(((T, d * L), (T, d * L), (T, d), (T, d)), dt)
             ss = structs.step_scratch(LANES, model, T, d, S, dt)
             if mode == drivers.MODE_PAIR:
-                drivers.pair_lanes(lm, sched, seed, start + lo, eps, logr[lo:hi],
-                                   status[lo:hi], u, v, np.empty(L), X, Y, ss)
+                drivers.pair_lanes(
+                    lm,
+                    sched,
+                    seed,
+                    start + lo,
+                    eps,
+                    logr[lo:hi],
+                    status[lo:hi],
+                    u,
+                    v,
+                    np.empty(L),
+                    X,
+                    Y,
+                    ss,
+                )
             else:
                 ts = structs.tangent_scratch(LANES, model, T, d, S, dt)
-                drivers.tangent_lanes(lm, sched, seed, start + lo, logr[lo:hi],
-                                      status[lo:hi], u, v, np.empty(L), X, Y, ss, ts)
+                drivers.tangent_lanes(
+                    lm,
+                    sched,
+                    seed,
+                    start + lo,
+                    logr[lo:hi],
+                    status[lo:hi],
+                    u,
+                    v,
+                    np.empty(L),
+                    X,
+                    Y,
+                    ss,
+                    ts,
+                )
     else:
+
         def body(lo, hi):
             X, Y = structs.aligned_buffers(((T, d), (T, d)), dt)
             ss = structs.step_scratch(ROWS, model, T, d, S, dt)
             ts = structs.tangent_scratch(ROWS, model, T, d, S, dt)
-            drivers.decay_rows(mode, model, sched, seed, start + lo, eps, logr[lo:hi],
-                               status[lo:hi], X, Y, ss, ts)
+            drivers.decay_rows(
+                mode, model, sched, seed, start + lo, eps, logr[lo:hi], status[lo:hi], X, Y, ss, ts
+            )
+
     run(body, logr.shape[0])
 
 
@@ -124,14 +180,21 @@ def jvp_kernel(X, V, model, layers, out):
         fx = structs.empty_aligned((T, d), X.dtype)
         fs = structs.step_scratch(ROWS, model, T, d, 1, X.dtype).field
         ts = structs.tangent_scratch(ROWS, model, T, d, 1, X.dtype)
-        drivers.jvp_batch(X[lo:hi], V[lo:hi], model, layers[lo:hi], out[lo:hi], fx, fs,
-                          ts)
+        drivers.jvp_batch(X[lo:hi], V[lo:hi], model, layers[lo:hi], out[lo:hi], fx, fs, ts)
 
     run(body, X.shape[0])
 
 
 def vjp_kernel(X, G, model, layers, out):
     """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, parallel over k."""
-    run(lambda lo, hi: drivers.vjp_batch(
-        X[lo:hi], G[lo:hi], model, layers[lo:hi], out[lo:hi],
-        structs.vjp_scratch(model, *X.shape[1:], X.dtype)), X.shape[0])
+    run(
+        lambda lo, hi: drivers.vjp_batch(
+            X[lo:hi],
+            G[lo:hi],
+            model,
+            layers[lo:hi],
+            out[lo:hi],
+            structs.vjp_scratch(model, *X.shape[1:], X.dtype),
+        ),
+        X.shape[0],
+    )

@@ -128,7 +128,7 @@ def integrate_rows(x0, model, sched, seed, start, save_every, first, out, status
         for n in range(N):
             if not advance(X, model, sched, n, noise_key, ss):
                 status[bi] = n + 1
-                out[bi, first_unsaved(n, save_every, first):] = np.nan
+                out[bi, first_unsaved(n, save_every, first) :] = np.nan
                 break
             if (n + 1) % save_every == 0:
                 copy_state(X, out[bi, (n + 1) // save_every - first])
@@ -159,16 +159,16 @@ def integrate_lanes(x0, model, sched, seed, start, save_every, first, out, statu
             if first == 0:
                 store_lane(X, l, out[g0 + l, 0])
         for n in range(N):
-            advance_group(X, model, sched, n, seed, start + g0, status[g0:g0 + nl], lane, ss)
+            advance_group(X, model, sched, n, seed, start + g0, status[g0 : g0 + nl], lane, ss)
             if not all_finite(X):
                 for l in range(L):
                     if l < nl and status[g0 + l] == STATUS_OK:
                         if lane_finite(X, l):
                             continue
                         status[g0 + l] = n + 1
-                        out[g0 + l, first_unsaved(n, save_every, first):] = np.nan
+                        out[g0 + l, first_unsaved(n, save_every, first) :] = np.nan
                         live -= 1
-                    zero_lane(X, l)         # a finished lane, or padding
+                    zero_lane(X, l)  # a finished lane, or padding
                 if live == 0:
                     break
             if (n + 1) % save_every == 0:
@@ -245,7 +245,7 @@ def run_pair(X, Y, model, sched, noise_key, log0, ss, logr):
         oky = advance_state(Y, model, sched, n, noise_key, ss)
         lr = 0.5 * math.log(sq_dist(X, Y)) - log0 if okx and oky else np.nan
         if not is_finite(lr):
-            logr[n + 1:] = np.nan
+            logr[n + 1 :] = np.nan
             return n + 1
         logr[n + 1] = lr
     return STATUS_OK
@@ -279,7 +279,7 @@ def run_tangent(X, D, model, sched, noise_key, log0, ss, ts, logr):
             nrm = math.sqrt(sq_norm(D))
             ok = nrm > 0.0 and is_finite(nrm)
         if not ok:
-            logr[n + 1:] = np.nan
+            logr[n + 1 :] = np.nan
             return n + 1
         acc += math.log(nrm)
         logr[n + 1] = acc
@@ -363,7 +363,7 @@ def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, log0, X, Y, s
             else:
                 zero_lane(X, l)
                 zero_lane(Y, l)
-        st = status[g0:g0 + nl]
+        st = status[g0 : g0 + nl]
         for n in range(N):
             if live == 0:
                 break
@@ -376,7 +376,7 @@ def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, log0, X, Y, s
                 if is_finite(lr):
                     logr[g0 + l, n + 1] = lr
                 else:
-                    logr[g0 + l, n + 1:] = np.nan
+                    logr[g0 + l, n + 1 :] = np.nan
                     st[l] = n + 1
                     live -= 1
                     zero_lane(X, l)
@@ -406,12 +406,13 @@ def tangent_lanes(model, sched, seed, start, logr, status, u, v, acc, X, D, ss, 
                 zero_lane(X, l)
                 zero_lane(D, l)
         live = nl
-        st = status[g0:g0 + nl]
+        st = status[g0 : g0 + nl]
         for n in range(N):
             if live == 0:
                 break
-            step_tangent(LANES, X, D, model, layer_of(model, n), sched.a, sched.b,
-                         sched.h[n], ss, ts)
+            step_tangent(
+                LANES, X, D, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss, ts
+            )
             add_group_noise(X, n, sched.sigma, seed, start + g0, st, u)
             for l in range(nl):
                 if st[l] != STATUS_OK:
@@ -421,7 +422,7 @@ def tangent_lanes(model, sched, seed, start, logr, status, u, v, acc, X, D, ss, 
                     nrm = math.sqrt(lane_sq_dist(D, D, l, False))
                     ok = nrm > 0.0 and is_finite(nrm)
                 if not ok:
-                    logr[g0 + l, n + 1:] = np.nan
+                    logr[g0 + l, n + 1 :] = np.nan
                     st[l] = n + 1
                     live -= 1
                     zero_lane(X, l)

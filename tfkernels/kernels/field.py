@@ -65,11 +65,19 @@ def _rhs(layout, X, model, layer, out, fs):
     w, s = model.weights, model.settings
     damped_linear(layout, X, s.damping, w.A[layer], s.linear, out)
     if s.attention:
-        attention(layout, X, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs,
-                  out)
+        attention(layout, X, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs, out)
     if s.ffn:
-        ffn(layout, X, w.w1[layer], w.b1[layer], w.w2[layer], w.b2[layer], s.activation,
-            fs.hidden, out)
+        ffn(
+            layout,
+            X,
+            w.w1[layer],
+            w.b1[layer],
+            w.w2[layer],
+            w.b2[layer],
+            s.activation,
+            fs.hidden,
+            out,
+        )
 
 
 @_ijit
@@ -85,8 +93,7 @@ def _rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
     # the forward pass: rhs with the activations kept
     damped_linear(layout, X, s.damping, A, s.linear, out)
     if s.attention:
-        attention(layout, X, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs,
-                  out)
+        attention(layout, X, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs, out)
     if s.ffn:
         product(layout, X, w1, fs.hidden, False)
         bias_activate_prime(fs.hidden, b1, s.activation, ts.S)
@@ -95,8 +102,9 @@ def _rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
     # the tangent
     damped_linear(layout, V, s.damping, A, s.linear, dout)
     if s.attention:
-        attention_tangent(layout, V, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal,
-                          fs, ts, dout)
+        attention_tangent(
+            layout, V, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs, ts, dout
+        )
     if s.ffn:
         dhidden, S = ts.dhidden, ts.S
         product(layout, V, w1, dhidden, False)
@@ -175,8 +183,17 @@ def rhs_vjp(X, G, model, layer, out, vs):
     if s.linear:
         gemm(G, w.A_t[layer], out, True)
     if s.attention:
-        attention_vjp(X, G, w.wqkv[layer], w.wqkv_t[layer], w.wo_t[layer], s.n_heads, s.beta,
-                      s.causal, vs, out)
+        attention_vjp(
+            X,
+            G,
+            w.wqkv[layer],
+            w.wqkv_t[layer],
+            w.wo_t[layer],
+            s.n_heads,
+            s.beta,
+            s.causal,
+            vs,
+            out,
+        )
     if s.ffn:
-        ffn_vjp(X, G, w.w1[layer], w.w1_t[layer], w.b1[layer], w.w2_t[layer], s.activation,
-                vs, out)
+        ffn_vjp(X, G, w.w1[layer], w.w1_t[layer], w.b1[layer], w.w2_t[layer], s.activation, vs, out)

@@ -16,8 +16,12 @@ from numba import njit
 
 from .. import config
 
-_FLAGS = dict(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL,
-              _nrt=config.WORKER_NRT)
+_FLAGS = dict(
+    cache=config.CACHE,
+    fastmath=config.FASTMATH,
+    error_model=config.ERROR_MODEL,
+    _nrt=config.WORKER_NRT,
+)
 
 jit = njit(**_FLAGS)
 ijit = njit(inline="always", **_FLAGS)

@@ -36,8 +36,7 @@ def product(layout, X, W, out, accumulate):
     if layout == LANES:
         L = lanes(X)
         k, n = W.shape
-        lgemm(X, 0, k * L, L, W, 0, n, 1, False, out, 0, n * L, L, X.shape[0], k, n,
-              accumulate)
+        lgemm(X, 0, k * L, L, W, 0, n, 1, False, out, 0, n * L, L, X.shape[0], k, n, accumulate)
     else:
         gemm(X, W, out, accumulate)
 
@@ -129,4 +128,3 @@ def lane_sq_dist(X, Y, l, diff):
             v = np.float64(X[t, j]) - np.float64(Y[t, j]) if diff else np.float64(X[t, j])
             s += v * v
     return s
-

@@ -20,8 +20,9 @@ from ..methods import ACTIVATIONS
 from .jit import ijit as _ijit
 from .jit import jit as _jit
 
-GELU, GELU_TANH, RELU, TANH, IDENTITY = (ACTIVATIONS[k] for k in
-                                        ("gelu", "gelu_tanh", "relu", "tanh", "identity"))
+GELU, GELU_TANH, RELU, TANH, IDENTITY = (
+    ACTIVATIONS[k] for k in ("gelu", "gelu_tanh", "relu", "tanh", "identity")
+)
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -66,11 +67,12 @@ def exp2i(typingctx, n):
 #: smaller; a softmax weight or erfc that small is far below either tolerance.
 EXP_LO = -87.0
 
-_LN2_HI = 0.693145751953125          # 17 significant bits: n·_LN2_HI is exact
-_LN2_LO = math.log(2.0) - _LN2_HI    # exact in float64 (Sterbenz)
+_LN2_HI = 0.693145751953125  # 17 significant bits: n·_LN2_HI is exact
+_LN2_LO = math.log(2.0) - _LN2_HI  # exact in float64 (Sterbenz)
 
 #: Taylor coefficients 1/k! of e^r, k = 0 … 12.
 _EXP_POLY = tuple(1.0 / math.factorial(k) for k in range(13))
+
 
 @_ijit
 def estrin8(y, y2, y4, c0, c1, c2, c3, c4, c5, c6, c7):
@@ -80,8 +82,7 @@ def estrin8(y, y2, y4, c0, c1, c2, c3, c4, c5, c6, c7):
     and :func:`erfc_pos` are latency-bound chains otherwise (``docs/performance.md``,
     "estrin"). Equivalent to ``np.polynomial.polynomial.polyval(y, c)``.
     """
-    return (((c0 + c1 * y) + (c2 + c3 * y) * y2)
-            + ((c4 + c5 * y) + (c6 + c7 * y) * y2) * y4)
+    return ((c0 + c1 * y) + (c2 + c3 * y) * y2) + ((c4 + c5 * y) + (c6 + c7 * y) * y2) * y4
 
 
 @_ijit
@@ -111,11 +112,11 @@ def exp_neg(x, dt, lo, short=False):
     r2 = r * r
     r4 = r2 * r2
     E = _EXP_POLY
-    p = estrin8(r, r2, r4, dt(E[0]), dt(E[1]), dt(E[2]), dt(E[3]), dt(E[4]), dt(E[5]),
-                dt(E[6]), dt(E[7]))
+    p = estrin8(
+        r, r2, r4, dt(E[0]), dt(E[1]), dt(E[2]), dt(E[3]), dt(E[4]), dt(E[5]), dt(E[6]), dt(E[7])
+    )
     if not short:
-        p += (r4 * r4) * estrin5(r, r2, r4, dt(E[8]), dt(E[9]), dt(E[10]), dt(E[11]),
-                                 dt(E[12]))
+        p += (r4 * r4) * estrin5(r, r2, r4, dt(E[8]), dt(E[9]), dt(E[10]), dt(E[11]), dt(E[12]))
     return p * exp2i(n)
 
 
@@ -124,17 +125,34 @@ def exp_neg(x, dt, lo, short=False):
 #: digits (Chebyshev interpolation on 40 nodes). Terms beyond index 23 are < 5e-19.
 #: ``erfc(x) = t·exp(-x² + F(t))``, as in Numerical Recipes (3rd ed., §6.2.2).
 _ERFC_CHEB = (
-    -0.4985502230126517, 0.5003364655513497, 0.002907954374873043,
-    -0.004807433804460357, 1.4741810740729065e-05, 0.00010698213450336889,
-    -6.275656652474683e-06, -2.6555862047786477e-06, 4.14616364109913e-07,
-    4.7388983956557695e-08, -1.8774034558626204e-08, 4.5312073358856027e-10,
-    5.9934889163061e-10, -8.983766959581827e-11, -9.488744811443404e-12,
-    4.40703888430635e-12, -2.726952501786936e-13, -1.1336459307085183e-13,
-    2.5365165661713203e-14, 1.0028323407250651e-16, -8.330478547927849e-16,
-    1.1800447425838173e-16, 7.815467303883168e-18, -4.4310710601765106e-18,
+    -0.4985502230126517,
+    0.5003364655513497,
+    0.002907954374873043,
+    -0.004807433804460357,
+    1.4741810740729065e-05,
+    0.00010698213450336889,
+    -6.275656652474683e-06,
+    -2.6555862047786477e-06,
+    4.14616364109913e-07,
+    4.7388983956557695e-08,
+    -1.8774034558626204e-08,
+    4.5312073358856027e-10,
+    5.9934889163061e-10,
+    -8.983766959581827e-11,
+    -9.488744811443404e-12,
+    4.40703888430635e-12,
+    -2.726952501786936e-13,
+    -1.1336459307085183e-13,
+    2.5365165661713203e-14,
+    1.0028323407250651e-16,
+    -8.330478547927849e-16,
+    1.1800447425838173e-16,
+    7.815467303883168e-18,
+    -4.4310710601765106e-18,
 )
 
 _ERFC_XMAX = 6.0
+
 
 def _monomial(cheb, n):
     """Monomial coefficients (in y) of the first ``n`` terms of a Chebyshev series,
@@ -148,6 +166,7 @@ def _monomial(cheb, n):
 #: 13 (float32, truncation < 1e-10).
 _ERFC_POLY = _monomial(_ERFC_CHEB, 24)
 _ERFC_POLY_SHORT = _monomial(_ERFC_CHEB, 13)
+
 
 @_ijit
 def erfc_pos(x, dt, lo, short=False):
@@ -168,19 +187,62 @@ def erfc_pos(x, dt, lo, short=False):
     y8 = y4 * y4
     if short:
         C = _ERFC_POLY_SHORT
-        F = (estrin8(y, y2, y4, dt(C[0]), dt(C[1]), dt(C[2]), dt(C[3]), dt(C[4]),
-                     dt(C[5]), dt(C[6]), dt(C[7]))
-             + y8 * estrin5(y, y2, y4, dt(C[8]), dt(C[9]), dt(C[10]), dt(C[11]),
-                            dt(C[12])))
+        F = estrin8(
+            y,
+            y2,
+            y4,
+            dt(C[0]),
+            dt(C[1]),
+            dt(C[2]),
+            dt(C[3]),
+            dt(C[4]),
+            dt(C[5]),
+            dt(C[6]),
+            dt(C[7]),
+        ) + y8 * estrin5(y, y2, y4, dt(C[8]), dt(C[9]), dt(C[10]), dt(C[11]), dt(C[12]))
     else:
         C = _ERFC_POLY
-        F = (estrin8(y, y2, y4, dt(C[0]), dt(C[1]), dt(C[2]), dt(C[3]), dt(C[4]),
-                     dt(C[5]), dt(C[6]), dt(C[7]))
-             + y8 * (estrin8(y, y2, y4, dt(C[8]), dt(C[9]), dt(C[10]), dt(C[11]),
-                             dt(C[12]), dt(C[13]), dt(C[14]), dt(C[15]))
-                     + y8 * estrin8(y, y2, y4, dt(C[16]), dt(C[17]), dt(C[18]),
-                                    dt(C[19]), dt(C[20]), dt(C[21]), dt(C[22]),
-                                    dt(C[23]))))
+        F = estrin8(
+            y,
+            y2,
+            y4,
+            dt(C[0]),
+            dt(C[1]),
+            dt(C[2]),
+            dt(C[3]),
+            dt(C[4]),
+            dt(C[5]),
+            dt(C[6]),
+            dt(C[7]),
+        ) + y8 * (
+            estrin8(
+                y,
+                y2,
+                y4,
+                dt(C[8]),
+                dt(C[9]),
+                dt(C[10]),
+                dt(C[11]),
+                dt(C[12]),
+                dt(C[13]),
+                dt(C[14]),
+                dt(C[15]),
+            )
+            + y8
+            * estrin8(
+                y,
+                y2,
+                y4,
+                dt(C[16]),
+                dt(C[17]),
+                dt(C[18]),
+                dt(C[19]),
+                dt(C[20]),
+                dt(C[21]),
+                dt(C[22]),
+                dt(C[23]),
+            )
+        )
     return t * exp_neg(F - x * x, dt, lo, short)
 
 

@@ -13,18 +13,17 @@ the cosine branch: one normal per two uniforms, in float64, cast to the state dt
 by the caller.
 
 ``ln u₁`` and ``cos 2πu₂`` are evaluated here (:func:`log_unit`, :func:`cos_2pi`),
-straight-line float64 code with strict IEEE arithmetic instead of libm calls, so
-that a loop of draws vectorizes and the numbers are the same on every platform
-(their cost: ``docs/performance.md``). Measured on 2·10⁵ draws (``tests/test_rng.py``): ``log_unit`` within 1 ulp of
-libm's ``log``, ``cos_2pi`` within 1.5 ulp of the exact value (libm's ``cos(2π·u)``
-itself errs by up to 4e-16 near u = 1, rounding its argument); the normals agree
-with libm's Box–Muller to 1e-15 times the radius ``√(−2 ln u₁)``, the size of
+straight-line float64 code with strict IEEE arithmetic instead of libm calls, so that a
+loop of draws vectorizes and the numbers are the same on every platform (their cost:
+``docs/performance.md``). Measured on 2·10⁵ draws (``tests/test_rng.py``): ``log_unit``
+within 1 ulp of libm's ``log``, ``cos_2pi`` within 1.5 ulp of the exact value (libm's
+``cos(2π·u)`` itself errs by up to 4e-16 near u = 1, rounding its argument); the normals
+agree with libm's Box–Muller to 1e-15 times the radius ``√(−2 ln u₁)``, the size of
 libm's own error.
 """
 
 import math
 
-import numpy as np
 from llvmlite import ir
 from numba import njit, types, uint64
 from numba.extending import intrinsic
@@ -36,8 +35,9 @@ from .. import config
 #: vectorizing the loops of draws). The small pieces are inlined at the Numba IR
 #: level: a call left in a loop of draws would stop its vectorization as well.
 _jit = njit(cache=config.CACHE, fastmath=config.RNG_FASTMATH, error_model="numpy")
-_inline = njit(cache=config.CACHE, fastmath=config.RNG_FASTMATH, error_model="numpy",
-               inline="always")
+_inline = njit(
+    cache=config.CACHE, fastmath=config.RNG_FASTMATH, error_model="numpy", inline="always"
+)
 
 #: Streams of independent numbers for one trajectory.
 STREAM_STATE, STREAM_DIRECTION, STREAM_NOISE = 0, 1, 2
@@ -114,13 +114,19 @@ def _sqrt(typingctx, x):
     return types.float64(x), codegen
 
 
-_LN2_HI = 6.93147180369123816490e-01     # fdlibm's split of ln 2: k·_LN2_HI is exact
+_LN2_HI = 6.93147180369123816490e-01  # fdlibm's split of ln 2: k·_LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
 #: fdlibm ``e_log.c``: minimax polynomial of ``(log(1+f) − 2s)/s − …`` in ``s²``,
 #: ``s = f/(2+f)``, |error| < 2^-58.45 on |s| ≤ 0.1716.
-_LG = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
-       2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
-       1.479819860511658591e-01)
+_LG = (
+    6.666666666666735130e-01,
+    3.999999999940941908e-01,
+    2.857142874366239149e-01,
+    2.222219843214978396e-01,
+    1.818357216161805012e-01,
+    1.531383769920937332e-01,
+    1.479819860511658591e-01,
+)
 _SQRT2 = math.sqrt(2.0)
 _MANTISSA = (1 << 52) - 1
 _ONE_BITS = 1023 << 52
@@ -155,8 +161,9 @@ def log_unit(u):
 #: Taylor coefficients of ``cos(πr/2)`` and ``sin(πr/2)/r`` in ``r²`` (|r| <= 1/2,
 #: truncation < 3e-18 and < 5e-19).
 _COS_T = tuple((-1) ** n * (math.pi / 2) ** (2 * n) / math.factorial(2 * n) for n in range(10))
-_SIN_T = tuple((-1) ** n * (math.pi / 2) ** (2 * n + 1) / math.factorial(2 * n + 1)
-               for n in range(10))
+_SIN_T = tuple(
+    (-1) ** n * (math.pi / 2) ** (2 * n + 1) / math.factorial(2 * n + 1) for n in range(10)
+)
 
 
 @_inline

@@ -32,6 +32,7 @@ from numba.extending import intrinsic, models, register_model
 from .jit import ijit as _ijit
 from .jit import jit as _jit
 
+
 def _vector_bytes():
     """64 (one zmm register) where the host has AVX-512, else 32 (one ymm register)."""
     features = llvm.get_host_cpu_features()
@@ -90,6 +91,7 @@ def lanes(typingctx, a):
 def _zero_codegen(vt):
     def codegen(context, builder, sig, args):
         return ir.Constant(context.get_value_type(vt), None)
+
     return codegen
 
 
@@ -122,8 +124,12 @@ def _element_ptr(context, builder, arrty, arr, offset, offty):
 @intrinsic
 def vload(typingctx, a, offset, like):
     """``a.flat[offset : offset + n]`` as a vector of ``like``'s type (n lanes)."""
-    if (not _is_float_array(a) or not isinstance(offset, types.Integer)
-            or not isinstance(like, VecType) or like.dtype != a.dtype):
+    if (
+        not _is_float_array(a)
+        or not isinstance(offset, types.Integer)
+        or not isinstance(like, VecType)
+        or like.dtype != a.dtype
+    ):
         return None
 
     def codegen(context, builder, sig, args):
@@ -137,8 +143,12 @@ def vload(typingctx, a, offset, like):
 @intrinsic
 def vstore(typingctx, a, offset, v):
     """``a.flat[offset : offset + n] = v`` for a vector ``v`` of n lanes."""
-    if (not _is_float_array(a) or not isinstance(offset, types.Integer)
-            or not isinstance(v, VecType) or v.dtype != a.dtype):
+    if (
+        not _is_float_array(a)
+        or not isinstance(offset, types.Integer)
+        or not isinstance(v, VecType)
+        or v.dtype != a.dtype
+    ):
         return None
 
     def codegen(context, builder, sig, args):
@@ -157,8 +167,9 @@ def sload(typingctx, a, offset):
         return None
 
     def codegen(context, builder, sig, args):
-        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1],
-                                         sig.args[1]))
+        return builder.load(
+            _element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        )
 
     return a.dtype(a, offset), codegen
 
@@ -166,13 +177,13 @@ def sload(typingctx, a, offset):
 @intrinsic
 def sstore(typingctx, a, offset, x):
     """``a.flat[offset] = x`` for the C-contiguous ``a`` (any ndim)."""
-    if (not _is_float_array(a) or not isinstance(offset, types.Integer)
-            or x != a.dtype):
+    if not _is_float_array(a) or not isinstance(offset, types.Integer) or x != a.dtype:
         return None
 
     def codegen(context, builder, sig, args):
-        builder.store(args[2], _element_ptr(context, builder, sig.args[0], args[0],
-                                            args[1], sig.args[1]))
+        builder.store(
+            args[2], _element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        )
         return context.get_dummy_value()
 
     return types.none(a, offset, x), codegen
@@ -209,8 +220,7 @@ def vfma(typingctx, a, b, c):
 
     def codegen(context, builder, sig, args):
         vty = context.get_value_type(a)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty] * 3), name)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), name)
         return builder.call(fn, args)
 
     return a(a, b, c), codegen
@@ -310,8 +320,7 @@ def _tile_8x2(X, x0, ldx, cx, W, wo, ldw, out, o, ldo, K, j, accumulate, z):
 
 
 @_jit
-def _vector_columns(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, j0, j1, accumulate,
-                    z):
+def _vector_columns(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, j0, j1, accumulate, z):
     """Columns ``j0 … j1`` (a multiple of the width of ``z``) of :func:`gemm_ld`.
 
     ``z`` is a zero vector whose type sets the width ``L``. Columns go in panels of
@@ -322,20 +331,48 @@ def _vector_columns(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, j0, j1, accu
     """
     L = lanes(z)
     n_pairs = (j1 - j0) // (2 * L)
-    odd = j0 + 2 * L * n_pairs          # start of the 1-vector panel (== j1 if none)
+    odd = j0 + 2 * L * n_pairs  # start of the 1-vector panel (== j1 if none)
     i = 0
     if TALL_TILES:
         while i + 7 < R:
             for p in range(n_pairs):
                 j = j0 + 2 * L * p
-                _tile_8x2(X, xo + i * ldx, ldx, cx, W, wo, ldw, out, oo + i * ldo + j, ldo,
-                          K, j, accumulate, z)
+                _tile_8x2(
+                    X,
+                    xo + i * ldx,
+                    ldx,
+                    cx,
+                    W,
+                    wo,
+                    ldw,
+                    out,
+                    oo + i * ldo + j,
+                    ldo,
+                    K,
+                    j,
+                    accumulate,
+                    z,
+                )
             i += 8
     while i + 3 < R:
         for p in range(n_pairs):
             j = j0 + 2 * L * p
-            _tile_4x2(X, xo + i * ldx, ldx, cx, W, wo, ldw, out, oo + i * ldo + j, ldo, K,
-                      j, accumulate, z)
+            _tile_4x2(
+                X,
+                xo + i * ldx,
+                ldx,
+                cx,
+                W,
+                wo,
+                ldw,
+                out,
+                oo + i * ldo + j,
+                ldo,
+                K,
+                j,
+                accumulate,
+                z,
+            )
         i += 4
     while i < R:
         x0 = xo + i * ldx
@@ -451,12 +488,12 @@ def _gemm_ld(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
     L = lanes(W)
     nv = n - n % L
     if nv > 0:
-        _vector_columns(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, 0, nv, accumulate,
-                        vzero(W))
+        _vector_columns(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, 0, nv, accumulate, vzero(W))
     j = nv
     if n - j >= L // 2:
-        _vector_columns(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, j, j + L // 2,
-                        accumulate, vzero_half(W))
+        _vector_columns(
+            X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, j, j + L // 2, accumulate, vzero_half(W)
+        )
         j += L // 2
     if j < n:
         zero = X.dtype.type(0)
@@ -473,9 +510,22 @@ def gemm_ld(X, xo, ldx, cx, W, wo, ldw, out, oo, ldo, R, K, n, accumulate):
     """``out (+)= X @ W`` on sub-matrices of flat C-contiguous buffers (BLAS style);
     see :func:`_gemm_ld`, which this calls with every scalar made a run-time value
     (:func:`runtime`), so that one compiled version serves every call site."""
-    _gemm_ld(X, runtime(xo), runtime(ldx), runtime(cx), W, runtime(wo), runtime(ldw),
-             out, runtime(oo), runtime(ldo), runtime(R), runtime(K), runtime(n),
-             runtime(accumulate))
+    _gemm_ld(
+        X,
+        runtime(xo),
+        runtime(ldx),
+        runtime(cx),
+        W,
+        runtime(wo),
+        runtime(ldw),
+        out,
+        runtime(oo),
+        runtime(ldo),
+        runtime(R),
+        runtime(K),
+        runtime(n),
+        runtime(accumulate),
+    )
 
 
 @_ijit
@@ -501,8 +551,33 @@ def _wvec(W, off, vec, z):
 
 
 @_jit
-def _tile(X, x0, x1, x2, x3, cx, W, w0, w1, w2, w3, ldw, vec, out, o0, o1, o2, o3, p0,
-          p1, p2, p3, K_, accumulate, z):
+def _tile(
+    X,
+    x0,
+    x1,
+    x2,
+    x3,
+    cx,
+    W,
+    w0,
+    w1,
+    w2,
+    w3,
+    ldw,
+    vec,
+    out,
+    o0,
+    o1,
+    o2,
+    o3,
+    p0,
+    p1,
+    p2,
+    p3,
+    K_,
+    accumulate,
+    z,
+):
     """A 4-row × 4-column tile of :func:`lgemm`: rows at offsets ``x0 … x3`` of ``X``
     (k-stride ``cx``) and ``o0 … o3`` of ``out``, columns at
     offsets ``w0 … w3`` of ``W`` (k-stride ``ldw``) and ``p0 … p3`` within a row of
@@ -594,7 +669,30 @@ def lgemm(X, xo, ldx, cx, W, wo, ldw, cw, vec, out, oo, ldo, co, R, K_, n, accum
             j1 = min(j + 1, n - 1)
             j2 = min(j + 2, n - 1)
             j3 = min(j + 3, n - 1)
-            _tile(X, xo + i * ldx, xo + i1 * ldx, xo + i2 * ldx, xo + i3 * ldx, cx,
-                  W, wo + j * cw, wo + j1 * cw, wo + j2 * cw, wo + j3 * cw, ldw, vec,
-                  out, oo + i * ldo, oo + i1 * ldo, oo + i2 * ldo, oo + i3 * ldo,
-                  j * co, j1 * co, j2 * co, j3 * co, K_, accumulate, z)
+            _tile(
+                X,
+                xo + i * ldx,
+                xo + i1 * ldx,
+                xo + i2 * ldx,
+                xo + i3 * ldx,
+                cx,
+                W,
+                wo + j * cw,
+                wo + j1 * cw,
+                wo + j2 * cw,
+                wo + j3 * cw,
+                ldw,
+                vec,
+                out,
+                oo + i * ldo,
+                oo + i1 * ldo,
+                oo + i2 * ldo,
+                oo + i3 * ldo,
+                j * co,
+                j1 * co,
+                j2 * co,
+                j3 * co,
+                K_,
+                accumulate,
+                z,
+            )

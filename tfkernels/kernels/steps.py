@@ -25,7 +25,8 @@ def stage_input(X, stages, a, h, i, xs):
     """``xs = X + Σ_{j<i} (h a_ij) k_j``: the input of RK stage ``i``.
 
     Each coefficient is read once outside its ``(T, d)`` loop (LLVM cannot hoist it
-    past stores that may alias ``a``); shared by :func:`rk_step` and :func:`step_tangent`, so both produce the same bits.
+    past stores that may alias ``a``); shared by :func:`rk_step` and :func:`step_tangent`,
+    so both produce the same bits.
     """
     T, d = X.shape
     for r in range(T):

@@ -32,8 +32,9 @@ from .simd import VECTOR_BYTES
 #: Value of ``status`` for a trajectory that stayed finite through every layer.
 STATUS_OK = -1
 
-Weights = namedtuple("Weights", ["wqkv", "wo", "w1", "b1", "w2", "b2", "A",
-                                 "wqkv_t", "wo_t", "w1_t", "w2_t", "A_t"])
+Weights = namedtuple(
+    "Weights", ["wqkv", "wo", "w1", "b1", "w2", "b2", "A", "wqkv_t", "wo_t", "w1_t", "w2_t", "A_t"]
+)
 Weights.__doc__ = """The weights with a leading layer axis (:func:`pack_params`).
 
 ``wqkv (L, d, 3d)`` is ``[wq | wk | wv]`` (Q, K and V from one pass over X), ``wo (L, d,
@@ -42,8 +43,20 @@ the ``*_t`` are the same matrices transposed, for the products with ``Wᵀ`` of 
 vector–Jacobian product. In the lane layout ``b1``, ``b2`` are repeated per lane
 (``(L, m·G)``, ``(L, d·G)`` for G lanes: :func:`for_lanes`)."""
 
-Settings = namedtuple("Settings", ["n_heads", "causal", "activation", "attention", "ffn",
-                                   "linear", "per_layer", "beta", "damping"])
+Settings = namedtuple(
+    "Settings",
+    [
+        "n_heads",
+        "causal",
+        "activation",
+        "attention",
+        "ffn",
+        "linear",
+        "per_layer",
+        "beta",
+        "damping",
+    ],
+)
 Settings.__doc__ = """The model's scalars: ``n_heads``, ``activation`` (a code of
 ``methods.ACTIVATIONS``) as int64; ``causal``, ``attention``, ``ffn``, ``linear`` (which
 terms are on) and ``per_layer`` (layer n uses weight set n, else set 0) as bool;
@@ -68,8 +81,9 @@ StepScratch = namedtuple("StepScratch", ["stages", "xs", "field"])
 StepScratch.__doc__ = """Buffers of one Runge–Kutta step: ``stages (s, …)`` the stage
 derivatives, ``xs`` a stage input, ``field`` a :class:`FieldScratch`."""
 
-TangentScratch = namedtuple("TangentScratch", ["dstages", "ds", "S", "dqkv", "dP", "dheads",
-                                               "dhidden", "qtd"])
+TangentScratch = namedtuple(
+    "TangentScratch", ["dstages", "ds", "S", "dqkv", "dP", "dheads", "dhidden", "qtd"]
+)
 TangentScratch.__doc__ = """Buffers of the tangent (JVP) of a step, beside a
 :class:`StepScratch`: tangent stages and stage input, ``S`` the activation's derivative
 σ'(z), and the tangents of ``qkv``, of a head's probabilities, of the heads' outputs, of
@@ -135,11 +149,16 @@ def pack_params(params):
     transposed = (np.ascontiguousarray(w.transpose(0, 2, 1)) for w in (wqkv, wo, w1, w2, A))
     weights = Weights(wqkv, wo, w1, b1, w2, b2, A, *transposed)
     settings = Settings(
-        n_heads=np.int64(params.n_heads), causal=bool(params.causal),
-        activation=np.int64(ACTIVATIONS[params.activation]), attention=bool(params.attention),
-        ffn=bool(params.ffn), linear=params.linear is not None,
+        n_heads=np.int64(params.n_heads),
+        causal=bool(params.causal),
+        activation=np.int64(ACTIVATIONS[params.activation]),
+        attention=bool(params.attention),
+        ffn=bool(params.ffn),
+        linear=params.linear is not None,
         per_layer=params.n_sets is not None and params.n_sets > 1,
-        beta=dt.type(params.beta), damping=dt.type(params.damping))
+        beta=dt.type(params.beta),
+        damping=dt.type(params.damping),
+    )
     return Model(weights, settings)
 
 
@@ -148,8 +167,9 @@ def for_lanes(model):
     lane-interleaved like the states, so that the bias adds run along whole rows."""
     G = group_width(model.weights.b1.dtype)
     w = model.weights
-    return model._replace(weights=w._replace(b1=np.repeat(w.b1, G, axis=-1),
-                                             b2=np.repeat(w.b2, G, axis=-1)))
+    return model._replace(
+        weights=w._replace(b1=np.repeat(w.b1, G, axis=-1), b2=np.repeat(w.b2, G, axis=-1))
+    )
 
 
 def schedule(a, b, h, sigma):
@@ -181,8 +201,10 @@ def aligned_buffers(shapes, dtype):
         total += -(-n // 64) * 64
     buf = np.empty(total + 64, dtype=np.uint8)
     base = -buf.ctypes.data % 64
-    return [buf[base + o:base + o + n].view(dtype).reshape(shape)
-            for o, n, shape in zip(starts, sizes, shapes)]
+    return [
+        buf[base + o : base + o + n].view(dtype).reshape(shape)
+        for o, n, shape in zip(starts, sizes, shapes)
+    ]
 
 
 def head_group(model, T, dtype):
@@ -206,14 +228,25 @@ def step_scratch(layout, model, T, d, n_stages, dtype):
     if layout == ROWS:
         G = head_group(model, T, dtype)
         stages, xs, *fs = aligned_buffers(
-            ((n_stages, T, d), (T, d), (T, 3 * d), (d, T), (T, m), (3, G * T), (d, T),
-             (T, G * T)), dtype)
+            ((n_stages, T, d), (T, d), (T, 3 * d), (d, T), (T, m), (3, G * T), (d, T), (T, G * T)),
+            dtype,
+        )
     else:
         L = group_width(dtype)
         H = int(model.settings.n_heads) if model.settings.attention else 1
         stages, xs, *fs = aligned_buffers(
-            ((n_stages, T, d * L), (T, d * L), (T, 3 * d * L), (T, d * L), (T, m * L),
-             (3, H * T * L), (0, 0), (T, H * T * L)), dtype)
+            (
+                (n_stages, T, d * L),
+                (T, d * L),
+                (T, 3 * d * L),
+                (T, d * L),
+                (T, m * L),
+                (3, H * T * L),
+                (0, 0),
+                (T, H * T * L),
+            ),
+            dtype,
+        )
     return StepScratch(stages, xs, FieldScratch(*fs))
 
 
@@ -225,14 +258,27 @@ def tangent_scratch(layout, model, T, d, n_stages, dtype):
     m = model.weights.w2.shape[1]
     rows = layout == ROWS
     L = 1 if rows else group_width(dtype)
-    return TangentScratch(*aligned_buffers(
-        ((n_stages, T, d * L), (T, d * L), (T, m * L), (T, 3 * d * L), (T, T * L),
-         (d, T) if rows else (T, d * L), (T, m * L), (d, T) if rows else (0, 0)), dtype))
+    return TangentScratch(
+        *aligned_buffers(
+            (
+                (n_stages, T, d * L),
+                (T, d * L),
+                (T, m * L),
+                (T, 3 * d * L),
+                (T, T * L),
+                (d, T) if rows else (T, d * L),
+                (T, m * L),
+                (d, T) if rows else (0, 0),
+            ),
+            dtype,
+        )
+    )
 
 
 def vjp_scratch(model, T, d, dtype):
     """The :class:`VjpScratch` of a ``(T, d)`` state: ``qkv``, ``dqkv (T, 3d)``,
     ``go (T, d)``, ``P``, ``dS (T, T)``, ``hidden``, ``ghidden (T, m)``."""
     m = model.weights.w2.shape[1]
-    return VjpScratch(*aligned_buffers(((T, 3 * d), (T, 3 * d), (T, d), (T, T), (T, T),
-                                        (T, m), (T, m)), dtype))
+    return VjpScratch(
+        *aligned_buffers(((T, 3 * d), (T, 3 * d), (T, d), (T, T), (T, T), (T, m), (T, m)), dtype)
+    )

@@ -101,8 +101,20 @@ def chunk_log_ratios(packed, chunk_start, chunk_len, cfg):
     logr = np.empty((chunk_len, cfg.h.shape[0] + 1), dtype=np.float64)
     status = np.empty(chunk_len, dtype=np.int64)
     like = np.empty((cfg.seq_len, cfg.d), dtype=cfg.dtype)
-    kernels.decay_kernel(cfg.mode, packed, cfg.a, cfg.b, cfg.h, cfg.sigma, cfg.seed,
-                         chunk_start, cfg.eps, like, logr, status)
+    kernels.decay_kernel(
+        cfg.mode,
+        packed,
+        cfg.a,
+        cfg.b,
+        cfg.h,
+        cfg.sigma,
+        cfg.seed,
+        chunk_start,
+        cfg.eps,
+        like,
+        logr,
+        status,
+    )
     return logr, status
 
 
@@ -228,15 +240,23 @@ class DecayResult:
         for k, val in d["stats"].items():
             exact = k in ("layer", "count")
             stats[k] = np.array(val) if exact else np.array([float_or_nan(x) for x in val])
-        return cls(rate=float_or_nan(d["rate"]),
-                   rate_ci=tuple(float_or_nan(x) for x in d["rate_ci"]),
-                   lambda_hat=float_or_nan(d["lambda_hat"]), L_hat=float_or_nan(d["L_hat"]),
-                   bound_holds=d["bound_holds"],
-                   fraction_above_bound=float_or_nan(d["fraction_above_bound"]),
-                   regime=d["regime"], stats=stats, n_trajectories=d["n_trajectories"],
-                   n_valid=d["n_valid"], n_nonfinite=d["n_nonfinite"],
-                   nonfinite_indices=d["nonfinite_indices"],
-                   nonfinite_layers=d["nonfinite_layers"], config=d["config"], meta=d["meta"])
+        return cls(
+            rate=float_or_nan(d["rate"]),
+            rate_ci=tuple(float_or_nan(x) for x in d["rate_ci"]),
+            lambda_hat=float_or_nan(d["lambda_hat"]),
+            L_hat=float_or_nan(d["L_hat"]),
+            bound_holds=d["bound_holds"],
+            fraction_above_bound=float_or_nan(d["fraction_above_bound"]),
+            regime=d["regime"],
+            stats=stats,
+            n_trajectories=d["n_trajectories"],
+            n_valid=d["n_valid"],
+            n_nonfinite=d["n_nonfinite"],
+            nonfinite_indices=d["nonfinite_indices"],
+            nonfinite_layers=d["nonfinite_layers"],
+            config=d["config"],
+            meta=d["meta"],
+        )
 
     def to_csv(self, path):
         """Write the per-layer statistics of ``log r_n`` as CSV (one row per layer)."""
@@ -259,20 +279,38 @@ class DecayResult:
         n = s["layer"]
         fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
         for lo, hi, alpha in (("q01", "q99", 0.15), ("q05", "q95", 0.25), ("q25", "q75", 0.4)):
-            ax.fill_between(n, np.exp(s[lo]), np.exp(s[hi]), color="C0", alpha=alpha, lw=0,
-                            label=f"{int(lo[1:])}–{int(hi[1:])} %")
+            ax.fill_between(
+                n,
+                np.exp(s[lo]),
+                np.exp(s[hi]),
+                color="C0",
+                alpha=alpha,
+                lw=0,
+                label=f"{int(lo[1:])}–{int(hi[1:])} %",
+            )
         ax.plot(n, np.exp(s["q50"]), color="C0", lw=1.2, label="median")
         ax.plot(n, np.exp(s["mean"]), color="k", lw=1.2, ls="-.", label="exp(mean log r)")
         if np.isfinite(self.lambda_hat):
-            ax.plot(n, self.bound, color="C3", ls="--",
-                    label=f"bound exp(λ̂ t), λ̂ = {self.lambda_hat:.3g}")
+            ax.plot(
+                n,
+                self.bound,
+                color="C3",
+                ls="--",
+                label=f"bound exp(λ̂ t), λ̂ = {self.lambda_hat:.3g}",
+            )
         ax.set_yscale("log")
         ax.set_xlabel("layer n")
-        ax.set_ylabel("r_n = ‖δ_n‖ / ‖δ_0‖" if self.config.get("mode") == "tangent"
-                      else "r_n = ‖X_n − Y_n‖ / ‖X_0 − Y_0‖")
+        ax.set_ylabel(
+            "r_n = ‖δ_n‖ / ‖δ_0‖"
+            if self.config.get("mode") == "tangent"
+            else "r_n = ‖X_n − Y_n‖ / ‖X_0 − Y_0‖"
+        )
         lo, hi = self.rate_ci
-        ax.set_title(f"{self.n_valid:,} trajectories ({self.config.get('mode')} mode): "
-                     f"rate {self.rate:.3g} [{lo:.3g}, {hi:.3g}]", fontsize=10)
+        ax.set_title(
+            f"{self.n_valid:,} trajectories ({self.config.get('mode')} mode): "
+            f"rate {self.rate:.3g} [{lo:.3g}, {hi:.3g}]",
+            fontsize=10,
+        )
         ax.legend(fontsize=8, loc="best")
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -284,16 +322,26 @@ class DecayResult:
         m = self.meta
         rows = [
             ("trajectories", f"{self.n_trajectories:,} ({self.n_valid:,} valid)"),
-            ("layers", f"{self.config['n_layers']} ({self.config['method']}, "
-                       f"t_final={self.config['t_final']})"),
-            ("mode", f"{self.config['mode']} (eps={self.config['eps']:g})"
-             if self.config["mode"] == "pair" else "tangent"),
+            (
+                "layers",
+                f"{self.config['n_layers']} ({self.config['method']}, "
+                f"t_final={self.config['t_final']})",
+            ),
+            (
+                "mode",
+                f"{self.config['mode']} (eps={self.config['eps']:g})"
+                if self.config["mode"] == "pair"
+                else "tangent",
+            ),
             ("rate (95% CI)", f"{self.rate:.5g} ± {half:.2g}"),
             ("lambda_hat", f"{self.lambda_hat:.5g}   (L_hat {self.L_hat:.4g})"),
             ("bound holds", f"{self.bound_holds} ({self.fraction_above_bound:.3g} above)"),
             ("regime", self.regime),
-            ("non-finite", f"{self.n_nonfinite:,}"
-             + (f" (first: {self.nonfinite_indices[:3]})" if self.n_nonfinite else "")),
+            (
+                "non-finite",
+                f"{self.n_nonfinite:,}"
+                + (f" (first: {self.nonfinite_indices[:3]})" if self.n_nonfinite else ""),
+            ),
             ("throughput", f"{m['throughput']:.4g} trajectory-layers/s"),
             ("wall time", f"{m['wall_time_s']:.1f} s"),
         ]
@@ -302,35 +350,84 @@ class DecayResult:
 
 
 # =========================================================================== API
-def _check_args(params, n_trajectories, seq_len, n_layers, method, t_final, alpha, c,
-                noise, eps, mode, seed, chunk_size, n_threads, progress, lambda_samples,
-                bound_rtol, client):
+def _check_args(
+    params,
+    n_trajectories,
+    seq_len,
+    n_layers,
+    method,
+    t_final,
+    alpha,
+    c,
+    noise,
+    eps,
+    mode,
+    seed,
+    chunk_size,
+    n_threads,
+    progress,
+    lambda_samples,
+    bound_rtol,
+    client,
+):
     """Validate every argument of :func:`perturbation_decay`; return the normalized ones."""
     a, b, h, sigma = api.prepare_run(params, n_layers, method, t_final, alpha, c, noise)
     n_trajectories = v.check_int("n_trajectories", n_trajectories, minimum=1)
     seq_len = v.check_int("seq_len", seq_len, minimum=1)
     mode_code = v.check_choice("mode", mode, MODES)
     dt_name = params.dtype.name
-    eps = DEFAULT_EPS[dt_name] if eps is None else v.check_float("eps", eps, minimum=0.0,
-                                                                  strict=True)
+    eps = (
+        DEFAULT_EPS[dt_name] if eps is None else v.check_float("eps", eps, minimum=0.0, strict=True)
+    )
     seed = v.check_int("seed", seed, minimum=0)
-    chunk_size = config.CHUNK_SIZE if chunk_size is None else v.check_int(
-        "chunk_size", chunk_size, minimum=1)
+    chunk_size = (
+        config.CHUNK_SIZE
+        if chunk_size is None
+        else v.check_int("chunk_size", chunk_size, minimum=1)
+    )
     threads.check_n_threads(n_threads)
     if not isinstance(progress, bool):
         raise TypeError(f"`progress` must be True or False, got {progress!r}")
     lambda_samples = v.check_int("lambda_samples", lambda_samples, minimum=1)
-    bound_rtol = (DEFAULT_BOUND_RTOL[dt_name] if bound_rtol is None
-                  else v.check_float("bound_rtol", bound_rtol, minimum=0.0))
+    bound_rtol = (
+        DEFAULT_BOUND_RTOL[dt_name]
+        if bound_rtol is None
+        else v.check_float("bound_rtol", bound_rtol, minimum=0.0)
+    )
     runner.check_client(client)
-    return dict(a=a, b=b, h=h, sigma=sigma, n_trajectories=n_trajectories, seq_len=seq_len,
-                mode=mode_code, eps=eps, seed=seed, chunk_size=chunk_size,
-                lambda_samples=lambda_samples, bound_rtol=bound_rtol)
+    return dict(
+        a=a,
+        b=b,
+        h=h,
+        sigma=sigma,
+        n_trajectories=n_trajectories,
+        seq_len=seq_len,
+        mode=mode_code,
+        eps=eps,
+        seed=seed,
+        chunk_size=chunk_size,
+        lambda_samples=lambda_samples,
+        bound_rtol=bound_rtol,
+    )
 
 
-def log_ratios(params, n_trajectories, seq_len, n_layers, *, start=0, method="euler",
-               t_final=1.0, alpha=None, c=1.0, noise=0.0, eps=None, mode="pair", seed=0,
-               n_threads=None):
+def log_ratios(
+    params,
+    n_trajectories,
+    seq_len,
+    n_layers,
+    *,
+    start=0,
+    method="euler",
+    t_final=1.0,
+    alpha=None,
+    c=1.0,
+    noise=0.0,
+    eps=None,
+    mode="pair",
+    seed=0,
+    n_threads=None,
+):
     """Per-trajectory ``log r_n`` of trajectories ``start … start + n_trajectories − 1``.
 
     The raw output behind :func:`perturbation_decay` (one kernel call, memory
@@ -352,8 +449,26 @@ def log_ratios(params, n_trajectories, seq_len, n_layers, *, start=0, method="eu
     status : ndarray of int64
         ``kernels.STATUS_OK`` (-1) or the first non-finite layer.
     """
-    k = _check_args(params, n_trajectories, seq_len, n_layers, method, t_final, alpha, c,
-                    noise, eps, mode, seed, None, n_threads, False, 1, None, None)
+    k = _check_args(
+        params,
+        n_trajectories,
+        seq_len,
+        n_layers,
+        method,
+        t_final,
+        alpha,
+        c,
+        noise,
+        eps,
+        mode,
+        seed,
+        None,
+        n_threads,
+        False,
+        1,
+        None,
+        None,
+    )
     start = v.check_int("start", start, minimum=0)
     cfg = _chunk_config(params, k, 0.0)
     with threads.threads(n_threads):
@@ -364,17 +479,48 @@ def _chunk_config(params, k, lambda_hat):
     """The :class:`ChunkConfig` of a study: ``k`` from :func:`_check_args`, the bound
     ``log r_n ≤ λ̂·t_n + log(1 + bound_rtol)`` (none when λ̂ is not finite)."""
     t = np.concatenate([[0.0], np.cumsum(k["h"].astype(np.float64))])
-    log_bound = lambda_hat * t + math.log1p(k["bound_rtol"]) if np.isfinite(lambda_hat) \
+    log_bound = (
+        lambda_hat * t + math.log1p(k["bound_rtol"])
+        if np.isfinite(lambda_hat)
         else np.full(t.shape, np.inf)
-    return ChunkConfig(mode=k["mode"], seed=k["seed"], eps=k["eps"], seq_len=k["seq_len"],
-                       d=params.d, dtype=params.dtype.name, a=k["a"], b=k["b"], h=k["h"],
-                       sigma=k["sigma"], t=t, log_bound=log_bound)
+    )
+    return ChunkConfig(
+        mode=k["mode"],
+        seed=k["seed"],
+        eps=k["eps"],
+        seq_len=k["seq_len"],
+        d=params.d,
+        dtype=params.dtype.name,
+        a=k["a"],
+        b=k["b"],
+        h=k["h"],
+        sigma=k["sigma"],
+        t=t,
+        log_bound=log_bound,
+    )
 
 
-def perturbation_decay(params, n_trajectories, seq_len, n_layers, *, method="euler",
-                       t_final=1.0, alpha=None, c=1.0, noise=0.0, eps=None, mode="pair",
-                       seed=0, chunk_size=None, n_threads=None, progress=False,
-                       lambda_samples=64, bound_rtol=None, client=None):
+def perturbation_decay(
+    params,
+    n_trajectories,
+    seq_len,
+    n_layers,
+    *,
+    method="euler",
+    t_final=1.0,
+    alpha=None,
+    c=1.0,
+    noise=0.0,
+    eps=None,
+    mode="pair",
+    seed=0,
+    chunk_size=None,
+    n_threads=None,
+    progress=False,
+    lambda_samples=64,
+    bound_rtol=None,
+    client=None,
+):
     """Monte Carlo study of how perturbations grow or decay across the layers.
 
     Parameters
@@ -452,20 +598,44 @@ def perturbation_decay(params, n_trajectories, seq_len, n_layers, *, method="eul
     >>> res.regime, res.bound_holds
     ('contractive', True)
     """
-    k = _check_args(params, n_trajectories, seq_len, n_layers, method, t_final, alpha, c,
-                    noise, eps, mode, seed, chunk_size, n_threads, progress, lambda_samples,
-                    bound_rtol, client)
+    k = _check_args(
+        params,
+        n_trajectories,
+        seq_len,
+        n_layers,
+        method,
+        t_final,
+        alpha,
+        c,
+        noise,
+        eps,
+        mode,
+        seed,
+        chunk_size,
+        n_threads,
+        progress,
+        lambda_samples,
+        bound_rtol,
+        client,
+    )
     run = dict(method=method, t_final=t_final, alpha=alpha, c=c, noise=noise)
     t_begin = time.perf_counter()
     with threads.threads(n_threads):
-        lam, lip, linfo = estimate_lipschitz(params, k["seq_len"], n_layers,
-                                             n_samples=k["lambda_samples"], seed=k["seed"],
-                                             run=run)
+        lam, lip, linfo = estimate_lipschitz(
+            params, k["seq_len"], n_layers, n_samples=k["lambda_samples"], seed=k["seed"], run=run
+        )
         cfg = _chunk_config(params, k, lam)
-        chunks = runner.run_chunks(decay_chunk, k["n_trajectories"], k["chunk_size"],
-                                   shared=(kernels.pack_params(params), cfg), client=client,
-                                   n_threads=n_threads, progress=progress, desc="decay")
-        env = environment()                 # inside: records the thread count used
+        chunks = runner.run_chunks(
+            decay_chunk,
+            k["n_trajectories"],
+            k["chunk_size"],
+            shared=(kernels.pack_params(params), cfg),
+            client=client,
+            n_threads=n_threads,
+            progress=progress,
+            desc="decay",
+        )
+        env = environment()  # inside: records the thread count used
     if chunks.cluster is not None:
         env["cluster"] = chunks.cluster
     wall = time.perf_counter() - t_begin
@@ -483,30 +653,54 @@ def _make_result(params, k, run, n_layers, chunks, cfg, estimates, env, wall):
     mode_name = next(m for m, code in MODES.items() if code == k["mode"])
     alpha = run["alpha"]
     conf = {
-        "n_trajectories": k["n_trajectories"], "seq_len": k["seq_len"], "n_layers": n_layers,
-        "method": run["method"], "t_final": run["t_final"],
+        "n_trajectories": k["n_trajectories"],
+        "seq_len": k["seq_len"],
+        "n_layers": n_layers,
+        "method": run["method"],
+        "t_final": run["t_final"],
         "alpha": alpha if alpha is None or isinstance(alpha, str) else np.asarray(alpha),
-        "c": run["c"], "noise": np.asarray(run["noise"]), "eps": k["eps"], "mode": mode_name,
-        "seed": k["seed"], "chunk_size": k["chunk_size"], "lambda_samples": k["lambda_samples"],
-        "bound_rtol": k["bound_rtol"], "params": params_summary(params),
+        "c": run["c"],
+        "noise": np.asarray(run["noise"]),
+        "eps": k["eps"],
+        "mode": mode_name,
+        "seed": k["seed"],
+        "chunk_size": k["chunk_size"],
+        "lambda_samples": k["lambda_samples"],
+        "bound_rtol": k["bound_rtol"],
+        "params": params_summary(params),
     }
     meta = dict(env)
-    meta.update({
-        "wall_time_s": wall, "loop_time_s": chunks.loop_time,
-        "throughput": k["n_trajectories"] * n_layers / chunks.loop_time,
-        "throughput_unit": "trajectory-layers per second over the chunk loop",
-        "n_chunks": chunks.n_chunks, "rate_ci_method": ci_how,
-        "lambda_method": linfo["method"], "lambda_n_samples": linfo["n_samples"],
-        "quantile_accuracy_log_r": HIST_WIDTH / 2,
-        "quantile_method": f"histogram over log r in [-{HIST_LIMIT:g}, {HIST_LIMIT:g}], "
-                           f"bin {HIST_WIDTH:g}; midpoint of the bin of the rank "
-                           "floor(q(n-1)) order statistic, clipped to [min, max]",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    meta.update(
+        {
+            "wall_time_s": wall,
+            "loop_time_s": chunks.loop_time,
+            "throughput": k["n_trajectories"] * n_layers / chunks.loop_time,
+            "throughput_unit": "trajectory-layers per second over the chunk loop",
+            "n_chunks": chunks.n_chunks,
+            "rate_ci_method": ci_how,
+            "lambda_method": linfo["method"],
+            "lambda_n_samples": linfo["n_samples"],
+            "quantile_accuracy_log_r": HIST_WIDTH / 2,
+            "quantile_method": f"histogram over log r in [-{HIST_LIMIT:g}, {HIST_LIMIT:g}], "
+            f"bin {HIST_WIDTH:g}; midpoint of the bin of the rank "
+            "floor(q(n-1)) order statistic, clipped to [min, max]",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
     return DecayResult(
-        rate=rate, rate_ci=ci, lambda_hat=lam, L_hat=lip,
+        rate=rate,
+        rate_ci=ci,
+        lambda_hat=lam,
+        L_hat=lip,
         bound_holds=bool(stats.n_above == 0) if np.isfinite(lam) else False,
-        fraction_above_bound=frac if np.isfinite(lam) else math.nan, regime=regime,
-        stats=table, n_trajectories=stats.n_trajectories, n_valid=stats.count,
-        n_nonfinite=stats.n_bad, nonfinite_indices=stats.bad_index,
-        nonfinite_layers=stats.bad_layer, config=conf, meta=meta)
+        fraction_above_bound=frac if np.isfinite(lam) else math.nan,
+        regime=regime,
+        stats=table,
+        n_trajectories=stats.n_trajectories,
+        n_valid=stats.count,
+        n_nonfinite=stats.n_bad,
+        nonfinite_indices=stats.bad_index,
+        nonfinite_layers=stats.bad_layer,
+        config=conf,
+        meta=meta,
+    )

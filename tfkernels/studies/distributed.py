@@ -68,7 +68,8 @@ def import_distributed():
     except ImportError as err:
         raise ImportError(
             f"running the study on a Dask cluster needs dask.distributed; "
-            f"install it with `{INSTALL_HINT}`") from err
+            f"install it with `{INSTALL_HINT}`"
+        ) from err
     return distributed
 
 
@@ -90,11 +91,12 @@ def check_client(client):
     if dd is None or not isinstance(client, dd.Client):
         raise NotImplementedError(
             f"`client` must be a dask.distributed.Client (or None to run locally), got "
-            f"{type(client).__name__}")
+            f"{type(client).__name__}"
+        )
     if client.status != "running":
         raise ValueError(
-            f"`client` is {client.status!r}, not running; connect a new "
-            "dask.distributed.Client")
+            f"`client` is {client.status!r}, not running; connect a new dask.distributed.Client"
+        )
     return client
 
 
@@ -136,8 +138,11 @@ def in_flight_limit(client):
 def describe(client):
     """The cluster as a result records it: scheduler address, workers, threads."""
     nthreads = client.nthreads()
-    return {"scheduler": client.scheduler.address, "n_workers": len(nthreads),
-            "n_threads": int(sum(nthreads.values()))}
+    return {
+        "scheduler": client.scheduler.address,
+        "n_workers": len(nthreads),
+        "n_threads": int(sum(nthreads.values())),
+    }
 
 
 def run_on_client(client, chunk_fn, shared, bounds, merger, update, n_threads=None):
@@ -182,15 +187,22 @@ def run_on_client(client, chunk_fn, shared, bounds, merger, update, n_threads=No
     shared_f = client.scatter(list(shared), broadcast=True, hash=False) if shared else []
     name = getattr(chunk_fn, "__name__", "chunk")
     token = uuid.uuid4().hex
-    pending = {}                  # key -> (chunk index, future): submitted, not yet seen
+    pending = {}  # key -> (chunk index, future): submitted, not yet seen
     queue = dd.as_completed(loop=client.loop)
     submitted = merger.next
 
     def submit_ready():
         nonlocal submitted
         while submitted < min(len(bounds), merger.next + window):
-            fut = client.submit(_chunk_task, chunk_fn, *bounds[submitted], n_threads,
-                                *shared_f, key=f"{name}-{token}-{submitted}", pure=True)
+            fut = client.submit(
+                _chunk_task,
+                chunk_fn,
+                *bounds[submitted],
+                n_threads,
+                *shared_f,
+                key=f"{name}-{token}-{submitted}",
+                pure=True,
+            )
             pending[fut.key] = (submitted, fut)
             queue.add(fut)
             submitted += 1
@@ -201,10 +213,10 @@ def run_on_client(client, chunk_fn, shared, bounds, merger, update, n_threads=No
             i = pending.pop(fut.key)[0]
             if merger.add(i, fut.result()):
                 update(bounds[i][1])
-            del fut                            # release the result on the cluster
+            del fut  # release the result on the cluster
             submit_ready()
     finally:
-        if pending:                            # a chunk failed: stop the others
+        if pending:  # a chunk failed: stop the others
             client.cancel([f for _, f in pending.values()])
     info = describe(client)
     info.update(max_in_flight=window, max_results_held=merger.max_held)
@@ -250,7 +262,7 @@ def _kernel_threads(n_threads):
     if n_threads is None:
         try:
             worker = import_distributed().get_worker()
-        except ValueError:                     # not running on a worker
+        except ValueError:  # not running on a worker
             return limit
         n_threads = getattr(worker, "state", worker).nthreads
     return max(1, min(int(n_threads), limit))
@@ -263,8 +275,11 @@ def _writable_inputs(shared):
     worker passes the same deserialized objects to every task.
     """
     hit = _WRITABLE.get("last")
-    if hit is not None and len(hit[0]) == len(shared) and \
-            all(a is b for a, b in zip(hit[0], shared)):
+    if (
+        hit is not None
+        and len(hit[0]) == len(shared)
+        and all(a is b for a, b in zip(hit[0], shared))
+    ):
         return hit[1]
     out = tuple(_writable(x) for x in shared)
     _WRITABLE["last"] = (shared, out)

@@ -30,12 +30,20 @@ def environment():
     from .. import __version__
 
     return {
-        "versions": {"tfkernels": __version__, "python": platform.python_version(),
-                     "numpy": np.__version__, "numba": numba.__version__,
-                     "scipy": scipy.__version__},
-        "machine": {"platform": platform.platform(), "machine": platform.machine(),
-                    "processor": platform.processor() or cpu_model(),
-                    "cpu_count": os.cpu_count(), "numba_threads": numba.get_num_threads()},
+        "versions": {
+            "tfkernels": __version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "numba": numba.__version__,
+            "scipy": scipy.__version__,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "processor": platform.processor() or cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "numba_threads": numba.get_num_threads(),
+        },
     }
 
 
@@ -69,9 +77,25 @@ def params_summary(params):
         w = getattr(params, k)
         if w is not None:
             digest.update(k.encode() + np.ascontiguousarray(w).tobytes())
-    terms = [t for t, on in (("attention", params.attention), ("ffn", params.ffn),
-                             ("linear", params.linear is not None)) if on]
-    return {"d": params.d, "n_heads": params.n_heads, "d_ff": params.d_ff, "terms": terms,
-            "activation": params.activation, "beta": params.beta, "causal": params.causal,
-            "damping": params.damping, "n_sets": params.n_sets, "dtype": params.dtype.name,
-            "sha256": digest.hexdigest()}
+    terms = [
+        t
+        for t, on in (
+            ("attention", params.attention),
+            ("ffn", params.ffn),
+            ("linear", params.linear is not None),
+        )
+        if on
+    ]
+    return {
+        "d": params.d,
+        "n_heads": params.n_heads,
+        "d_ff": params.d_ff,
+        "terms": terms,
+        "activation": params.activation,
+        "beta": params.beta,
+        "causal": params.causal,
+        "damping": params.damping,
+        "n_sets": params.n_sets,
+        "dtype": params.dtype.name,
+        "sha256": digest.hexdigest(),
+    }

@@ -12,8 +12,7 @@ import math
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import api
-from .. import kernels
+from .. import api, kernels
 
 #: Largest T·d for which the Jacobian is formed densely in the λ̂ estimate.
 DENSE_MAX = 512
@@ -78,11 +77,10 @@ def _sample_states(params, seq_len, n_layers, n_samples, run, seed):
     every = max(k for k in range(1, n_layers + 1) if n_layers % k == 0 and n_layers // k >= want)
     n_traj = max(1, -(-n_samples // (n_layers // every + 1)))
     x0 = api.random_states(n_traj, seq_len, params.d, seed=seed, dtype=params.dtype)
-    states = api.integrate(params, x0, n_layers, save_every=every, throw=False, seed=seed,
-                           **run)
+    states = api.integrate(params, x0, n_layers, save_every=every, throw=False, seed=seed, **run)
     layers = np.minimum(np.arange(states.shape[1]) * every, n_layers - 1)
     picked = []
-    for k in range(states.shape[1]):           # layer-major: spread over layers
+    for k in range(states.shape[1]):  # layer-major: spread over layers
         for b in range(n_traj):
             if np.all(np.isfinite(states[b, k])):
                 picked.append((states[b, k], int(layers[k])))
@@ -95,12 +93,12 @@ def _largest_eigenvalue(S):
     from scipy.linalg import eigh
 
     n = S.shape[0]
-    return float(eigh(S, eigvals_only=True, subset_by_index=[n - 1, n - 1],
-                      driver="evr")[0])
+    return float(eigh(S, eigvals_only=True, subset_by_index=[n - 1, n - 1], driver="evr")[0])
 
 
-def estimate_lipschitz(params, seq_len, n_layers, *, n_samples=64, seed=0, run=None,
-                       dense_max=DENSE_MAX):
+def estimate_lipschitz(
+    params, seq_len, n_layers, *, n_samples=64, seed=0, run=None, dense_max=DENSE_MAX
+):
     """Estimate the one-sided Lipschitz constant λ̂ and the Lipschitz constant L̂ of f.
 
     λ̂ is the largest logarithmic 2-norm ``λ_max((J + Jᵀ)/2)`` and L̂ the largest

@@ -79,13 +79,20 @@ def figure1(d=10, layers=(16, 32, 64, 128, 256, 512, 1024), n_traj=32, seed=0):
     errors = []
     for N in layers:
         X = tfk.integrate(params, x0, N, method="euler")
-        errors.append(float(np.mean(np.linalg.norm((X - exact).reshape(n_traj, -1),
-                                                   axis=1) / norm)))
-    return {"slope": fit_slope(layers, errors), "layers": list(layers), "errors": errors,
-            "d": d, "trajectories": n_traj, "lambda": one_sided_lipschitz(A),
-            "spectral_abscissa": float(np.linalg.eigvals(A).real.max()),
-            "definition": "E(N) = mean over trajectories of |x_N - x(1)| / |x(1)|, "
-                          "forward Euler, t in [0, 1], exact x(1) = expm(A) x0"}
+        errors.append(
+            float(np.mean(np.linalg.norm((X - exact).reshape(n_traj, -1), axis=1) / norm))
+        )
+    return {
+        "slope": fit_slope(layers, errors),
+        "layers": list(layers),
+        "errors": errors,
+        "d": d,
+        "trajectories": n_traj,
+        "lambda": one_sided_lipschitz(A),
+        "spectral_abscissa": float(np.linalg.eigvals(A).real.max()),
+        "definition": "E(N) = mean over trajectories of |x_N - x(1)| / |x(1)|, "
+        "forward Euler, t in [0, 1], exact x(1) = expm(A) x0",
+    }
 
 
 def plot_figure1(fig1, path):
@@ -95,8 +102,11 @@ def plot_figure1(fig1, path):
     N, E = np.array(fig1["layers"]), np.array(fig1["errors"])
     ax.loglog(N, E, "o-", label=f"forward Euler, fitted slope {fig1['slope']:.3f}")
     ax.loglog(N, E[0] * N[0] / N, "k--", lw=0.8, label="slope −1")
-    ax.set(xlabel="layers N", ylabel="global error E(N)",
-           title=f"Figure 1: dx/dt = Ax, d = {fig1['d']}")
+    ax.set(
+        xlabel="layers N",
+        ylabel="global error E(N)",
+        title=f"Figure 1: dx/dt = Ax, d = {fig1['d']}",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -121,9 +131,16 @@ def pair_stats_direct(params, n_traj, n_layers, t_final, eps, seed):
     t = np.arange(n_layers + 1) * (t_final / n_layers)
     q = np.quantile(logr, [0.05, 0.5, 0.95], axis=0)
     mean = logr.mean(axis=0)
-    return {"t": t, "mean": mean, "q05": q[0], "q50": q[1], "q95": q[2],
-            "max": logr.max(axis=0), "rate": float(np.polyfit(t, mean, 1)[0]),
-            "computed_with": "tfk.integrate on X and X + eps*U"}
+    return {
+        "t": t,
+        "mean": mean,
+        "q05": q[0],
+        "q50": q[1],
+        "q95": q[2],
+        "max": logr.max(axis=0),
+        "rate": float(np.polyfit(t, mean, 1)[0]),
+        "computed_with": "tfk.integrate on X and X + eps*U",
+    }
 
 
 def pair_stats(params, n_traj, n_layers, t_final, eps, seed):
@@ -135,12 +152,16 @@ def pair_stats(params, n_traj, n_layers, t_final, eps, seed):
     study = getattr(tfk, "perturbation_decay", None)
     if study is None:
         return pair_stats_direct(params, n_traj, n_layers, t_final, eps, seed)
-    r = study(params, n_traj, 1, n_layers, t_final=t_final, eps=eps, mode="pair",
-              seed=seed)
+    r = study(params, n_traj, 1, n_layers, t_final=t_final, eps=eps, mode="pair", seed=seed)
     st = {k: np.asarray(r.stats[k]) for k in ("t", "mean", "q05", "q50", "q95", "max")}
-    return {**st, "rate": float(r.rate), "rate_ci": [float(v) for v in r.rate_ci],
-            "lambda_hat": float(r.lambda_hat), "n_valid": int(r.n_valid),
-            "computed_with": "tfk.perturbation_decay(mode='pair')"}
+    return {
+        **st,
+        "rate": float(r.rate),
+        "rate_ci": [float(v) for v in r.rate_ci],
+        "lambda_hat": float(r.lambda_hat),
+        "n_valid": int(r.n_valid),
+        "computed_with": "tfk.perturbation_decay(mode='pair')",
+    }
 
 
 def figure2(d=10, n_traj=1000, n_layers=200, t_final=4.0, eps=1e-6, seed=0):
@@ -150,17 +171,25 @@ def figure2(d=10, n_traj=1000, n_layers=200, t_final=4.0, eps=1e-6, seed=0):
     lam = one_sided_lipschitz(A)
     st = pair_stats(params, n_traj, n_layers, t_final, eps, seed + 2)
     excess = float(np.max(st["max"] - lam * st["t"]))
-    out = {"rate": st["rate"], "lambda": lam,
-           "spectral_abscissa": float(np.linalg.eigvals(A).real.max()),
-           "max_log_excess": excess, "bound_holds": excess <= 1e-6,
-           "trajectories": n_traj, "layers": n_layers, "t_final": t_final, "eps": eps,
-           "computed_with": st["computed_with"], "t": st["t"].tolist(),
-           "mean_log_ratio": st["mean"].tolist(),
-           "quantiles_log_ratio": {k: st[k].tolist() for k in ("q05", "q50", "q95")},
-           "max_log_ratio": st["max"].tolist(),
-           "definition": "rate = least-squares slope of mean log(eps_n/eps_0) against "
-                         "t_n; lambda = max eigenvalue of (A + A^T)/2; the bound holds "
-                         "when max over pairs of log(eps_n/eps_0) - lambda t_n <= 1e-6"}
+    out = {
+        "rate": st["rate"],
+        "lambda": lam,
+        "spectral_abscissa": float(np.linalg.eigvals(A).real.max()),
+        "max_log_excess": excess,
+        "bound_holds": excess <= 1e-6,
+        "trajectories": n_traj,
+        "layers": n_layers,
+        "t_final": t_final,
+        "eps": eps,
+        "computed_with": st["computed_with"],
+        "t": st["t"].tolist(),
+        "mean_log_ratio": st["mean"].tolist(),
+        "quantiles_log_ratio": {k: st[k].tolist() for k in ("q05", "q50", "q95")},
+        "max_log_ratio": st["max"].tolist(),
+        "definition": "rate = least-squares slope of mean log(eps_n/eps_0) against "
+        "t_n; lambda = max eigenvalue of (A + A^T)/2; the bound holds "
+        "when max over pairs of log(eps_n/eps_0) - lambda t_n <= 1e-6",
+    }
     out.update({k: st[k] for k in ("rate_ci", "lambda_hat", "n_valid") if k in st})
     return out
 
@@ -174,10 +203,17 @@ def plot_figure2(fig2, path):
     ax.fill_between(n, q["q05"], q["q95"], alpha=0.3, label="5–95 % of trajectories")
     ax.semilogy(n, q["q50"], label="median ε_n/ε_0")
     ax.semilogy(n, np.exp(fig2["max_log_ratio"]), lw=0.8, label="max over trajectories")
-    ax.semilogy(n, np.exp(fig2["lambda"] * np.array(fig2["t"])), "k--",
-                label=f"bound exp(λ nΔt), λ = {fig2['lambda']:.2f}")
-    ax.set(xlabel="layer n", ylabel="ε_n / ε_0",
-           title=f"Figure 2: {fig2['trajectories']} pairs, rate {fig2['rate']:.3f}")
+    ax.semilogy(
+        n,
+        np.exp(fig2["lambda"] * np.array(fig2["t"])),
+        "k--",
+        label=f"bound exp(λ nΔt), λ = {fig2['lambda']:.2f}",
+    )
+    ax.set(
+        xlabel="layer n",
+        ylabel="ε_n / ε_0",
+        title=f"Figure 2: {fig2['trajectories']} pairs, rate {fig2['rate']:.3f}",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -197,8 +233,7 @@ def fixed_point_problem(d, spectrum, seed):
 
 def averaged_errors(params, e0, n_iter, alpha):
     """``‖s_t − s*‖ / ‖s_0 − s*‖`` (mean over starts) for t = 0 … n_iter."""
-    E = tfk.integrate(params, e0, n_iter, method="averaged", alpha=alpha, c=1.0,
-                      save_every=1)
+    E = tfk.integrate(params, e0, n_iter, method="averaged", alpha=alpha, c=1.0, save_every=1)
     err = np.linalg.norm(E.reshape(len(e0), n_iter + 1, -1), axis=2)
     return (err / err[:, :1]).mean(axis=0)
 
@@ -206,41 +241,59 @@ def averaged_errors(params, e0, n_iter, alpha):
 def tail_slope(err, decades=2.0):
     """Slope of log error against log t over ``t ∈ [t_max / 10**decades, t_max]``."""
     n_iter = len(err) - 1
-    t = np.unique(np.geomspace(max(n_iter / 10 ** decades, 1), n_iter, 40).astype(int))
+    t = np.unique(np.geomspace(max(n_iter / 10**decades, 1), n_iter, 40).astype(int))
     return fit_slope(t, err[t])
 
 
 def figure3_run(d, n_iter, spectrum, seed):
     """Errors and tail slopes of the three schedules on one spectrum."""
     params, e0 = fixed_point_problem(d, spectrum, seed)
-    schedules = {"standard": 1.0 / n_iter, "accelerated": "accelerated",
-                 "harmonic": 1.0 / (np.arange(n_iter) + 1.0)}
+    schedules = {
+        "standard": 1.0 / n_iter,
+        "accelerated": "accelerated",
+        "harmonic": 1.0 / (np.arange(n_iter) + 1.0),
+    }
     errs = {k: averaged_errors(params, e0, n_iter, a) for k, a in schedules.items()}
     return errs, {k: tail_slope(v) for k, v in errs.items()}
 
 
-def figure3(d=10, n_iter=10_000, spectrum=FIG3_SPECTRUM, seed=0,
-            mu_min_sweep=(0.25, 0.5, 1.0, 1.25)):
+def figure3(
+    d=10, n_iter=10_000, spectrum=FIG3_SPECTRUM, seed=0, mu_min_sweep=(0.25, 0.5, 1.0, 1.25)
+):
     """Standard against accelerated averaged iterations on ``T(s) = s + B(s − s*)``."""
     errs, slopes = figure3_run(d, n_iter, spectrum, seed)
     width = spectrum[1] - spectrum[0]
     sweep = []
     for mu_min in mu_min_sweep:
         _, s = figure3_run(d, n_iter, (mu_min, mu_min + width), seed)
-        sweep.append({"mu_min": mu_min, "slope_accelerated": s["accelerated"],
-                      "slope_harmonic": s["harmonic"], "theory_accelerated": -2 * mu_min,
-                      "theory_harmonic": -mu_min})
+        sweep.append(
+            {
+                "mu_min": mu_min,
+                "slope_accelerated": s["accelerated"],
+                "slope_harmonic": s["harmonic"],
+                "theory_accelerated": -2 * mu_min,
+                "theory_harmonic": -mu_min,
+            }
+        )
     t = np.unique(np.geomspace(1, n_iter, 200).astype(int))
-    return {"slope_standard": slopes["standard"], "slope_accelerated": slopes["accelerated"],
-            "slope_harmonic": slopes["harmonic"], "mu": list(spectrum), "d": d,
-            "iterations": n_iter, "theory_accelerated": -2 * spectrum[0],
-            "theory_harmonic": -spectrum[0], "mu_min_sweep": sweep,
-            "final_error": {k: float(v[-1]) for k, v in errs.items()},
-            "t": t.tolist(), "errors": {k: v[t].tolist() for k, v in errs.items()},
-            "definition": "s_{t+1} = (1 - a_t) s_t + a_t T(s_t), T(s) = s + B(s - s*), "
-                          "B = -Q diag(mu) Q^T; standard a = 1/N (N iterations), "
-                          "accelerated a_t = 2/(t+2), harmonic a_t = 1/(t+1); error "
-                          "|s_t - s*|/|s_0 - s*|, slopes fitted on t in [N/100, N]"}
+    return {
+        "slope_standard": slopes["standard"],
+        "slope_accelerated": slopes["accelerated"],
+        "slope_harmonic": slopes["harmonic"],
+        "mu": list(spectrum),
+        "d": d,
+        "iterations": n_iter,
+        "theory_accelerated": -2 * spectrum[0],
+        "theory_harmonic": -spectrum[0],
+        "mu_min_sweep": sweep,
+        "final_error": {k: float(v[-1]) for k, v in errs.items()},
+        "t": t.tolist(),
+        "errors": {k: v[t].tolist() for k, v in errs.items()},
+        "definition": "s_{t+1} = (1 - a_t) s_t + a_t T(s_t), T(s) = s + B(s - s*), "
+        "B = -Q diag(mu) Q^T; standard a = 1/N (N iterations), "
+        "accelerated a_t = 2/(t+2), harmonic a_t = 1/(t+1); error "
+        "|s_t - s*|/|s_0 - s*|, slopes fitted on t in [N/100, N]",
+    }
 
 
 def plot_figure3(fig3, path):
@@ -248,14 +301,19 @@ def plot_figure3(fig3, path):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     t = np.array(fig3["t"])
-    labels = {"standard": f"standard α = 1/N (slope {fig3['slope_standard']:.2f})",
-              "accelerated": f"accelerated α = 2/(t+2) (slope {fig3['slope_accelerated']:.2f})",
-              "harmonic": f"harmonic α = 1/(t+1) (slope {fig3['slope_harmonic']:.2f})"}
+    labels = {
+        "standard": f"standard α = 1/N (slope {fig3['slope_standard']:.2f})",
+        "accelerated": f"accelerated α = 2/(t+2) (slope {fig3['slope_accelerated']:.2f})",
+        "harmonic": f"harmonic α = 1/(t+1) (slope {fig3['slope_harmonic']:.2f})",
+    }
     for k, label in labels.items():
         ax.loglog(t, fig3["errors"][k], label=label, ls=":" if k == "harmonic" else "-")
     ax.loglog(t, 1.0 / t.astype(float) ** 2, "k--", lw=0.8, label="1/t²")
-    ax.set(xlabel="iteration t", ylabel="‖s_t − s*‖ / ‖s_0 − s*‖",
-           title=f"Figure 3: μ(−B) ∈ [{fig3['mu'][0]}, {fig3['mu'][1]}], d = {fig3['d']}")
+    ax.set(
+        xlabel="iteration t",
+        ylabel="‖s_t − s*‖ / ‖s_0 − s*‖",
+        title=f"Figure 3: μ(−B) ∈ [{fig3['mu'][0]}, {fig3['mu'][1]}], d = {fig3['d']}",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -277,8 +335,10 @@ def summary_lines(doc):
     """Plain-language findings, written into paper.json and the results README."""
     f1, f2, f3 = doc["figure1"], doc["figure2"], doc["figure3"]
     agree = abs(f3["slope_accelerated"] + 2) <= 0.15
-    sweep = "; ".join(f"μ_min {s['mu_min']}: {s['slope_accelerated']:.2f} "
-                      f"(theory {s['theory_accelerated']:.2f})" for s in f3["mu_min_sweep"])
+    sweep = "; ".join(
+        f"μ_min {s['mu_min']}: {s['slope_accelerated']:.2f} (theory {s['theory_accelerated']:.2f})"
+        for s in f3["mu_min_sweep"]
+    )
     return [
         f"Figure 1: forward-Euler global error slope {f1['slope']:.3f} (theory −1) on "
         f"dx/dt = Ax, d = {f1['d']}, N = {f1['layers'][0]}…{f1['layers'][-1]}.",
@@ -300,8 +360,9 @@ def summary_lines(doc):
     ]
 
 
-def run_paper(out_dir="results/paper", seed=0, fig2_trajectories=1000,
-              fig3_iterations=10_000, plots=True):
+def run_paper(
+    out_dir="results/paper", seed=0, fig2_trajectories=1000, fig3_iterations=10_000, plots=True
+):
     """Run the three experiments; write PNGs and ``paper.json`` into ``out_dir``.
 
     Returns
@@ -311,16 +372,22 @@ def run_paper(out_dir="results/paper", seed=0, fig2_trajectories=1000,
         ``figure3.slope_standard`` and ``figure3.slope_accelerated`` among its fields.
     """
     os.makedirs(out_dir, exist_ok=True)
-    doc = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"), "tfkernels": tfk.__version__, "seed": seed,
+    doc = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tfkernels": tfk.__version__,
+        "seed": seed,
         "figure1": figure1(seed=seed),
         "figure2": figure2(n_traj=fig2_trajectories, seed=seed),
-        "figure3": figure3(n_iter=fig3_iterations, seed=seed)}
+        "figure3": figure3(n_iter=fig3_iterations, seed=seed),
+    }
     doc["summary"] = summary_lines(doc)
     doc["plots"] = []
     if plots:
-        for name, fn in (("figure1", plot_figure1), ("figure2", plot_figure2),
-                         ("figure3", plot_figure3)):
+        for name, fn in (
+            ("figure1", plot_figure1),
+            ("figure2", plot_figure2),
+            ("figure3", plot_figure3),
+        ):
             fn(doc[name], os.path.join(out_dir, f"{name}.png"))
             doc["plots"].append(f"{name}.png")
     with open(os.path.join(out_dir, "paper.json"), "w") as fh:

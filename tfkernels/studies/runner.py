@@ -51,8 +51,7 @@ def chunk_bounds(n_trajectories, chunk_size):
 
     All chunks have ``chunk_size`` trajectories except the last, which holds the rest.
     """
-    return [(s, min(chunk_size, n_trajectories - s))
-            for s in range(0, n_trajectories, chunk_size)]
+    return [(s, min(chunk_size, n_trajectories - s)) for s in range(0, n_trajectories, chunk_size)]
 
 
 class OrderedMerge:
@@ -130,8 +129,19 @@ class RunResult:
     cluster: dict = None
 
 
-def run_chunks(chunk_fn, n_trajectories, chunk_size, *, shared=(), client=None,
-               n_threads=None, progress=False, desc="chunks", resume=None, on_merge=None):
+def run_chunks(
+    chunk_fn,
+    n_trajectories,
+    chunk_size,
+    *,
+    shared=(),
+    client=None,
+    n_threads=None,
+    progress=False,
+    desc="chunks",
+    resume=None,
+    on_merge=None,
+):
     """Run ``chunk_fn`` on every chunk of ``range(n_trajectories)`` and merge in order.
 
     Parameters
@@ -189,8 +199,15 @@ def run_chunks(chunk_fn, n_trajectories, chunk_size, *, shared=(), client=None,
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    with tqdm(total=n_trajectories, initial=done, unit="traj", unit_scale=True,
-              disable=not progress, desc=desc, smoothing=0.1) as bar:
+    with tqdm(
+        total=n_trajectories,
+        initial=done,
+        unit="traj",
+        unit_scale=True,
+        disable=not progress,
+        desc=desc,
+        smoothing=0.1,
+    ) as bar:
         if client is None:
             with threads.threads(n_threads):
                 for i in range(first, len(bounds)):
@@ -200,13 +217,21 @@ def run_chunks(chunk_fn, n_trajectories, chunk_size, *, shared=(), client=None,
         else:
             from . import distributed
 
-            cluster = distributed.run_on_client(client, chunk_fn, shared, bounds, merger,
-                                                bar.update, n_threads)
+            cluster = distributed.run_on_client(
+                client, chunk_fn, shared, bounds, merger, bar.update, n_threads
+            )
     if merger.next != len(bounds) or merger.buffer:
-        raise RuntimeError(f"merged {merger.next} of {len(bounds)} chunks; this is a bug "
-                           "in tfkernels.studies.runner")
-    return RunResult(stats=merger.stats, n_chunks=len(bounds), n_run=len(bounds) - first,
-                     loop_time=time.perf_counter() - t0, cluster=cluster)
+        raise RuntimeError(
+            f"merged {merger.next} of {len(bounds)} chunks; this is a bug "
+            "in tfkernels.studies.runner"
+        )
+    return RunResult(
+        stats=merger.stats,
+        n_chunks=len(bounds),
+        n_run=len(bounds) - first,
+        loop_time=time.perf_counter() - t0,
+        cluster=cluster,
+    )
 
 
 def _resumed_merge(resume, n_chunks, on_merge):
@@ -216,12 +241,13 @@ def _resumed_merge(resume, n_chunks, on_merge):
     try:
         first, stats = resume
     except (TypeError, ValueError):
-        raise TypeError(f"`resume` must be a pair (next_chunk, stats), got {resume!r}") \
-            from None
+        raise TypeError(f"`resume` must be a pair (next_chunk, stats), got {resume!r}") from None
     first = v.check_int("resume", first, minimum=0)
     if first > n_chunks:
         raise ValueError(f"`resume` starts at chunk {first} but the run has {n_chunks}")
     if (stats is None) != (first == 0):
-        raise ValueError(f"`resume` = ({first}, {type(stats).__name__}): the statistics "
-                         "of the chunks before next_chunk are needed, and only those")
+        raise ValueError(
+            f"`resume` = ({first}, {type(stats).__name__}): the statistics "
+            "of the chunks before next_chunk are needed, and only those"
+        )
     return OrderedMerge(first, stats, on_merge)

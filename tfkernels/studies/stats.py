@@ -53,8 +53,8 @@ def _merge_hist(lo_a, c_a, lo_b, c_b):
     lo = min(lo_a, lo_b)
     hi = max(lo_a + c_a.size, lo_b + c_b.size)
     out = np.zeros(hi - lo, dtype=np.int64)
-    out[lo_a - lo:lo_a - lo + c_a.size] += c_a
-    out[lo_b - lo:lo_b - lo + c_b.size] += c_b
+    out[lo_a - lo : lo_a - lo + c_a.size] += c_a
+    out[lo_b - lo : lo_b - lo + c_b.size] += c_b
     return lo, out
 
 
@@ -160,35 +160,60 @@ class DecayStats:
             hist_lo = np.zeros(L, dtype=np.int64)
             hist = [np.zeros(0, dtype=np.int64) for _ in range(L)]
             batches = [(0, math.nan)]
-        return cls(n_trajectories=int(logr.shape[0]), count=n, mean=mean, m2=m2,
-                   vmin=vmin, vmax=vmax, hist_lo=hist_lo, hist=hist, slope_mean=s_mean,
-                   slope_m2=s_m2, n_above=n_above, n_bad=int(bad.size),
-                   bad_index=[int(chunk_start + i) for i in bad[:N_BAD_KEPT]],
-                   bad_layer=[int(status[i]) for i in bad[:N_BAD_KEPT]], batches=batches)
+        return cls(
+            n_trajectories=int(logr.shape[0]),
+            count=n,
+            mean=mean,
+            m2=m2,
+            vmin=vmin,
+            vmax=vmax,
+            hist_lo=hist_lo,
+            hist=hist,
+            slope_mean=s_mean,
+            slope_m2=s_m2,
+            n_above=n_above,
+            n_bad=int(bad.size),
+            bad_index=[int(chunk_start + i) for i in bad[:N_BAD_KEPT]],
+            bad_layer=[int(status[i]) for i in bad[:N_BAD_KEPT]],
+            batches=batches,
+        )
 
     def merge(self, other):
         """Return the statistics of ``self`` followed by ``other`` (chunk order)."""
         n, mean, m2 = _chan(self.count, self.mean, self.m2, other.count, other.mean, other.m2)
-        _, s_mean, s_m2 = _chan(self.count, np.array([self.slope_mean]),
-                                np.array([self.slope_m2]), other.count,
-                                np.array([other.slope_mean]), np.array([other.slope_m2]))
+        _, s_mean, s_m2 = _chan(
+            self.count,
+            np.array([self.slope_mean]),
+            np.array([self.slope_m2]),
+            other.count,
+            np.array([other.slope_mean]),
+            np.array([other.slope_m2]),
+        )
         hist_lo, hist = [], []
         for k in range(len(self.hist)):
-            lo, h = _merge_hist(int(self.hist_lo[k]), self.hist[k],
-                                int(other.hist_lo[k]), other.hist[k])
+            lo, h = _merge_hist(
+                int(self.hist_lo[k]), self.hist[k], int(other.hist_lo[k]), other.hist[k]
+            )
             hist_lo.append(lo)
             hist.append(h)
         keep = N_BAD_KEPT - len(self.bad_index)
         return DecayStats(
-            n_trajectories=self.n_trajectories + other.n_trajectories, count=n, mean=mean,
-            m2=m2, vmin=np.minimum(self.vmin, other.vmin),
+            n_trajectories=self.n_trajectories + other.n_trajectories,
+            count=n,
+            mean=mean,
+            m2=m2,
+            vmin=np.minimum(self.vmin, other.vmin),
             vmax=np.maximum(self.vmax, other.vmax),
-            hist_lo=np.array(hist_lo, dtype=np.int64), hist=hist,
-            slope_mean=float(s_mean[0]), slope_m2=float(s_m2[0]),
-            n_above=self.n_above + other.n_above, n_bad=self.n_bad + other.n_bad,
+            hist_lo=np.array(hist_lo, dtype=np.int64),
+            hist=hist,
+            slope_mean=float(s_mean[0]),
+            slope_m2=float(s_m2[0]),
+            n_above=self.n_above + other.n_above,
+            n_bad=self.n_bad + other.n_bad,
             bad_index=self.bad_index + other.bad_index[:keep],
             bad_layer=self.bad_layer + other.bad_layer[:keep],
-            batches=self.batches + other.batches)
+            batches=self.batches + other.batches,
+        )
 
     def quantiles(self, qs=QUANTILES):
         """Quantiles of ``log r_n`` per layer from the sketch, shape (len(qs), N + 1).

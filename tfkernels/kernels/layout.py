@@ -29,14 +29,22 @@ from .simd import gemm, lanes, lgemm
 from .structs import LANES
 
 
+@_jit
+def lanes_product(X, W, out, accumulate):
+    """``product`` in the lane layout: ``simd.lgemm`` with broadcast weights. Compiled once
+    per dtype and called (not inlined), so that a row-layout body pays nothing to type or
+    prune it."""
+    L = lanes(X)
+    k, n = W.shape
+    lgemm(X, 0, k * L, L, W, 0, n, 1, False, out, 0, n * L, L, X.shape[0], k, n, accumulate)
+
+
 @_ijit
 def product(layout, X, W, out, accumulate):
     """``out (+)= X @ W`` for a state-shaped ``X (T, k·L)`` and a weight ``W (k, n)``
     into ``out (T, n·L)``, L = 1 in the row layout."""
     if layout == LANES:
-        L = lanes(X)
-        k, n = W.shape
-        lgemm(X, 0, k * L, L, W, 0, n, 1, False, out, 0, n * L, L, X.shape[0], k, n, accumulate)
+        lanes_product(X, W, out, accumulate)
     else:
         gemm(X, W, out, accumulate)
 

@@ -172,11 +172,6 @@ def for_lanes(model):
     )
 
 
-def schedule(a, b, h, sigma):
-    """The :class:`Schedule` of the arrays from ``api.prepare_run``."""
-    return Schedule(a, b, h, sigma)
-
-
 # --------------------------------------------------------------------- buffers
 def empty_aligned(shape, dtype):
     """``np.empty(shape, dtype)`` starting on a 64-byte boundary (a cache line, one

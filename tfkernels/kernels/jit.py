@@ -9,7 +9,7 @@
   :func:`tfkernels.threads.run_threads` runs slices in parallel threads; it allocates
   nothing either (its buffers come from Python, :mod:`tfkernels.kernels.structs`), so
   no atomic incref/decref pairs surround the inlined layer step
-  (``docs/performance.md``, "Drivers without reference counting");
+  (``docs/performance.md``, "Drivers without reference counting").
 """
 
 from numba import njit

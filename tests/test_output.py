@@ -127,3 +127,39 @@ def test_write_text_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         output.write_text(path, "two")
     assert path.read_text() == "one" and _temps(tmp_path) == []
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from tfkernels.studies import output
+with output.ResultSet(sys.argv[1]) as rs:
+    with open(rs.path("a.csv"), "w") as fh:
+        fh.write("new")
+    with open(rs.path("r.json"), "w") as fh:
+        fh.write("ne")
+        fh.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_writer_leaves_the_old_set_and_its_temporaries_are_cleaned(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    _write_set(tmp_path, "old")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(output.__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    for name in ("a.csv", "b.png", "r.json"):
+        assert (tmp_path / name).read_text() == "old"
+    left = _temps(tmp_path)
+    assert len(left) == 2
+    _write_set(tmp_path, "new")  # too fresh to be stale: kept
+    assert sorted(_temps(tmp_path)) == sorted(left)
+    for name in left:
+        old = os.path.getmtime(tmp_path / name) - 2 * output.STALE_TMP_S
+        os.utime(tmp_path / name, (old, old))
+    _write_set(tmp_path, "newer")
+    assert _temps(tmp_path) == [] and (tmp_path / "r.json").read_text() == "newer"

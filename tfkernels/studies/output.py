@@ -14,9 +14,16 @@ Two rules, so that no run loses or tears a result set:
 
 import contextlib
 import os
+import re
 import secrets
+import time
 
 __all__ = ["check_out_dir", "ResultSet", "atomic_path", "write_text"]
+
+#: A temporary file older than this (seconds) was left by a killed writer: the next
+#: :class:`ResultSet` in its folder removes it (a live one lasts as long as one write).
+STALE_TMP_S = 600.0
+_TMP_NAME = re.compile(r"^\.[^/]*\.tmp-[0-9a-f]{8}(\.[^./]*)?$")
 
 
 def check_out_dir(path, name="out_dir"):
@@ -94,6 +101,7 @@ class ResultSet:
 
     def __enter__(self):
         os.makedirs(self.out_dir, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)
         return self
 
     def path(self, filename):
@@ -133,6 +141,20 @@ class ResultSet:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
         self._tmp.clear()
+
+
+def remove_stale_temporaries(folder, age_s=None):
+    """Remove the temporary files of this module older than ``age_s`` (default
+    :data:`STALE_TMP_S`) from ``folder``: those a killed writer (SIGKILL) left."""
+    age_s = STALE_TMP_S if age_s is None else age_s
+    now = time.time()
+    with os.scandir(folder) as it:
+        for entry in it:
+            if not (_TMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > age_s:
+                    os.remove(entry.path)
 
 
 @contextlib.contextmanager

@@ -82,7 +82,8 @@ def configure_parser(parser):
     r.add_argument(
         "--out",
         default=os.path.join("results", "decay"),
-        help="output folder for decay.json, decay.csv and decay.png",
+        help="output folder for decay.json, decay.csv and decay.png (created when "
+        "missing, checked before the study; the three are replaced together)",
     )
 
 

@@ -17,7 +17,8 @@ def configure_parser(parser):
     parser.add_argument(
         "--out",
         default=os.path.join("results", "paper"),
-        help="output folder for the PNGs and paper.json",
+        help="output folder for the PNGs and paper.json (created when missing, checked "
+        "before any work); nothing is written outside it",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     parser.add_argument(

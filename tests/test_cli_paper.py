@@ -1,7 +1,8 @@
-"""``tfkernels paper`` (tfkernels.cli.paper): options, the argument check, what it prints,
-and the results README it regenerates only for an output folder named ``paper``."""
+"""``tfkernels paper`` (tfkernels.cli.paper): options, the argument checks, what it prints,
+and that it writes nothing outside ``--out`` (no README beside it)."""
 
 import argparse
+import os
 
 import pytest
 
@@ -17,7 +18,7 @@ def parse(*argv):
 
 @pytest.fixture
 def stubs(monkeypatch):
-    """Stub the experiments (the README is really written); yield the calls."""
+    """Stub the experiments; yield the calls."""
     calls = {"run": []}
 
     def run_paper(out, seed, fig2_trajectories):
@@ -33,17 +34,39 @@ def test_defaults():
     assert (args.out, args.seed, args.trajectories) == ("results/paper", 0, 1000)
 
 
-@pytest.mark.parametrize("name, readme", [("paper", True), ("elsewhere", False)])
-def test_runs_the_experiments_and_regenerates_the_readme_of_a_paper_folder(
-    tmp_path, capsys, stubs, name, readme
-):
+@pytest.mark.parametrize("name", ["paper", "elsewhere"])
+def test_runs_the_experiments_and_writes_nothing_beside_out(tmp_path, capsys, stubs, name):
     out = tmp_path / name
     assert paper_cli.run_cli(parse("--out", str(out), "--seed", "3", "--trajectories", "64")) == 0
     assert stubs["run"] == [(str(out), 3, 64)]
-    assert (tmp_path / "README.md").exists() == readme
+    assert os.listdir(tmp_path) == []  # the stub wrote nothing, nor did the command
     text = capsys.readouterr().out
     assert "finding one\nfinding two\n" in text and "1 plot(s)" in text
-    assert ("regenerated" in text) == readme
+    assert "regenerated" not in text
+
+
+def test_a_hand_written_readme_beside_out_is_never_replaced(tmp_path, stubs):
+    # QA 466: `cd proj && tfkernels paper --out proj/paper` replaced proj/README.md
+    readme = tmp_path / "README.md"
+    readme.write_text("# my project\n")
+    assert paper_cli.run_cli(parse("--out", str(tmp_path / "paper"))) == 0
+    assert readme.read_text() == "# my project\n"
+    assert sorted(os.listdir(tmp_path)) == ["README.md"]
+
+
+@pytest.mark.parametrize(
+    "out, match",
+    [("", "is empty"), ("FILE", "is a file"), ("FILE/sub", "lies under"), ("/proc/x", "cannot")],
+)
+def test_a_bad_out_is_one_line_exit_2_before_any_work(tmp_path, capsys, stubs, out, match):
+    # QA 469: `paper --out /proc/x` was a FileNotFoundError traceback
+    (tmp_path / "FILE").write_text("x")
+    out = out.replace("FILE", str(tmp_path / "FILE"))
+    assert paper_cli.run_cli(parse("--out", out)) == 2
+    assert stubs["run"] == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`--out`" in err and match in err
+    assert err.startswith("tfkernels paper: error:")
 
 
 def test_too_few_trajectories_stop_before_any_work(stubs):

@@ -317,3 +317,86 @@ def test_params_and_client_checked():
         tfk.perturbation_decay("model", 10, 2, 4)
     with pytest.raises(NotImplementedError, match="client"):
         tfk.perturbation_decay(small(), 10, 2, 4, client=object())
+
+
+# ------------------------------------------------------------ result files (issue 15)
+@pytest.fixture(scope="module")
+def tiny_result():
+    return tfk.perturbation_decay(small(damping=3.0), 100, 2, 8, seed=1, mode="tangent")
+
+
+def _listing(folder):
+    return sorted(f.name for f in folder.iterdir())
+
+
+def test_save_writes_the_documented_set_json_last(tmp_path, tiny_result):
+    paths = tiny_result.save(tmp_path / "new" / "dir")
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["decay.csv", "decay.png", "decay.json"]
+    assert _listing(tmp_path / "new" / "dir") == ["decay.csv", "decay.json", "decay.png"]
+    back = tfk.DecayResult.from_json(paths[-1])
+    assert back.rate == tiny_result.rate
+
+
+@pytest.mark.parametrize("broken", ["to_csv", "plot", "to_json"])
+def test_save_error_midway_keeps_the_previous_set(tmp_path, tiny_result, monkeypatch, broken):
+    # QA 463/464: a run killed while writing left a torn or mixed set
+    tiny_result.save(tmp_path)
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    real = getattr(decay.DecayResult, broken)
+
+    def midway(self, path):
+        real(self, path)
+        with open(path, "r+b") as fh:
+            fh.truncate(10)
+        raise RuntimeError("killed midway")
+
+    monkeypatch.setattr(decay.DecayResult, broken, midway)
+    with pytest.raises(RuntimeError, match="midway"):
+        tiny_result.save(tmp_path)
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+
+
+def test_to_json_never_leaves_a_truncated_file(tmp_path, tiny_result, monkeypatch):
+    path = tmp_path / "r.json"
+    tiny_result.to_json(path)
+    before = path.read_text()
+
+    def fail_dumps(*a, **k):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(decay.json, "dumps", fail_dumps)
+    with pytest.raises(ValueError, match="boom"):
+        tiny_result.to_json(path)
+    assert path.read_text() == before and _listing(tmp_path) == ["r.json"]
+
+
+def test_save_checks_the_folder_naming_it(tmp_path, tiny_result):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="`out_dir`"):
+        tiny_result.save(tmp_path / "file")
+    with pytest.raises(ValueError, match="`out_dir`"):
+        tiny_result.save("")
+    with pytest.raises(PermissionError, match="`out_dir`"):
+        tiny_result.save("/proc/tfkernels-x")
+
+
+@pytest.mark.parametrize(
+    "out, match",
+    [("", "is empty"), ("FILE", "is a file"), ("FILE/sub", "lies under"), ("/proc/x", "cannot")],
+)
+def test_command_line_bad_out_is_one_line_exit_2_before_the_study(
+    tmp_path, capsys, monkeypatch, out, match
+):
+    # QA 455-457: the study ran, then a traceback
+    def never(*a, **k):
+        raise AssertionError("the study ran")
+
+    monkeypatch.setattr(decay, "perturbation_decay", never)
+    (tmp_path / "FILE").write_text("x")
+    parser = argparse.ArgumentParser()
+    decay_cli.configure_parser(parser)
+    args = parser.parse_args(["--out", out.replace("FILE", str(tmp_path / "FILE"))])
+    assert decay_cli.run_cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tfkernels decay: error:") and err.count("\n") == 1
+    assert "`--out`" in err and match in err

@@ -1,24 +1,42 @@
-"""Writing a sweep document: JSON, the flat CSV, then plots and the results README."""
+"""Writing a sweep document: CSV, plots and JSON as one set, then the results README."""
 
 import csv
 import json
-import os
 
 import numpy as np
 
-from .plots import write_plots
+from ..studies.output import ResultSet
+from . import plots as _plots
 from .report import write_readme
+
+#: (document key, plot function name in :mod:`.plots`, file suffix) of every plot.
+PLOTS = (
+    ("throughput", "plot_throughput", "throughput"),
+    ("throughput", "plot_speedup", "speedup"),
+    ("errors", "plot_errors", "errors"),
+    ("scaling", "plot_scaling", "scaling"),
+)
 
 
 def write_outputs(doc, out_dir, plots=True):
-    """Write JSON, CSV, plots and the regenerated README of one sweep."""
-    stem = os.path.join(out_dir, f"bench-{doc['preset']}")
-    with open(stem + ".json", "w") as fh:
-        json.dump(doc, fh, indent=1, default=_json_default)
-    write_csv(doc, stem + ".csv")
-    if plots:
-        doc["plots"] = write_plots(doc, stem)
-        with open(stem + ".json", "w") as fh:
+    """Write CSV, plots and JSON of one sweep as one set, then the README.
+
+    Every file goes to a temporary name and all are renamed at the end, the JSON last
+    (:class:`~tfkernels.studies.output.ResultSet`), so ``out_dir`` holds the previous
+    sweep's files or this one's, never a mix; the README is regenerated only when it
+    is missing or was generated (:func:`~.report.write_readme`).
+    """
+    stem = f"bench-{doc['preset']}"
+    with ResultSet(out_dir, name="out_dir") as rs:
+        write_csv(doc, rs.path(stem + ".csv"))
+        if plots:
+            doc["plots"] = []
+            for key, fn, suffix in PLOTS:
+                if doc.get(key):
+                    name = f"{stem}-{suffix}.png"
+                    getattr(_plots, fn)(doc, rs.path(name))
+                    doc["plots"].append(name)
+        with open(rs.path(stem + ".json"), "w") as fh:
             json.dump(doc, fh, indent=1, default=_json_default)
     write_readme(out_dir)
 

@@ -1,8 +1,11 @@
 """``tfkernels decay``: the perturbation-decay study from the command line.
 
 Runs :func:`tfkernels.perturbation_decay` on a random model (locally, or on a Dask
-cluster with ``--scheduler``), prints a summary and writes ``decay.json``,
-``decay.csv`` and ``decay.png`` into ``--out``.
+cluster with ``--scheduler``), prints a summary and writes ``decay.csv``,
+``decay.png`` and ``decay.json`` into ``--out`` (created when missing) as one set
+(:meth:`~tfkernels.studies.decay.DecayResult.save`: temporary names renamed at the end,
+the JSON last). ``--out`` is checked before the study runs: an empty path, an existing
+file or a folder that cannot be written is a one-line error, exit code 2.
 """
 
 import argparse
@@ -79,15 +82,22 @@ def configure_parser(parser):
     r.add_argument(
         "--out",
         default=os.path.join("results", "decay"),
-        help="output folder for decay.json, decay.csv and decay.png",
+        help="output folder for decay.json, decay.csv and decay.png (created when "
+        "missing, checked before the study; the three are replaced together)",
     )
 
 
 def run_cli(args):
     """Run ``tfkernels decay``: the study, a summary table, JSON + CSV + PNG."""
     from ..params import TransformerParams
+    from ..studies import output
     from ..studies.decay import perturbation_decay
 
+    try:
+        output.check_out_dir(args.out, "--out")
+    except (TypeError, ValueError, OSError) as err:
+        print(f"tfkernels decay: error: {err}", file=sys.stderr)
+        return 2
     client = None
     try:
         params = TransformerParams.random(
@@ -123,11 +133,11 @@ def run_cli(args):
     finally:
         if client is not None:
             client.close()
-    os.makedirs(args.out, exist_ok=True)
-    paths = [os.path.join(args.out, f"decay.{ext}") for ext in ("json", "csv", "png")]
-    res.to_json(paths[0])
-    res.to_csv(paths[1])
-    res.plot(paths[2])
     print(res.summary())
+    try:
+        paths = res.save(args.out)
+    except (ValueError, OSError) as err:
+        print(f"tfkernels decay: error: `--out` {args.out!r}: {err}", file=sys.stderr)
+        return 2
     print("wrote " + ", ".join(paths))
     return 0

@@ -29,7 +29,7 @@ import numpy as np
 from .. import _validate as v
 from .. import api, config, kernels, threads
 from ..methods import MODES
-from . import runner
+from . import output, runner
 from .environment import environment, params_summary
 from .lipschitz import estimate_lipschitz
 from .serialize import float_or_nan, jsonable
@@ -226,10 +226,32 @@ class DecayResult:
         return jsonable(d)
 
     def to_json(self, path):
-        """Write the result (configuration, versions, machine, timings, statistics)."""
-        with open(path, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=1, allow_nan=False)
-            fh.write("\n")
+        """Write the result (configuration, versions, machine, timings, statistics).
+
+        The file is written to a temporary name and renamed, so ``path`` holds the old
+        result or the new one, never a truncated file.
+        """
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
+        output.write_text(path, text)
+
+    def save(self, out_dir="results/decay", stem="decay", plot=True):
+        """Write ``<stem>.csv``, ``<stem>.png`` and ``<stem>.json`` into ``out_dir``
+        as one set: every file goes to a temporary name first and all are renamed
+        once all were written, the JSON last; on an error nothing of a previous set
+        in ``out_dir`` changes. ``out_dir`` is checked first (``ValueError`` or
+        ``PermissionError`` naming ``out_dir``) and created when missing.
+
+        Returns
+        -------
+        list of str
+            The paths written, the JSON last.
+        """
+        with output.ResultSet(out_dir, name="out_dir") as rs:
+            self.to_csv(rs.path(f"{stem}.csv"))
+            if plot:
+                self.plot(rs.path(f"{stem}.png"))
+            self.to_json(rs.path(f"{stem}.json"))
+        return rs.paths
 
     @classmethod
     def from_json(cls, path):
@@ -263,7 +285,8 @@ class DecayResult:
         cols = list(self.stats)
         rows = np.column_stack([np.asarray(self.stats[c], dtype=np.float64) for c in cols])
         fmt = ["%d" if c in ("layer", "count") else "%.10g" for c in cols]
-        np.savetxt(path, rows, delimiter=",", header=",".join(cols), comments="", fmt=fmt)
+        with output.atomic_path(path) as tmp:
+            np.savetxt(tmp, rows, delimiter=",", header=",".join(cols), comments="", fmt=fmt)
 
     def plot(self, path):
         """Semilog-y figure of r_n against layer: quantile bands, median, mean, bound.
@@ -312,8 +335,11 @@ class DecayResult:
             fontsize=10,
         )
         ax.legend(fontsize=8, loc="best")
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        try:
+            with output.atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=120)
+        finally:
+            plt.close(fig)
 
     def summary(self):
         """A short human-readable table."""

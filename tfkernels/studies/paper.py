@@ -29,12 +29,13 @@ Figure 3
 
 import datetime
 import json
-import os
 
 import numpy as np
 import scipy.linalg
 
 import tfkernels as tfk
+
+from . import output
 
 #: Figure 3's default spectrum of −B: μ evenly spaced in this interval.
 FIG3_SPECTRUM = (0.5, 1.5)
@@ -365,13 +366,18 @@ def run_paper(
 ):
     """Run the three experiments; write PNGs and ``paper.json`` into ``out_dir``.
 
+    ``out_dir`` is checked before any work (``ValueError`` or ``PermissionError``
+    naming ``out_dir``) and created when missing. The files are written as one set
+    (:class:`~.output.ResultSet`: temporary names, renamed at the end, the JSON last);
+    nothing outside ``out_dir`` is written.
+
     Returns
     -------
     dict
         The JSON document; ``figure1.slope``, ``figure2.rate``, ``figure2.lambda``,
         ``figure3.slope_standard`` and ``figure3.slope_accelerated`` among its fields.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    output.check_out_dir(out_dir, "out_dir")
     doc = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tfkernels": tfk.__version__,
@@ -382,31 +388,15 @@ def run_paper(
     }
     doc["summary"] = summary_lines(doc)
     doc["plots"] = []
-    if plots:
-        for name, fn in (
-            ("figure1", plot_figure1),
-            ("figure2", plot_figure2),
-            ("figure3", plot_figure3),
-        ):
-            fn(doc[name], os.path.join(out_dir, f"{name}.png"))
-            doc["plots"].append(f"{name}.png")
-    with open(os.path.join(out_dir, "paper.json"), "w") as fh:
-        json.dump(doc, fh, indent=1)
+    with output.ResultSet(out_dir, name="out_dir") as rs:
+        if plots:
+            for name, fn in (
+                ("figure1", plot_figure1),
+                ("figure2", plot_figure2),
+                ("figure3", plot_figure3),
+            ):
+                fn(doc[name], rs.path(f"{name}.png"))
+                doc["plots"].append(f"{name}.png")
+        with open(rs.path("paper.json"), "w") as fh:
+            json.dump(doc, fh, indent=1)
     return doc
-
-
-def regenerate_readme(out_dir):
-    """Rewrite the results README beside ``out_dir`` when ``out_dir`` is ``…/paper``.
-
-    Returns
-    -------
-    str or None
-        The README's path, or None when ``out_dir`` is not named ``paper``.
-    """
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    if os.path.basename(os.path.abspath(out_dir)) == "paper":
-        from ..bench.report import write_readme
-
-        write_readme(parent)
-        return os.path.join(parent, "README.md")
-    return None

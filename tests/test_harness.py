@@ -562,3 +562,20 @@ def test_paper_checks_its_folder_before_any_work(tmp_path, monkeypatch):
         paper.run_paper("")
     with pytest.raises(PermissionError, match="`out_dir`"):
         paper.run_paper("/proc/tfkernels-x")
+
+
+@pytest.mark.parametrize("out", ["", "file", "/proc/x"])
+def test_bench_checks_out_before_the_sweep(out, tmp_path, monkeypatch, capsys):
+    from tfkernels.bench import run
+    from tfkernels.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("the sweep ran although --out is unusable")
+
+    monkeypatch.setattr(run, "run_sweep", never)
+    if out == "file":
+        out = str(tmp_path / "a-file")
+        open(out, "w").close()
+    assert main(["bench", "--preset", "quick", "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0]

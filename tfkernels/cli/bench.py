@@ -173,9 +173,12 @@ def print_summary(doc, file=None):
 
 def run_cli(args):
     """Entry point of ``tfkernels bench``."""
+    from ..studies import output
+
     try:
         settings = settings_from_args(args)
-    except ValueError as exc:
+        output.check_out_dir(args.out, "--out")  # before the sweep, not after it
+    except (ValueError, PermissionError, TypeError) as exc:
         print(f"tfkernels bench: error: {exc}", file=sys.stderr)
         return 2
     from ..bench.run import run_sweep

@@ -232,3 +232,35 @@ def test_load_without_suffix_and_round_trip(tmp_path):  # 105
     assert all(np.array_equal(getattr(p, k), getattr(q, k)) for k in ("wq", "w1", "b2"))
     with pytest.raises(FileNotFoundError, match="missing"):
         TP.load(tmp_path / "missing")
+
+
+# ------------------------------------------------- values the dtype cannot hold
+def test_dtype_none_rejected():  # 66, 139
+    with pytest.raises(TypeError, match="`dtype` must be float32 or float64, got None"):
+        tfk.random_states(2, 2, 3, dtype=None)
+    with pytest.raises(TypeError, match="`dtype` must be float32 or float64, got None"):
+        TP.random(d=8, n_heads=2, dtype=None)
+
+
+def test_float32_overflowing_settings_named():  # 156, 300, 301
+    with pytest.raises(ValueError, match="`beta`=1e\\+300 overflows float32"):
+        TP.random(d=8, n_heads=2, beta=1e300, dtype=np.float32)
+    with pytest.raises(ValueError, match="`damping`=1e\\+39 overflows float32"):
+        TP.random(d=8, n_heads=2, damping=1e39, dtype=np.float32)
+    with pytest.raises(ValueError, match="`scale`=1e\\+39 overflows float32"):
+        tfk.random_states(2, 2, 3, dtype=np.float32, scale=1e39)
+    assert TP.random(d=8, n_heads=2, beta=1e300).beta == 1e300  # fine in float64
+
+
+def test_step_size_that_vanishes_named():  # 205
+    p = small().astype(np.float32)
+    x0 = tfk.random_states(2, 2, 8, dtype=np.float32)
+    with pytest.raises(ValueError, match="step size .*`t_final`"):
+        tfk.integrate(p, x0, 4, t_final=1e-300)
+    with pytest.raises(ValueError, match="`noise`.*overflows float32"):
+        tfk.integrate(p, x0, 2, noise=1e39)
+
+
+def test_c_without_averaged_named():  # 242
+    with pytest.raises(ValueError, match="`c` applies to method='averaged' only"):
+        tfk.integrate(small(), tfk.random_states(2, 2, 8), 2, c=5.0)

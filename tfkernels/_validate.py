@@ -12,7 +12,12 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_dtype(name, dtype):
-    """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise TypeError."""
+    """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise TypeError.
+
+    ``None`` is rejected (NumPy would read it as float64).
+    """
+    if dtype is None:
+        raise TypeError(f"`{name}` must be float32 or float64, got None")
     try:
         dt = np.dtype(dtype)
     except TypeError as err:
@@ -135,6 +140,16 @@ def check_float(name, value, *, minimum=None, strict=False):
             raise ValueError(f"`{name}` must be > {minimum}, got {value}")
         if not strict and value < minimum:
             raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return value
+
+
+def check_fits(name, value, dtype):
+    """Raise ValueError if the finite float ``value`` overflows to inf in ``dtype``."""
+    if abs(value) > float(np.finfo(dtype).max):
+        raise ValueError(
+            f"`{name}`={value} overflows {np.dtype(dtype).name} (max "
+            f"{float(np.finfo(dtype).max):.4g}); use a smaller value or float64"
+        )
     return value
 
 

@@ -74,7 +74,7 @@ def random_states(batch, seq_len, d, *, seed=0, start=0, dtype=np.float64, scale
     seed = v.check_seed("seed", seed)
     start = check_start(start, shape[0])
     dtype = v.check_dtype("dtype", dtype)
-    scale = v.check_float("scale", scale, minimum=0.0)
+    scale = v.check_fits("scale", v.check_float("scale", scale, minimum=0.0), dtype)
     out = np.empty(shape, dtype=dtype)
     run_threads(
         lambda lo, hi: rng._normal_batch(seed, rng.STREAM_STATE, start + lo, scale, out[lo:hi]),
@@ -188,13 +188,26 @@ def prepare_run(params, n_layers, method, t_final, alpha, c, noise):
     if method == "averaged":
         h = alpha_schedule(alpha, n_layers, dt) * c
     else:
+        h = np.full(n_layers, dt)
+        if c != 1.0:
+            raise ValueError(f"`c` applies to method='averaged' only, not {method!r}")
         if alpha is not None:
             raise ValueError(f"`alpha` applies to method='averaged' only, not {method!r}")
-        h = np.full(n_layers, dt)
     σ = noise_schedule(noise, n_layers)
     a, b, _ = tableau(method).arrays
     dtype = params.dtype
-    return a.astype(dtype), b.astype(dtype), h.astype(dtype), σ.astype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        h_d, σ_d = h.astype(dtype), σ.astype(dtype)
+    if not np.all(np.isfinite(h_d)) or np.any(h_d == 0):
+        what = "`alpha` * `c`" if method == "averaged" else "Δt = `t_final` / `n_layers`"
+        raise ValueError(
+            f"the step size {what} (from {h.min():.4g} to {h.max():.4g}) is 0 or inf "
+            f"in {dtype.name}; change `t_final`, `n_layers`"
+            f"{', `alpha` or `c`' if method == 'averaged' else ''} or use float64"
+        )
+    if not np.all(np.isfinite(σ_d)):
+        raise ValueError(f"`noise` (max {σ.max():.4g}) overflows {dtype.name}")
+    return a.astype(dtype), b.astype(dtype), h_d, σ_d
 
 
 def raise_on_status(status, start=0):

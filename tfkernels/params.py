@@ -134,8 +134,12 @@ class TransformerParams:
         if d % n_heads:
             raise ValueError(f"`n_heads`={n_heads} must divide the width d={d}")
         set_("n_heads", n_heads)
-        set_("beta", v.check_float("beta", self.beta, minimum=0.0, strict=True))
-        set_("damping", v.check_float("damping", self.damping, minimum=0.0))
+        beta = v.check_float("beta", self.beta, minimum=0.0, strict=True)
+        set_("beta", v.check_fits("beta", beta, dtype))
+        set_(
+            "damping",
+            v.check_fits("damping", v.check_float("damping", self.damping, minimum=0.0), dtype),
+        )
         set_("causal", v.check_bool("causal", self.causal))
         v.check_choice("activation", self.activation, ACTIVATIONS)
 

@@ -264,3 +264,11 @@ def test_step_size_that_vanishes_named():  # 205
 def test_c_without_averaged_named():  # 242
     with pytest.raises(ValueError, match="`c` applies to method='averaged' only"):
         tfk.integrate(small(), tfk.random_states(2, 2, 8), 2, c=5.0)
+
+
+def test_save_to_directory_named(tmp_path):  # 114, 125
+    with pytest.raises(ValueError, match="`path` .* is a directory"):
+        small().save(tmp_path)
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(ValueError, match="`path` .* is a directory"):
+        small().save(tmp_path / "d")

@@ -321,7 +321,15 @@ class TransformerParams:
 
     # ---------------------------------------------------------------- storage
     def save(self, path):
-        """Write the parameters to ``path`` as ``.npz``."""
+        """Write the parameters to ``path`` as ``.npz``.
+
+        Like ``np.savez``, ``.npz`` is appended to a ``path`` that lacks it (and
+        :meth:`load` finds the file either way).
+        """
+        path = os.fspath(path)
+        target = path if path.endswith(".npz") else path + ".npz"
+        if os.path.isdir(path) or os.path.isdir(target):
+            raise ValueError(f"`path` {path!r} is a directory; give a file name such as 'p.npz'")
         arrays = {k: getattr(self, k) for k in _MATRICES if getattr(self, k) is not None}
         np.savez(
             path,

@@ -144,13 +144,24 @@ def test_zero_size_dimensions_rejected():  # 20, 21, 23, 291, 292, 296, 311-313
     with pytest.raises(ValueError, match="`linear` must not have a zero-size dimension"):
         TP.linear(np.zeros((0, 8, 8)))
     p = small()
-    with pytest.raises(ValueError, match="`w1` must not have a zero-size dimension"):
-        p.replace(w1=np.zeros((8, 0)), b1=np.zeros(0), w2=np.zeros((0, 8)))
+    ffn0 = dict(w1=np.zeros((0, 4)), b1=np.zeros(4), w2=np.zeros((4, 0)), b2=np.zeros(0))
+    with pytest.raises(ValueError, match="`b2` must not have a zero-size dimension"):
+        TP(**ffn0)
+    with pytest.raises(ValueError, match="`b2` must not have a zero-size dimension"):
+        TP(**{k: np.zeros((0,) + getattr(p, k).shape) for k in ("w1", "b1", "w2", "b2")})
     with pytest.raises(ValueError, match="`wq` must not have a zero-size dimension"):
         p.replace(**{k: np.zeros((0, 8, 8)) for k in ("wq", "wk", "wv", "wo")})
     for shape in ((0, 2, 8), (2, 0, 8)):
         with pytest.raises(ValueError, match="`X` must not have a zero-size dimension"):
             tfk.vector_field(p, np.zeros(shape))
+
+
+def test_ffn_with_d_ff_zero_still_valid():  # 22: the kernels handle m = 0 (f = b2 - γX)
+    b2 = np.arange(8.0)
+    p = TP(w1=np.zeros((8, 0)), b1=np.zeros(0), w2=np.zeros((0, 8)), b2=b2, damping=0.5)
+    X = tfk.random_states(3, 4, 8, seed=1)
+    assert p.d_ff == 0
+    np.testing.assert_array_equal(tfk.vector_field(p, X), b2 - 0.5 * X)
 
 
 def test_alpha_and_noise_types_named():  # 233, 234, 237

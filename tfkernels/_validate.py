@@ -30,7 +30,7 @@ def check_dtype(name, dtype):
     return dt
 
 
-def check_array(name, a, *, ndim=None, dtype=None, finite=True):
+def check_array(name, a, *, ndim=None, dtype=None, finite=True, nonempty=True):
     """Check an array argument and return it C-contiguous.
 
     Parameters
@@ -45,6 +45,10 @@ def check_array(name, a, *, ndim=None, dtype=None, finite=True):
         Required dtype. When None the array must be float32 or float64.
     finite : bool
         Reject NaN and inf.
+    nonempty : bool
+        Reject a zero-size dimension (the caller checks sizes itself when False).
+    masked arrays (``numpy.ma``) are always rejected: the kernels would use the
+    masked values.
     """
     if np.ma.isMaskedArray(a):
         raise TypeError(
@@ -74,7 +78,7 @@ def check_array(name, a, *, ndim=None, dtype=None, finite=True):
                 f"`{name}` must have {' or '.join(map(str, allowed))} dimensions, "
                 f"got shape {a.shape}"
             )
-    if a.size == 0:
+    if nonempty and a.size == 0:
         raise ValueError(f"`{name}` must not have a zero-size dimension, got shape {a.shape}")
     if finite and not np.all(np.isfinite(a)):
         bad = np.argwhere(~np.isfinite(a))[0]

@@ -10,6 +10,8 @@ from . import _validate as v
 from .methods import ACTIVATIONS
 
 _MATRICES = ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2", "linear")
+#: The FFN weights whose hidden width m = d_ff may be 0.
+_FFN_M = ("w1", "b1", "w2")
 #: The scalar entries of a saved file and the dtype kinds each may have.
 _SCALARS = {"n_heads": "iu", "beta": "f", "causal": "b", "damping": "f", "activation": "U"}
 
@@ -89,7 +91,8 @@ class TransformerParams:
                 raise ValueError(f"{', '.join(given)} given but {', '.join(missing)} missing")
         dtype = np.asarray(getattr(self, present[0])).dtype
         for k in present:
-            a = v.check_array(k, getattr(self, k), dtype=dtype)
+            # d_ff = 0 is valid (the FFN is then b2): w1, b1, w2 may be empty.
+            a = v.check_array(k, getattr(self, k), dtype=dtype, nonempty=k not in _FFN_M)
             a = a.copy()
             a.setflags(write=False)
             set_(k, a)
@@ -124,6 +127,12 @@ class TransformerParams:
             "b2": (d,),
             "linear": (d, d),
         }
+        if n_sets == 0 or d == 0:
+            raise ValueError(
+                f"`{present[0]}` must not have a zero-size dimension (d={d}"
+                f"{'' if n_sets is None else f', layer axis {n_sets}'}), got shape "
+                f"{getattr(self, present[0]).shape}"
+            )
         for k in present:
             if getattr(self, k).shape != lead + expect[k]:
                 raise ValueError(

@@ -130,3 +130,30 @@ def test_blow_up_is_reported_not_hidden():
     out = tfk.integrate(p, x0, 4, throw=False, save_every=1)
     assert np.all(np.isfinite(out[0, :2])) and np.all(np.isnan(out[0, 2:]))
     assert np.array_equal(out[1], np.zeros((5, 1, 3)))
+
+
+def test_check_int_policy():
+    from tfkernels import _validate as v
+
+    assert v.check_int("n", np.int64(3)) == 3 and type(v.check_int("n", np.uint8(3))) is int
+    for bad in (3.0, np.float64(3.0), np.float32(3.0), True, np.True_, "3", np.array(3), None):
+        with pytest.raises(TypeError, match="`n` must be an integer"):
+            v.check_int("n", bad)
+    with pytest.raises(TypeError, match=r"pass `n=3`"):
+        v.check_int("n", 3.0)
+    with pytest.raises(ValueError, match="`n` must be <= 5, got 6"):
+        v.check_int("n", 6, maximum=5)
+
+
+def test_check_seed_and_bool():
+    from tfkernels import _validate as v
+
+    assert v.check_seed("seed", 2**63 - 1) == 2**63 - 1
+    with pytest.raises(ValueError, match=r"`seed` must be an integer in \[0, 2\*\*63 - 1\]"):
+        v.check_seed("seed", 2**63)
+    with pytest.raises(ValueError, match="`seed` must be >= 0"):
+        v.check_seed("seed", -1)
+    assert v.check_bool("flag", np.bool_(True)) is True
+    for bad in ("no", 1, None, np.array([True])):
+        with pytest.raises(TypeError, match="`flag` must be True or False"):
+            v.check_bool("flag", bad)

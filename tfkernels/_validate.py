@@ -12,7 +12,12 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def check_dtype(name, dtype):
-    """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise TypeError."""
+    """Return ``np.dtype(dtype)`` if it is float32 or float64, else raise TypeError.
+
+    ``None`` is rejected (NumPy would read it as float64).
+    """
+    if dtype is None:
+        raise TypeError(f"`{name}` must be float32 or float64, got None")
     try:
         dt = np.dtype(dtype)
     except TypeError as err:
@@ -25,7 +30,7 @@ def check_dtype(name, dtype):
     return dt
 
 
-def check_array(name, a, *, ndim=None, dtype=None, finite=True):
+def check_array(name, a, *, ndim=None, dtype=None, finite=True, nonempty=True):
     """Check an array argument and return it C-contiguous.
 
     Parameters
@@ -40,9 +45,21 @@ def check_array(name, a, *, ndim=None, dtype=None, finite=True):
         Required dtype. When None the array must be float32 or float64.
     finite : bool
         Reject NaN and inf.
+    nonempty : bool
+        Reject a zero-size dimension (the caller checks sizes itself when False).
+    masked arrays (``numpy.ma``) are always rejected: the kernels would use the
+    masked values.
     """
+    if np.ma.isMaskedArray(a):
+        raise TypeError(
+            f"`{name}` is a masked array; masks are not supported. Pass a plain array, "
+            "e.g. `a.filled(0.0)` or `np.ma.getdata(a)`."
+        )
     if not isinstance(a, np.ndarray):
-        a = np.asarray(a)
+        try:
+            a = np.asarray(a)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"`{name}` must be a float32 or float64 array: {err}") from None
     if a.dtype.kind not in "f":
         raise TypeError(
             f"`{name}` must be a float32 or float64 array, got dtype {a.dtype}. "
@@ -61,6 +78,8 @@ def check_array(name, a, *, ndim=None, dtype=None, finite=True):
                 f"`{name}` must have {' or '.join(map(str, allowed))} dimensions, "
                 f"got shape {a.shape}"
             )
+    if nonempty and a.size == 0:
+        raise ValueError(f"`{name}` must not have a zero-size dimension, got shape {a.shape}")
     if finite and not np.all(np.isfinite(a)):
         bad = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(
@@ -69,17 +88,48 @@ def check_array(name, a, *, ndim=None, dtype=None, finite=True):
     return np.ascontiguousarray(a)
 
 
-def check_int(name, value, *, minimum=None):
-    """Return ``int(value)`` if it is an integer ``>= minimum``, else raise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise TypeError(f"`{name}` must be an integer, got {value!r}")
+def check_int(name, value, *, minimum=None, maximum=None):
+    """Return ``value`` as a Python int if it is an integer in ``[minimum, maximum]``.
+
+    Policy (the same for every integer argument of the package): Python ints and NumPy
+    integers are accepted; ``bool``, floats (also integer-valued ones such as ``8.0``
+    or ``np.float64(8)``), strings and arrays are rejected with a TypeError naming the
+    argument. Out-of-range values raise ValueError naming the argument.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        hint = ""
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            hint = f"; pass `{name}={int(value)}` (floats are not accepted as integers)"
+        raise TypeError(f"`{name}` must be an integer, got {value!r}{hint}")
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum}, got {value}")
     return value
+
+
+#: Largest seed of the counter-based generator (its keys are int64): seeds are
+#: integers in ``[0, 2**63 - 1]``.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(name, value):
+    """Return a generator seed as a Python int in ``[0, MAX_SEED]``, else raise."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        if int(value) > MAX_SEED:
+            raise ValueError(
+                f"`{name}` must be an integer in [0, 2**63 - 1], got {int(value)}; "
+                f"reduce it, e.g. `{name} % 2**63`"
+            )
+    return check_int(name, value, minimum=0, maximum=MAX_SEED)
+
+
+def check_bool(name, value):
+    """Return ``bool(value)`` for a Python bool or NumPy ``bool_``; else raise TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_float(name, value, *, minimum=None, strict=False):
@@ -97,9 +147,23 @@ def check_float(name, value, *, minimum=None, strict=False):
     return value
 
 
+def check_fits(name, value, dtype):
+    """Raise ValueError if the finite float ``value`` overflows to inf in ``dtype``."""
+    if abs(value) > float(np.finfo(dtype).max):
+        raise ValueError(
+            f"`{name}`={value} overflows {np.dtype(dtype).name} (max "
+            f"{float(np.finfo(dtype).max):.4g}); use a smaller value or float64"
+        )
+    return value
+
+
 def check_choice(name, value, choices):
     """Return the integer code of ``value`` in the registry ``choices``."""
-    if value not in choices:
+    try:
+        known = value in choices
+    except TypeError:
+        known = False
+    if not isinstance(value, str) or not known:
         raise ValueError(
             f"unknown `{name}` {value!r}; choose one of {', '.join(map(repr, choices))}"
         )

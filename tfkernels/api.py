@@ -34,6 +34,11 @@ def check_states(name, X, params):
     return X
 
 
+def check_start(start, batch):
+    """Return the first global trajectory index; ``start + batch`` must fit in int64."""
+    return v.check_int("start", start, minimum=0, maximum=v.MAX_SEED + 1 - batch)
+
+
 def random_states(batch, seq_len, d, *, seed=0, start=0, dtype=np.float64, scale=1.0):
     """Draw standard normal initial states from the counter-based generator.
 
@@ -44,9 +49,9 @@ def random_states(batch, seq_len, d, *, seed=0, start=0, dtype=np.float64, scale
     batch, seq_len, d : int
         Shape ``(B, T, d)`` of the result.
     seed : int
-        Non-negative seed.
+        Seed in ``[0, 2**63 - 1]``.
     start : int
-        Global index of the first trajectory.
+        Global index of the first trajectory (``start + batch <= 2**63``).
     dtype : float32 or float64
     scale : float
         Standard deviation of every entry.
@@ -66,10 +71,10 @@ def random_states(batch, seq_len, d, *, seed=0, start=0, dtype=np.float64, scale
     shape = tuple(
         v.check_int(k, x, minimum=1) for k, x in (("batch", batch), ("seq_len", seq_len), ("d", d))
     )
-    seed = v.check_int("seed", seed, minimum=0)
-    start = v.check_int("start", start, minimum=0)
+    seed = v.check_seed("seed", seed)
+    start = check_start(start, shape[0])
     dtype = v.check_dtype("dtype", dtype)
-    scale = v.check_float("scale", scale, minimum=0.0)
+    scale = v.check_fits("scale", v.check_float("scale", scale, minimum=0.0), dtype)
     out = np.empty(shape, dtype=dtype)
     run_threads(
         lambda lo, hi: rng._normal_batch(seed, rng.STREAM_STATE, start + lo, scale, out[lo:hi]),
@@ -106,6 +111,16 @@ def vector_field(params, X, *, layer=0, n_threads=None):
     return out
 
 
+def _float64_array(name, x):
+    """``x`` as a float64 array (masked arrays rejected), or a TypeError naming ``name``."""
+    if np.ma.isMaskedArray(x):
+        return x  # check_array rejects it with the argument's name
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be a real number or an array of reals: {err}") from None
+
+
 def alpha_schedule(alpha, n_layers, dt):
     """Return the float64 step weights ``α_n`` of the averaged update.
 
@@ -121,10 +136,12 @@ def alpha_schedule(alpha, n_layers, dt):
                 "or an array of length n_layers"
             )
         a = 2.0 / (np.arange(n_layers) + 2.0)
+    elif isinstance(alpha, np.ndarray) and alpha.ndim == 0 and alpha.dtype.kind in "iuf":
+        a = np.full(n_layers, v.check_float("alpha", alpha.item()))
     elif np.ndim(alpha) == 0:
         a = np.full(n_layers, v.check_float("alpha", alpha))
     else:
-        a = np.asarray(v.check_array("alpha", np.asarray(alpha, dtype=np.float64), ndim=1))
+        a = np.asarray(v.check_array("alpha", _float64_array("alpha", alpha), ndim=1))
         if a.shape != (n_layers,):
             raise ValueError(f"`alpha` must have length n_layers={n_layers}, got {a.shape[0]}")
     if np.any(a <= 0) or np.any(a > 1):
@@ -136,7 +153,7 @@ def noise_schedule(noise, n_layers):
     """Return the float64 noise scales ``σ_n`` (scalar or length ``n_layers``, ≥ 0)."""
     if np.ndim(noise) == 0:
         return np.full(n_layers, v.check_float("noise", noise, minimum=0.0))
-    s = v.check_array("noise", np.asarray(noise, dtype=np.float64), ndim=1)
+    s = v.check_array("noise", _float64_array("noise", noise), ndim=1)
     if s.shape != (n_layers,):
         raise ValueError(
             f"`noise` must be a scalar or have length n_layers={n_layers}, got {s.shape[0]}"
@@ -148,6 +165,9 @@ def noise_schedule(noise, n_layers):
 
 def prepare_run(params, n_layers, method, t_final, alpha, c, noise):
     """Validate the integration settings and return the kernel's step arguments.
+
+    ``n_layers`` must already be an int here or raise (see ``_validate.check_int``:
+    floats such as ``8.0`` are rejected), so callers may use it as given.
 
     Returns
     -------
@@ -168,13 +188,26 @@ def prepare_run(params, n_layers, method, t_final, alpha, c, noise):
     if method == "averaged":
         h = alpha_schedule(alpha, n_layers, dt) * c
     else:
+        h = np.full(n_layers, dt)
+        if c != 1.0:
+            raise ValueError(f"`c` applies to method='averaged' only, not {method!r}")
         if alpha is not None:
             raise ValueError(f"`alpha` applies to method='averaged' only, not {method!r}")
-        h = np.full(n_layers, dt)
     σ = noise_schedule(noise, n_layers)
     a, b, _ = tableau(method).arrays
     dtype = params.dtype
-    return a.astype(dtype), b.astype(dtype), h.astype(dtype), σ.astype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        h_d, σ_d = h.astype(dtype), σ.astype(dtype)
+    if not np.all(np.isfinite(h_d)) or np.any(h_d == 0):
+        what = "`alpha` * `c`" if method == "averaged" else "Δt = `t_final` / `n_layers`"
+        raise ValueError(
+            f"the step size {what} (from {h.min():.4g} to {h.max():.4g}) is 0 or inf "
+            f"in {dtype.name}; change `t_final`, `n_layers`"
+            f"{', `alpha` or `c`' if method == 'averaged' else ''} or use float64"
+        )
+    if not np.all(np.isfinite(σ_d)):
+        raise ValueError(f"`noise` (max {σ.max():.4g}) overflows {dtype.name}")
+    return a.astype(dtype), b.astype(dtype), h_d, σ_d
 
 
 def raise_on_status(status, start=0):
@@ -229,7 +262,8 @@ def integrate(
         σ_n of the Gaussian noise η_n ~ N(0, σ_n² I) added after each layer
         (any method), keyed by ``(seed, start + b, n)``.
     seed, start : int
-        Noise seed and global index of the first trajectory.
+        Noise seed in ``[0, 2**63 - 1]`` and global index of the first trajectory
+        (``start + B <= 2**63``).
     throw : bool
         Raise FloatingPointError if a trajectory becomes non-finite; with False its
         states are NaN from that layer on.
@@ -258,8 +292,9 @@ def integrate(
     """
     a, b, h, σ = prepare_run(params, n_layers, method, t_final, alpha, c, noise)
     x0 = check_states("x0", x0, params)
-    seed = v.check_int("seed", seed, minimum=0)
-    start = v.check_int("start", start, minimum=0)
+    seed = v.check_seed("seed", seed)
+    start = check_start(start, x0.shape[0])
+    throw = v.check_bool("throw", throw)
     if save_every is None:
         k, first, n_out = n_layers, 1, 1
     else:

@@ -1,5 +1,7 @@
 """The weights of the transformer vector field, validated on construction."""
 
+import os
+import zipfile
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -8,6 +10,10 @@ from . import _validate as v
 from .methods import ACTIVATIONS
 
 _MATRICES = ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2", "linear")
+#: The FFN weights whose hidden width m = d_ff may be 0.
+_FFN_M = ("w1", "b1", "w2")
+#: The scalar entries of a saved file and the dtype kinds each may have.
+_SCALARS = {"n_heads": "iu", "beta": "f", "causal": "b", "damping": "f", "activation": "U"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +91,8 @@ class TransformerParams:
                 raise ValueError(f"{', '.join(given)} given but {', '.join(missing)} missing")
         dtype = np.asarray(getattr(self, present[0])).dtype
         for k in present:
-            a = v.check_array(k, getattr(self, k), dtype=dtype)
+            # d_ff = 0 is valid (the FFN is then b2): w1, b1, w2 may be empty.
+            a = v.check_array(k, getattr(self, k), dtype=dtype, nonempty=k not in _FFN_M)
             a = a.copy()
             a.setflags(write=False)
             set_(k, a)
@@ -120,6 +127,12 @@ class TransformerParams:
             "b2": (d,),
             "linear": (d, d),
         }
+        if n_sets == 0 or d == 0:
+            raise ValueError(
+                f"`{present[0]}` must not have a zero-size dimension (d={d}"
+                f"{'' if n_sets is None else f', layer axis {n_sets}'}), got shape "
+                f"{getattr(self, present[0]).shape}"
+            )
         for k in present:
             if getattr(self, k).shape != lead + expect[k]:
                 raise ValueError(
@@ -130,9 +143,13 @@ class TransformerParams:
         if d % n_heads:
             raise ValueError(f"`n_heads`={n_heads} must divide the width d={d}")
         set_("n_heads", n_heads)
-        set_("beta", v.check_float("beta", self.beta, minimum=0.0, strict=True))
-        set_("damping", v.check_float("damping", self.damping, minimum=0.0))
-        set_("causal", bool(self.causal))
+        beta = v.check_float("beta", self.beta, minimum=0.0, strict=True)
+        set_("beta", v.check_fits("beta", beta, dtype))
+        set_(
+            "damping",
+            v.check_fits("damping", v.check_float("damping", self.damping, minimum=0.0), dtype),
+        )
+        set_("causal", v.check_bool("causal", self.causal))
         v.check_choice("activation", self.activation, ACTIVATIONS)
 
     # ---------------------------------------------------------------- derived
@@ -247,7 +264,8 @@ class TransformerParams:
         n_layers : int, optional
             Draw one independent weight set per layer (non-autonomous ODE).
         seed : int
-            Seed of the NumPy generator the weights are drawn from.
+            Seed of the NumPy generator the weights are drawn from (any non-negative
+            integer).
         dtype : float32 or float64
         weight_scale : float
             Scale of every weight (> 0).
@@ -261,7 +279,11 @@ class TransformerParams:
         dtype = v.check_dtype("dtype", dtype)
         scale = v.check_float("weight_scale", weight_scale, minimum=0.0, strict=True)
         lead = () if n_layers is None else (v.check_int("n_layers", n_layers, minimum=1),)
-        rng = np.random.default_rng(seed)
+        attention = v.check_bool("attention", attention)
+        ffn = v.check_bool("ffn", ffn)
+        linear = v.check_bool("linear", linear)
+        causal = v.check_bool("causal", causal)
+        rng = np.random.default_rng(v.check_int("seed", seed, minimum=0))
 
         def draw(shape, fan_in):
             return (rng.standard_normal(lead + shape) * (scale / np.sqrt(fan_in))).astype(dtype)
@@ -308,7 +330,15 @@ class TransformerParams:
 
     # ---------------------------------------------------------------- storage
     def save(self, path):
-        """Write the parameters to ``path`` as ``.npz``."""
+        """Write the parameters to ``path`` as ``.npz``.
+
+        Like ``np.savez``, ``.npz`` is appended to a ``path`` that lacks it (and
+        :meth:`load` finds the file either way).
+        """
+        path = os.fspath(path)
+        target = path if path.endswith(".npz") else path + ".npz"
+        if os.path.isdir(path) or os.path.isdir(target):
+            raise ValueError(f"`path` {path!r} is a directory; give a file name such as 'p.npz'")
         arrays = {k: getattr(self, k) for k in _MATRICES if getattr(self, k) is not None}
         np.savez(
             path,
@@ -322,17 +352,64 @@ class TransformerParams:
 
     @classmethod
     def load(cls, path):
-        """Read parameters written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as z:
-            kw = {k: z[k] for k in _MATRICES if k in z.files}
-            return cls(
-                n_heads=int(z["n_heads"]),
-                beta=float(z["beta"]),
-                causal=bool(z["causal"]),
-                damping=float(z["damping"]),
-                activation=str(z["activation"]),
-                **kw,
+        """Read parameters written by :meth:`save`.
+
+        ``path`` may omit the ``.npz`` suffix that :meth:`save` (like ``np.savez``)
+        appends. Pickled data is never loaded.
+
+        Raises
+        ------
+        FileNotFoundError
+            No file at ``path`` (nor at ``path + ".npz"``).
+        ValueError
+            The file is not an archive written by :meth:`save`, or an entry is
+            missing, unknown or malformed; the message names the file and the entry.
+        """
+        path = os.fspath(path)
+        if not os.path.exists(path) and os.path.exists(path + ".npz"):
+            path = path + ".npz"
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"`path`: no parameters file {path!r} (nor {path + '.npz'!r})")
+
+        def bad(what):
+            return ValueError(
+                f"`path` {path!r} is not a TransformerParams file written by "
+                f"TransformerParams.save(): {what}"
             )
+
+        try:
+            z = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise bad(f"not a .npz archive ({type(err).__name__})") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise bad("a single .npy array, not a .npz archive")
+        with z:
+            files = set(z.files)
+            unknown = sorted(files - set(_MATRICES) - set(_SCALARS))
+            if unknown:
+                raise bad(f"unknown entr{'y' if len(unknown) == 1 else 'ies'} {unknown}")
+
+            def entry(k):
+                try:
+                    return z[k]
+                except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+                    raise bad(f"entry `{k}` is unreadable ({type(err).__name__})") from None
+
+            kw = {k: entry(k) for k in _MATRICES if k in files}
+            for k, kinds in _SCALARS.items():
+                if k not in files:
+                    raise bad(f"entry `{k}` is missing")
+                val = entry(k)
+                if val.shape != () or val.dtype.kind not in kinds:
+                    raise bad(
+                        f"entry `{k}` must be a scalar of kind {kinds!r}, got dtype "
+                        f"{val.dtype} shape {val.shape}"
+                    )
+                kw[k] = val.item() if k != "activation" else str(val)
+        try:
+            return cls(**kw)
+        except (TypeError, ValueError) as err:
+            raise bad(str(err)) from None
 
 
 class _ConstructorOnClass:

@@ -405,15 +405,14 @@ def _check_args(
     eps = (
         DEFAULT_EPS[dt_name] if eps is None else v.check_float("eps", eps, minimum=0.0, strict=True)
     )
-    seed = v.check_int("seed", seed, minimum=0)
+    seed = v.check_seed("seed", seed)
     chunk_size = (
         config.CHUNK_SIZE
         if chunk_size is None
         else v.check_int("chunk_size", chunk_size, minimum=1)
     )
     threads.check_n_threads(n_threads)
-    if not isinstance(progress, bool):
-        raise TypeError(f"`progress` must be True or False, got {progress!r}")
+    v.check_bool("progress", progress)
     lambda_samples = v.check_int("lambda_samples", lambda_samples, minimum=1)
     bound_rtol = (
         DEFAULT_BOUND_RTOL[dt_name]

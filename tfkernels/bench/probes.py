@@ -166,30 +166,14 @@ def decay_workload(dtype=None, threads=None):
     """
     import tfkernels as tfk
 
+    from ..cli import SUBCOMMANDS
+
     a = decay_defaults(dtype=dtype)
-    p = tfk.TransformerParams.random(
-        d=a.d,
-        n_heads=a.heads,
-        d_ff=a.d_ff,
-        damping=a.damping,
-        activation=a.activation,
-        seed=a.seed,
-        dtype=a.dtype,
-    )
+    study = importlib.import_module(SUBCOMMANDS["decay"][0]).study_from_args
+    p, args, kwargs = study(a)
 
     def call():
-        tfk.perturbation_decay(
-            p,
-            a.trajectories,
-            a.seq_len,
-            a.layers,
-            method=a.method,
-            eps=a.eps,
-            mode=a.mode,
-            seed=a.seed,
-            chunk_size=a.chunk_size,
-            n_threads=threads,
-        )
+        tfk.perturbation_decay(p, *args, **kwargs, n_threads=threads)
 
     return call, (
         f"perturbation_decay {a.mode} mode, {a.trajectories} trajectories, "

@@ -87,9 +87,43 @@ def configure_parser(parser):
     )
 
 
+def study_from_args(args):
+    """The study that parsed ``tfkernels decay`` arguments describe.
+
+    Returns
+    -------
+    params : TransformerParams
+        The random model of ``--d``, ``--heads``, ``--d-ff``, ``--damping``,
+        ``--activation``, ``--seed`` and ``--dtype``.
+    args, kwargs : tuple, dict
+        The arguments of :func:`tfkernels.perturbation_decay` after ``params``
+        (trajectories, tokens, layers; method, eps, mode, seed, chunk size), so that
+        ``perturbation_decay(params, *args, **kwargs)`` runs it (the harness's compile
+        probe does the same with the command's defaults).
+    """
+    from ..params import TransformerParams
+
+    params = TransformerParams.random(
+        d=args.d,
+        n_heads=args.heads,
+        d_ff=args.d_ff,
+        damping=args.damping,
+        activation=args.activation,
+        seed=args.seed,
+        dtype=args.dtype,
+    )
+    kwargs = dict(
+        method=args.method,
+        eps=args.eps,
+        mode=args.mode,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+    )
+    return params, (args.trajectories, args.seq_len, args.layers), kwargs
+
+
 def run_cli(args):
     """Run ``tfkernels decay``: the study, a summary table, JSON + CSV + PNG."""
-    from ..params import TransformerParams
     from ..studies import output
     from ..studies.decay import perturbation_decay
 
@@ -100,29 +134,15 @@ def run_cli(args):
         return 2
     client = None
     try:
-        params = TransformerParams.random(
-            d=args.d,
-            n_heads=args.heads,
-            d_ff=args.d_ff,
-            damping=args.damping,
-            activation=args.activation,
-            seed=args.seed,
-            dtype=args.dtype,
-        )
+        params, study_args, study_kwargs = study_from_args(args)
         if getattr(args, "scheduler", None):
             from ..studies import distributed
 
             client = distributed.connect(args.scheduler)
         res = perturbation_decay(
             params,
-            args.trajectories,
-            args.seq_len,
-            args.layers,
-            method=args.method,
-            eps=args.eps,
-            mode=args.mode,
-            seed=args.seed,
-            chunk_size=args.chunk_size,
+            *study_args,
+            **study_kwargs,
             n_threads=args.threads,
             progress=True,
             client=client,

@@ -63,3 +63,11 @@ CHUNK_SIZE = 65_536
 #: differ from the float64 reference only by summation order (reassociation) and
 #: FMA contraction; float32 kernels by float32 rounding of O(d) term sums.
 RTOL = {"float64": 1e-12, "float32": 1e-5}
+
+#: Seconds a cold cache takes to compile each family of kernels for one dtype, as
+#: measured for the default ``tfkernels decay`` model on an AMD Zen 5 (2 vCPUs; other
+#: machines took up to 2–3× as long). Only the compile notice's estimate uses them
+#: (:func:`tfkernels.compiling.estimate`): ``flow`` is :func:`tfkernels.integrate`
+#: with its random numbers, ``pair`` and ``tangent`` the decay modes' kernels on top
+#: of it, ``jacobian`` the JVP (and VJP) kernels of the λ̂ estimate.
+COMPILE_SECONDS = {"flow": 11.0, "pair": 4.0, "tangent": 12.0, "jacobian": 15.0}

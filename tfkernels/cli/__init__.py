@@ -63,7 +63,10 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
-    return importlib.import_module(args._module).run_cli(args) or 0
+    from .. import compiling
+
+    with compiling.notice():
+        return importlib.import_module(args._module).run_cli(args) or 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ theory: the one-sided Lipschitz estimate ``lambda_hat`` (:mod:`.lipschitz`) and 
 bound ``r_n ≤ exp(λ̂·t_n)``.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,11 +28,11 @@ import time
 import numpy as np
 
 from .. import _validate as v
-from .. import api, config, kernels, threads
+from .. import api, compiling, config, kernels, threads
 from ..methods import MODES
 from . import output, runner
 from .environment import environment, params_summary
-from .lipschitz import estimate_lipschitz
+from .lipschitz import compile_jacobian, compile_sampling, estimate_lipschitz
 from .serialize import float_or_nan, jsonable
 from .stats import HIST_LIMIT, HIST_WIDTH, DecayStats, rate_estimate
 
@@ -194,7 +195,9 @@ class DecayResult:
     config : dict
         The study's settings and a summary of the parameters.
     meta : dict
-        Versions, machine, timings, throughput, how the estimates were formed.
+        Versions, machine, timings, throughput, how the estimates were formed, and
+        ``compile``: whether kernels compiled before the study (``compiled``), in a
+        second process too (``second_process``), and the seconds it took.
     """
 
     rate: float
@@ -645,7 +648,8 @@ def perturbation_decay(
     )
     run = dict(method=method, t_final=t_final, alpha=alpha, c=c, noise=noise)
     t_begin = time.perf_counter()
-    with threads.threads(n_threads):
+    with threads.threads(n_threads), _notice(progress, k, client):
+        compiled = _compile_kernels(params, k, run, n_layers, client)
         lam, lip, linfo = estimate_lipschitz(
             params, k["seq_len"], n_layers, n_samples=k["lambda_samples"], seed=k["seed"], run=run
         )
@@ -661,10 +665,35 @@ def perturbation_decay(
             desc="decay",
         )
         env = environment()  # inside: records the thread count used
+    env["compile"] = compiled
     if chunks.cluster is not None:
         env["cluster"] = chunks.cluster
     wall = time.perf_counter() - t_begin
     return _make_result(params, k, run, n_layers, chunks, cfg, (lam, lip, linfo), env, wall)
+
+
+def _compile_kernels(params, k, run, n_layers, client):
+    """Compile (or load from Numba's cache) every kernel the study will call, before it
+    starts: the λ̂ estimate's JVP kernels in a second process while this one compiles
+    the flow and the decay mode's kernels (:func:`tfkernels.compiling.prepare`). On a
+    cluster the chunks' kernels compile on the workers, not here. Returns what
+    ``prepare`` returns (recorded in the result's ``meta["compile"]``)."""
+    p64 = params if params.dtype == np.float64 else params.astype(np.float64)
+    here = [(compile_sampling, (params, k["seq_len"], n_layers, run, k["seed"]))]
+    if client is None:
+        packed = kernels.pack_params(params)
+        here.append((decay_chunk, (0, 1, packed, _chunk_config(params, k, math.nan))))
+    there = [(compile_jacobian, (kernels.pack_params(p64), k["seq_len"], params.d))]
+    return compiling.prepare(here, there)
+
+
+def _notice(progress, k, client):
+    """The one-line compile notice of a study run with a progress bar (else nothing)."""
+    if not progress:
+        return contextlib.nullcontext()
+    mode = next(m for m, code in MODES.items() if code == k["mode"])
+    here = ["flow"] + ([mode] if client is None else [])
+    return compiling.notice(estimate_s=compiling.estimate((here, ["jacobian"])))
 
 
 def _make_result(params, k, run, n_layers, chunks, cfg, estimates, env, wall):

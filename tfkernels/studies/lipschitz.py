@@ -88,6 +88,22 @@ def _sample_states(params, seq_len, n_layers, n_samples, run, seed):
     return [picked[i] for i in np.unique(idx)] if picked else []
 
 
+def compile_sampling(params, seq_len, n_layers, run, seed):
+    """Compile the kernels :func:`estimate_lipschitz` samples states with (one trajectory
+    of :func:`_sample_states`), for :func:`tfkernels.compiling.prepare`."""
+    _sample_states(params, seq_len, n_layers, 1, run, seed)
+
+
+def compile_jacobian(packed64, seq_len, d, dense_max=DENSE_MAX):
+    """Compile the JVP (and, past ``dense_max``, the VJP) kernel that
+    :func:`estimate_lipschitz` applies, with the argument types it uses, on zeros."""
+    X = np.zeros((1, seq_len, d))
+    lay = np.zeros(1, dtype=np.int64)
+    _jvp(packed64, X, np.zeros_like(X), lay, np.empty_like(X))
+    if seq_len * d > dense_max:
+        _vjp(packed64, X, np.zeros_like(X), lay, np.empty_like(X))
+
+
 def _largest_eigenvalue(S):
     """Largest eigenvalue of the symmetric matrix ``S`` (LAPACK ``syevr``, that one only)."""
     from scipy.linalg import eigh

@@ -16,6 +16,7 @@ import pytest
 import tfkernels as tfk
 from runner_doubles import RecordingBar, Trace, recording_bars
 from tfkernels.cli import decay as decay_cli
+from tfkernels.studies import checkpoint as ckpt
 from tfkernels.studies import distributed as tfd
 from tfkernels.studies import runner
 
@@ -170,6 +171,36 @@ def test_killed_worker_chunks_are_recomputed_and_counted_once(client, bars, monk
     assert rescheduled_chunks(client, t_start)  # the dead worker's chunks ran elsewhere
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it
     assert victim not in client.run(os.getpid).values()
+
+
+def test_a_restarted_client_resumes_from_the_checkpoint(cluster, client, tmp_path, monkeypatch):
+    params = small(damping=2.0)
+    kw = dict(n_trajectories=600, seq_len=2, n_layers=8, chunk_size=40, seed=6)  # 15 chunks
+    local = tfk.perturbation_decay(params, **kw)
+    path = tmp_path / "decay.ckpt"
+    monkeypatch.setattr(runner, "CHECKPOINT_EVERY_S", 0.0)  # a write after every merge
+
+    class CtrlCBar(RecordingBar):
+        def update(self, n=1):  # Ctrl-C once 3 chunks are merged (and saved)
+            super().update(n)
+            if ckpt.read_header(path) and ckpt.read_header(path)["next_chunk"] >= 3:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(tqdm_auto, "tqdm", CtrlCBar)
+    with pytest.raises(tfk.StudyInterrupted) as info:
+        tfk.perturbation_decay(params, client=client, progress=True, checkpoint=path, **kw)
+    part = info.value.result
+    done = part.meta["n_chunks_done"]
+    assert part.meta["partial"] is True and 3 <= done < 15
+    assert part.n_trajectories == 40 * done == part.meta["n_trajectories_done"]
+    assert ckpt.read_header(path)["next_chunk"] == done
+    monkeypatch.setattr(tqdm_auto, "tqdm", RecordingBar)
+    with dd.Client(cluster, set_as_default=False) as fresh:
+        remote = tfk.perturbation_decay(params, client=fresh, progress=True, checkpoint=path, **kw)
+    assert_same_result(local, remote)
+    assert remote.meta["resumed_chunks"] == done and remote.meta["partial"] is False
+    assert RecordingBar.bars[-1].kwargs["initial"] == 40 * done
+    assert sum(RecordingBar.bars[-1].updates) == 600 - 40 * done
 
 
 def rescheduled_chunks(client, since):

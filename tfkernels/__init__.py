@@ -23,6 +23,7 @@ _PUBLIC = {
     "ACTIVATIONS": ".methods",
     "DecayResult": ".studies.decay",
     "METHODS": ".methods",
+    "StudyInterrupted": ".studies.runner",
     "TransformerParams": ".params",
     "integrate": ".api",
     "perturbation_decay": ".studies.decay",

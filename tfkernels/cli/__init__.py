@@ -56,7 +56,10 @@ def build_parser(argv=()):
 
 
 def main(argv=None):
-    """Entry point of the ``tfkernels`` console script."""
+    """Entry point of the ``tfkernels`` console script.
+
+    Returns the exit code: the subcommand's, or 130 after Ctrl-C (one line on stderr).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
@@ -65,8 +68,12 @@ def main(argv=None):
         return 0
     from .. import compiling
 
-    with compiling.notice():
-        return importlib.import_module(args._module).run_cli(args) or 0
+    try:
+        with compiling.notice():
+            return importlib.import_module(args._module).run_cli(args) or 0
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT, no traceback
+        print(f"tfkernels {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,6 +6,13 @@ cluster with ``--scheduler``), prints a summary and writes ``decay.csv``,
 (:meth:`~tfkernels.studies.decay.DecayResult.save`: temporary names renamed at the end,
 the JSON last). ``--out`` is checked before the study runs: an empty path, an existing
 file or a folder that cannot be written is a one-line error, exit code 2.
+
+``--checkpoint PATH`` saves the merged statistics every few seconds; running the same
+command again resumes from them (bit-identical to an uninterrupted run), and a file
+written with other options is refused (one line, exit code 2). Ctrl-C stops the study
+when the running chunk ends, writes the statistics merged so far into ``--out``
+(``meta.partial`` true, ``meta.n_trajectories_done``), prints one line and exits with
+code 130.
 """
 
 import argparse
@@ -68,7 +75,8 @@ def configure_parser(parser):
         "--chunk-size",
         type=int,
         default=config.CHUNK_SIZE,
-        help="trajectories per kernel call (bounds memory)",
+        help="trajectories per kernel call (bounds memory, and how long Ctrl-C waits: "
+        "the running chunk finishes first)",
     )
     r.add_argument("--threads", type=int, default=None, help="Numba threads (None: all)")
     r.add_argument(
@@ -84,6 +92,14 @@ def configure_parser(parser):
         default=os.path.join("results", "decay"),
         help="output folder for decay.json, decay.csv and decay.png (created when "
         "missing, checked before the study; the three are replaced together)",
+    )
+    r.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="save the merged statistics to this file every few seconds and when "
+        "interrupted; the same command run again resumes from it (a file of other "
+        "options is refused)",
     )
 
 
@@ -126,6 +142,7 @@ def run_cli(args):
     """Run ``tfkernels decay``: the study, a summary table, JSON + CSV + PNG."""
     from ..studies import output
     from ..studies.decay import perturbation_decay
+    from ..studies.runner import StudyInterrupted
 
     try:
         output.check_out_dir(args.out, "--out")
@@ -146,7 +163,12 @@ def run_cli(args):
             n_threads=args.threads,
             progress=True,
             client=client,
+            checkpoint=getattr(args, "checkpoint", None),
         )
+    except StudyInterrupted as stop:
+        return _interrupted(args, stop.result)
+    except KeyboardInterrupt:
+        return _interrupted(args, None)
     except (TypeError, ValueError, ImportError, OSError) as err:
         print(f"tfkernels decay: error: {err}", file=sys.stderr)
         return 2
@@ -161,3 +183,24 @@ def run_cli(args):
         return 2
     print("wrote " + ", ".join(paths))
     return 0
+
+
+def _interrupted(args, res):
+    """After Ctrl-C: write the partial result ``res`` (None: no chunk was merged) into
+    ``--out``, print one line and return the exit code 130."""
+    if res is None:
+        done = "no result written"
+    else:
+        done = f"{res.n_trajectories:,} of {res.config['n_trajectories']:,} trajectories done"
+        try:
+            res.save(args.out)
+            done += f", written to {args.out} (meta.partial)"
+        except KeyboardInterrupt:
+            done += ", not written (interrupted again)"
+        except (ValueError, OSError) as err:
+            done += f", not written: `--out` {args.out!r}: {err}"
+    ck = getattr(args, "checkpoint", None)
+    if ck and os.path.isfile(ck):
+        done += f"; run the same command to resume from {ck}"
+    print(f"tfkernels decay: interrupted: {done}", file=sys.stderr)
+    return 130

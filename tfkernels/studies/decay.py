@@ -30,6 +30,7 @@ import numpy as np
 from .. import _validate as v
 from .. import api, compiling, config, kernels, threads
 from ..methods import MODES
+from . import checkpoint as ckpt
 from . import output, runner
 from .environment import environment, params_summary
 from .lipschitz import compile_jacobian, compile_sampling, estimate_lipschitz
@@ -371,7 +372,7 @@ class DecayResult:
                 f"{self.n_nonfinite:,}"
                 + (f" (first: {self.nonfinite_indices[:3]})" if self.n_nonfinite else ""),
             ),
-            ("throughput", f"{m['throughput']:.4g} trajectory-layers/s"),
+            ("throughput", f"{float_or_nan(m['throughput']):.4g} trajectory-layers/s"),
             ("wall time", f"{m['wall_time_s']:.1f} s"),
         ]
         w = max(len(k) for k, _ in rows)
@@ -398,6 +399,7 @@ def _check_args(
     lambda_samples,
     bound_rtol,
     client,
+    checkpoint=None,
 ):
     """Validate every argument of :func:`perturbation_decay`; return the normalized ones."""
     a, b, h, sigma = api.prepare_run(params, n_layers, method, t_final, alpha, c, noise)
@@ -423,6 +425,8 @@ def _check_args(
         else v.check_float("bound_rtol", bound_rtol, minimum=0.0)
     )
     runner.check_client(client)
+    if checkpoint is not None:
+        checkpoint = ckpt.check_path(checkpoint, "checkpoint")
     return dict(
         a=a,
         b=b,
@@ -436,6 +440,7 @@ def _check_args(
         chunk_size=chunk_size,
         lambda_samples=lambda_samples,
         bound_rtol=bound_rtol,
+        checkpoint=checkpoint,
     )
 
 
@@ -548,6 +553,7 @@ def perturbation_decay(
     lambda_samples=64,
     bound_rtol=None,
     client=None,
+    checkpoint=None,
 ):
     """Monte Carlo study of how perturbations grow or decay across the layers.
 
@@ -595,17 +601,37 @@ def perturbation_decay(
         chunk order, so the statistics are bit-identical to the local run with the
         same seed and chunk size. None (the default) runs locally and does not import
         dask.
+    checkpoint : str or os.PathLike, optional
+        A file for the merged statistics and the next chunk index, written
+        atomically every few seconds, at the end and when the study stops (see
+        :func:`.runner.run_chunks`). If the file exists, the study resumes from it:
+        only the remaining chunks run and the result is bit-identical to an
+        uninterrupted run with the same seed and chunk size (locally or on any Dask
+        cluster). A file written with other arguments (model, trajectories, layers,
+        method, mode, seed, chunk size, dtype, ...) is refused. The file is kept: the
+        same call again returns the same statistics without running a chunk.
 
     Returns
     -------
     DecayResult
+        ``meta["partial"]`` is False; ``meta["resumed_chunks"]`` counts the chunks
+        taken from ``checkpoint``.
 
     Raises
     ------
     TypeError, ValueError
-        On invalid arguments, naming the argument, before any kernel runs.
+        On invalid arguments, naming the argument, before any kernel runs;
+        ``checkpoint`` is not a checkpoint, or was written with other arguments
+        (ValueError naming ``checkpoint`` and what differs).
     NotImplementedError
         ``client`` is not a ``dask.distributed.Client``.
+    tfkernels.studies.runner.StudyInterrupted
+        Ctrl-C (a ``KeyboardInterrupt``) stopped the study. Locally the chunk that
+        was running is finished first (a second Ctrl-C gives it up); on Dask the
+        chunks in flight are cancelled. Its ``result`` is the :class:`DecayResult` of
+        the chunks merged so far, with ``meta["partial"]`` True and
+        ``meta["n_trajectories_done"]``, or None if no chunk was merged; the
+        checkpoint, if any, was written first, so the same call resumes.
 
     Notes
     -----
@@ -617,6 +643,9 @@ def perturbation_decay(
     r_n = 0 when X and Y collapse in floating point) are excluded and counted.
     Memory is ``O(chunk_size × N)`` plus the sketch (``O(N × spread / bin width)``),
     independent of ``n_trajectories``.
+
+    A Ctrl-C waits for the running chunk: about a second or less with the default
+    ``chunk_size``; a larger one makes it wait longer.
 
     Examples
     --------
@@ -645,8 +674,13 @@ def perturbation_decay(
         lambda_samples,
         bound_rtol,
         client,
+        checkpoint,
     )
     run = dict(method=method, t_final=t_final, alpha=alpha, c=c, noise=noise)
+    info = None
+    if k["checkpoint"] is not None:
+        info = _checkpoint_info(params, k, run, n_layers)
+        _check_checkpoint(k, info)  # before anything compiles
     t_begin = time.perf_counter()
     with threads.threads(n_threads), _notice(progress, k, client):
         compiled = _compile_kernels(params, k, run, n_layers, client)
@@ -654,22 +688,37 @@ def perturbation_decay(
             params, k["seq_len"], n_layers, n_samples=k["lambda_samples"], seed=k["seed"], run=run
         )
         cfg = _chunk_config(params, k, lam)
-        chunks = runner.run_chunks(
-            decay_chunk,
-            k["n_trajectories"],
-            k["chunk_size"],
-            shared=(kernels.pack_params(params), cfg),
-            client=client,
-            n_threads=n_threads,
-            progress=progress,
-            desc="decay",
-        )
+        try:
+            chunks = runner.run_chunks(
+                decay_chunk,
+                k["n_trajectories"],
+                k["chunk_size"],
+                shared=(kernels.pack_params(params), cfg),
+                client=client,
+                n_threads=n_threads,
+                progress=progress,
+                desc="decay",
+                checkpoint=k["checkpoint"],
+                checkpoint_info=info,
+            )
+            interrupted = False
+        except runner.StudyInterrupted as stop:
+            chunks, interrupted = stop.result, True
         env = environment()  # inside: records the thread count used
     env["compile"] = compiled
     if chunks.cluster is not None:
         env["cluster"] = chunks.cluster
     wall = time.perf_counter() - t_begin
-    return _make_result(params, k, run, n_layers, chunks, cfg, (lam, lip, linfo), env, wall)
+    res = None
+    if chunks.next_chunk > 0:
+        res = _make_result(params, k, run, n_layers, chunks, cfg, (lam, lip, linfo), env, wall)
+    if interrupted:  # also when the last chunk was running: the interrupt is not dropped
+        raise runner.StudyInterrupted(
+            res,
+            f"perturbation_decay interrupted after {chunks.n_done:,} of "
+            f"{k['n_trajectories']:,} trajectories",
+        ) from None
+    return res
 
 
 def _compile_kernels(params, k, run, n_layers, client):
@@ -696,17 +745,30 @@ def _notice(progress, k, client):
     return compiling.notice(estimate_s=compiling.estimate((here, ["jacobian"])))
 
 
-def _make_result(params, k, run, n_layers, chunks, cfg, estimates, env, wall):
-    """Assemble the :class:`DecayResult` from the runner's merged statistics."""
-    lam, lip, linfo = estimates
-    stats = chunks.stats
-    table = stats.per_layer(cfg.t, lam * cfg.t + 0.0)
-    rate, ci, ci_how = rate_estimate(stats, cfg.t)
-    regime = classify(ci, table["mean"][-1], table["std"][-1], stats.count)
-    frac = stats.n_above / stats.count if stats.count else math.nan
+def _checkpoint_info(params, k, run, n_layers):
+    """What a checkpoint of the study records beside the runner's keys: the study's
+    configuration (:func:`_study_config`) without ``n_trajectories`` and ``chunk_size``."""
+    conf = _study_config(params, k, run, n_layers)
+    info = {"study": "perturbation_decay"}
+    info.update({key: val for key, val in conf.items() if key not in runner.CONFIG_KEYS})
+    return info
+
+
+def _check_checkpoint(k, info):
+    """Refuse an existing checkpoint of another study configuration before any kernel
+    runs (the runner compares the rest, the shared inputs included, when it opens it)."""
+    path = k["checkpoint"]
+    expected = ckpt.normalize(
+        dict(info, n_trajectories=k["n_trajectories"], chunk_size=k["chunk_size"])
+    )
+    ckpt.check_config(ckpt.read_header(path), expected, path, "checkpoint", keys=expected)
+
+
+def _study_config(params, k, run, n_layers):
+    """The ``config`` of the study's :class:`DecayResult`."""
     mode_name = next(m for m, code in MODES.items() if code == k["mode"])
     alpha = run["alpha"]
-    conf = {
+    return {
         "n_trajectories": k["n_trajectories"],
         "seq_len": k["seq_len"],
         "n_layers": n_layers,
@@ -723,13 +785,32 @@ def _make_result(params, k, run, n_layers, chunks, cfg, estimates, env, wall):
         "bound_rtol": k["bound_rtol"],
         "params": params_summary(params),
     }
+
+
+def _make_result(params, k, run, n_layers, chunks, cfg, estimates, env, wall):
+    """Assemble the :class:`DecayResult` from the runner's merged statistics (those of
+    the chunks merged so far when the run was interrupted)."""
+    lam, lip, linfo = estimates
+    stats = chunks.stats
+    table = stats.per_layer(cfg.t, lam * cfg.t + 0.0)
+    rate, ci, ci_how = rate_estimate(stats, cfg.t)
+    regime = classify(ci, table["mean"][-1], table["std"][-1], stats.count)
+    frac = stats.n_above / stats.count if stats.count else math.nan
+    conf = _study_config(params, k, run, n_layers)
+    n_run = chunks.n_done - chunks.n_resumed  # trajectories this call computed
     meta = dict(env)
     meta.update(
         {
+            "partial": chunks.partial,
+            "n_trajectories_done": chunks.n_done,
+            "n_chunks_done": chunks.next_chunk,
+            "resumed_chunks": chunks.next_chunk - chunks.n_run,
+            "checkpoint": chunks.checkpoint,
             "wall_time_s": wall,
             "loop_time_s": chunks.loop_time,
-            "throughput": k["n_trajectories"] * n_layers / chunks.loop_time,
-            "throughput_unit": "trajectory-layers per second over the chunk loop",
+            "throughput": n_run * n_layers / chunks.loop_time if n_run else math.nan,
+            "throughput_unit": "trajectory-layers per second over the chunk loop "
+            "(the chunks this call ran)",
             "n_chunks": chunks.n_chunks,
             "rate_ci_method": ci_how,
             "lambda_method": linfo["method"],

@@ -10,9 +10,9 @@ its modules.
 
 Modules
 -------
-``settings``    Config, Settings and the presets (ci, quick, full)
+``settings``    Config, Settings and the presets (ci, quick, full, mc)
 ``timing``      interleaved medians, the CPU monitor of other processes, waiting for quiet
-``machine``     CPU, nominal and measured peak, GEMM ceiling, versions, git state
+``machine``     CPU facts, nominal and measured peak, GEMM ceiling, versions, git state
 ``fresh``       fresh interpreters that import this copy of tfkernels
 ``probes``      first-call, cold-compile / warm-start and memory probes (flow, decay study)
 ``throughput``  the throughput section: ours against every peer variant per point
@@ -22,7 +22,7 @@ Modules
 ``run``         run_sweep: every section in order, then the outputs
 ``output``      JSON and CSV writers (then plots and README)
 ``plots``       the PNG plots
-``report``      the results README and issue 5's goals judged from a sweep
+``report``      the results README and issue 5's or issue 18's goals judged from a sweep
 ``flops``       the FLOP model and the machine's peak (nominal and measured)
 ``peers``       the same flow in NumPy, PyTorch and JAX, each in a worker process
 

@@ -68,7 +68,9 @@ CSV_FIELDS = (
     "traj_layers_per_s",
     "gflops",
     "frac_peak",
+    "frac_measured_peak",
     "speedup",
+    "goal_met",
     "axis",
     "value",
     "threads",
@@ -95,6 +97,9 @@ def csv_rows(doc):
                     k: p["ours"][k]
                     for k in ("median_s", "traj_layers_per_s", "gflops", "frac_peak")
                 },
+                "frac_measured_peak": p["ours"].get("frac_measured_peak"),
+                "speedup": (p.get("best_peer") or {}).get("speedup"),
+                "goal_met": (p.get("goal") or {}).get("met"),
             }
         )
         for name, peer in p["peers"].items():

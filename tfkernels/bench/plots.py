@@ -56,8 +56,13 @@ def _by_dtype(doc):
 
 
 def _finish_width_panel(ax, pts):
-    """Config-and-width ticks, grid and legend of a panel over the widths of ``pts``."""
-    _log_xticks(ax, [p["d"] for p in pts], [f"{p['config']}\nd={p['d']}" for p in pts], fontsize=7)
+    """Config, width and batch ticks, grid and legend of a panel over the widths of ``pts``."""
+    _log_xticks(
+        ax,
+        [p["d"] for p in pts],
+        [f"{p['config']}\nd={p['d']}\nB={p['B']}" for p in pts],
+        fontsize=7,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -73,6 +78,9 @@ def plot_throughput(doc, path):
             ys = [p["peers"][name].get("gflops", np.nan) for p in pts]
             if np.any(np.isfinite(ys)):
                 ax.plot(ds, ys, "s--", label=name)
+        measured = pts[0].get("measured_peak_gflops")
+        if measured:
+            ax.axhline(measured, color="gray", ls=":", label="measured FMA peak")
         pk = pts[0]["peak_gflops"]  # max(nominal, measured)
         which = "measured" if pk > pts[0].get("nominal_peak_gflops", pk) else "nominal"
         ax.set(
@@ -87,7 +95,8 @@ def plot_throughput(doc, path):
 
 
 def plot_speedup(doc, path):
-    """Our speed-up over each peer against d (largest N), one panel per dtype."""
+    """Our speed-up over each peer and the best one against d (largest N), one panel per
+    dtype; with issue 18's goals, the goal of each configuration as a red tick."""
     panels = _by_dtype(doc)
     plt, fig, axes = _figure(len(panels))
     for ax, (dt, pts) in zip(axes, panels):
@@ -96,6 +105,12 @@ def plot_speedup(doc, path):
             ys = [p["peers"][name].get("speedup", np.nan) for p in pts]
             if np.any(np.isfinite(ys)):
                 ax.plot(ds, ys, "o-", label=f"vs {name}")
+        best = [(p.get("best_peer") or {}).get("speedup", np.nan) for p in pts]
+        if np.any(np.isfinite(best)):
+            ax.plot(ds, best, "k^-", lw=2, label="vs best peer")
+        need = [(p.get("goal") or {}).get("speedup_need", np.nan) for p in pts]
+        if np.any(np.isfinite(need)):
+            ax.plot(ds, need, "r_", ms=18, mew=2, label="goal (issue 18)")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set(
             xscale="log",

@@ -1,4 +1,8 @@
-"""The results README: one section per sweep document, and issue 5's goals judged.
+"""The results README: one section per sweep document, and the goals judged.
+
+A sweep names the goals it is judged against (``settings.goals``): issue 5's (every
+preset but ``mc``) or issue 18's (``mc``: ratios to the best peer and the fraction of the
+measured FMA peak per configuration, :func:`issue18_goal`).
 
 :func:`write_readme` regenerates ``<out>/README.md`` from every ``bench-*.json`` (and
 ``paper/paper.json``) in the folder, including documents written by older versions of
@@ -14,11 +18,20 @@ import numpy as np
 from ..studies.output import write_text
 
 #: Order of the presets' sections in the README.
-PRESET_ORDER = ("full", "quick", "custom", "ci")
+PRESET_ORDER = ("full", "mc", "quick", "custom", "ci")
+
+#: Issue 18's goals per configuration: (× the best peer, in float32 and float64;
+#: fraction of the measured FMA peak, in float32 only).
+ISSUE18_GOALS = {
+    "tiny": (2.5, 0.50),
+    "small": (2.5, 0.50),
+    "medium": (1.5, 0.70),
+    "large": (1.5, 0.70),
+}
 
 
 def load_docs(out_dir):
-    """Every ``bench-*.json`` in ``out_dir``, ordered full, quick, custom, ci."""
+    """Every ``bench-*.json`` in ``out_dir``, ordered full, mc, quick, custom, ci."""
     docs = []
     for name in sorted(os.listdir(out_dir)):
         if name.startswith("bench-") and name.endswith(".json"):
@@ -66,6 +79,176 @@ def readme_throughput(doc):
         cells.append("—" if busy is None else f"{100 * busy:.0f} %")
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return lines
+
+
+def goal_set(doc):
+    """The goals a sweep document is judged against: ``issue5`` or ``issue18``."""
+    return doc.get("settings", {}).get("goals", "issue5")
+
+
+def _all_met(verdicts):
+    """False if any verdict is False, else None if any is None (not judged), else True."""
+    if False in verdicts:
+        return False
+    return None if None in verdicts else True
+
+
+def issue18_goal(point):
+    """Issue 18's goal of one throughput point, judged (None for an unnamed config).
+
+    Returns
+    -------
+    dict or None
+        ``speedup_need`` / ``speedup`` / ``speedup_met`` against the best timed peer
+        (``speedup_met`` None when no peer was timed); in float32 also ``peak_need`` /
+        ``frac_peak`` / ``peak_met`` / ``peak_basis`` (the measured FMA peak, or the
+        peak the sweep used where none was measured); ``met``: all of them (None when
+        a part could not be judged).
+    """
+    need = ISSUE18_GOALS.get(point["config"])
+    if need is None:
+        return None
+    speedup_need, peak_need = need
+    best = point.get("best_peer")
+    g = {
+        "speedup_need": speedup_need,
+        "speedup": best["speedup"] if best else None,
+        "speedup_met": best["speedup"] >= speedup_need if best else None,
+    }
+    verdicts = [g["speedup_met"]]
+    if point["dtype"] == "float32":
+        frac = point["ours"].get("frac_measured_peak")
+        basis = "measured FMA peak"
+        if frac is None:
+            frac, basis = point["ours"]["frac_peak"], "peak used"
+        g.update(peak_need=peak_need, frac_peak=frac, peak_met=frac >= peak_need, peak_basis=basis)
+        verdicts.append(g["peak_met"])
+    g["met"] = _all_met(verdicts)
+    return g
+
+
+def add_goals(points, goals="issue5"):
+    """Add ``goal`` (:func:`issue18_goal`) to each point of an ``issue18`` sweep."""
+    if goals == "issue18":
+        for p in points:
+            p["goal"] = issue18_goal(p)
+    return points
+
+
+def _yes_no(ok):
+    return "not judged" if ok is None else ("yes" if ok else "**no**")
+
+
+def goal_cell(goal):
+    """The goal column of a point: the verdict, then each part of it."""
+    if not goal:
+        return "—"
+    word = lambda ok: _yes_no(ok).strip("*")  # noqa: E731
+    parts = [f"≥ {goal['speedup_need']:g}× {word(goal['speedup_met'])}"]
+    if "peak_need" in goal:
+        parts.append(f"≥ {100 * goal['peak_need']:.0f} % peak {word(goal['peak_met'])}")
+    return f"{_yes_no(goal['met'])} ({', '.join(parts)})"
+
+
+def _ms(seconds):
+    return fmt(None if seconds is None else 1e3 * seconds, ",.1f")
+
+
+def readme_ratios(doc):
+    """Markdown table of an ``issue18`` sweep: times, ratios, % of the FMA peak, goals.
+
+    One row per point: our time per call, each peer's (its fastest variant) with our
+    ratio over it, the best peer and our ratio over it, our GFLOP/s and fraction of the
+    measured FMA peak, and issue 18's goal.
+    """
+    names = list(doc["throughput"][0]["peers"]) if doc["throughput"] else []
+    head = (
+        ["config (T, d, H)", "dtype", "N", "B", "tfkernels ms"]
+        + [f"{n} ms (×ours)" for n in names]
+        + ["best peer (×ours)", "GFLOP/s", "% measured FMA peak", "goal (issue 18)", "busy"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in doc["throughput"]:
+        o = p["ours"]
+        cells = [
+            f"{p['config']} ({p['T']}, {p['d']}, {p['heads']})",
+            p["dtype"],
+            p["N"],
+            p["B"],
+            _ms(o["median_s"]),
+        ]
+        for n in names:
+            peer = p["peers"][n]
+            cells.append(
+                f"{_ms(peer['median_s'])} [{peer['best_variant']}] ({peer['speedup']:.2f}×)"
+                if peer["status"] == "ok"
+                else peer["status"]
+            )
+        b = p.get("best_peer")
+        cells.append(f"**{b['speedup']:.2f}×** {b['peer']}[{b['variant']}]" if b else "—")
+        frac = o.get("frac_measured_peak")
+        cells += [
+            fmt(o["gflops"], ".1f"),
+            fmt(None if frac is None else 100 * frac, ".1f"),
+            goal_cell(p.get("goal", issue18_goal(p))),
+        ]
+        busy = p.get("contention", {}).get("foreign_cpu_frac")
+        cells.append("—" if busy is None else f"{100 * busy:.0f} %")
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return lines
+
+
+def throughput_table(doc):
+    """The throughput table of a sweep: :func:`readme_ratios` for issue 18's goals, else
+    :func:`readme_throughput`."""
+    return readme_ratios(doc) if goal_set(doc) == "issue18" else readme_throughput(doc)
+
+
+def _ghz(value):
+    return f"{value:.2f} GHz" if isinstance(value, (int, float)) else str(value)
+
+
+def readme_machine_facts(machine):
+    """One paragraph of the machine facts a sweep recorded (none for older documents)."""
+    f = machine.get("facts")
+    if not f:
+        return []
+    c = f["clock"]
+    mhz = c["reported_mhz"]
+    implied = c.get("implied_ghz", {})
+    peaks = f.get("measured_peak_gflops", {})
+    n = f.get("sweep_threads", "?")
+    bits = lambda b: f"{b}-bit" if isinstance(b, int) else str(b)  # noqa: E731
+    text = (
+        f"Machine facts: {f['model_name']} ({f['vendor']}, family {f['family']} model "
+        f"{f['model']}); vector ISA {f['vector_isa']} ({bits(f['vector_bits'])} registers, "
+        f"FMA datapath {bits(f['fma_datapath_bits'])}, tfkernels' vectors "
+        f"{bits(f['kernel_vector_bits'])}); {f['physical_cores']} physical core(s) × "
+        f"{f['threads_per_core']} thread(s) per core, {f['sockets']} socket(s), "
+        f"{f['logical_cpus']} logical CPU(s), {f['usable_cpus']} usable; clocks: base "
+        f"{_ghz(c['base_ghz'])}, max {_ghz(c['max_ghz'])}, reported "
+        + (f"{mhz:.0f} MHz" if isinstance(mhz, (int, float)) else str(mhz))
+    )
+    if any(v is not None for v in implied.values()):
+        text += ", implied by the FMA peak " + " / ".join(
+            f"{_ghz(v)} {dt}" for dt, v in implied.items() if v is not None
+        )
+    if any(v is not None for v in peaks.values()):
+        text += f"; measured FMA peak on {n} thread(s): " + ", ".join(
+            f"{v:.0f} GFLOP/s {dt}" for dt, v in peaks.items() if v is not None
+        )
+    blas = [b for b in machine.get("blas", []) if b.get("architecture")]
+    if blas:
+        text += "; BLAS: " + ", ".join(
+            f"{b['internal_api']} {b['version']} ({b.get('library', '?')}, "
+            f"{b['architecture']} kernel)"
+            for b in blas
+        )
+    env = machine.get("env", {})
+    set_vars = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if env.get(k)]
+    if set_vars:
+        text += "; " + ", ".join(f"{k}={env[k]}" for k in set_vars) + " was set (it can slow NumPy)"
+    return [text + ".", ""]
 
 
 def compile_entries(compile_doc):
@@ -177,6 +360,46 @@ def readme_memory(doc):
 
 
 def goals(doc):
+    """The goals of one sweep document, judged: ``[(goal, verdict, figure)]``.
+
+    Issue 18's per point (:func:`issue18_goals`) for an ``issue18`` sweep, else issue 5's.
+    """
+    if goal_set(doc) == "issue18":
+        return issue18_goals(doc)
+    return issue5_goals(doc)
+
+
+def issue18_goals(doc):
+    """Issue 18's goals of every throughput point with one: ``[(goal, verdict, figure)]``.
+
+    A verdict is None where it could not be judged (no peer was timed).
+    """
+    out = []
+    for p in doc.get("throughput", []):
+        g = p.get("goal", issue18_goal(p))
+        if not g:
+            continue
+        where = f"{p['config']} {p['dtype']} N={p['N']} B={p['B']}"
+        b = p.get("best_peer")
+        out.append(
+            (
+                f"{where}: ≥ {g['speedup_need']:g}× best peer",
+                g["speedup_met"],
+                f"{b['speedup']:.2f}× vs {b['peer']}[{b['variant']}]" if b else "no peer timed",
+            )
+        )
+        if "peak_need" in g:
+            out.append(
+                (
+                    f"{where}: ≥ {100 * g['peak_need']:.0f} % of the {g['peak_basis']}",
+                    g["peak_met"],
+                    f"{100 * g['frac_peak']:.1f} %",
+                )
+            )
+    return out
+
+
+def issue5_goals(doc):
     """Issue 5's goals, judged from one sweep document: ``[(goal, verdict, figure)]``."""
     out = []
     pts = doc.get("throughput", [])
@@ -277,6 +500,14 @@ def _goal_compile(doc):
     return out
 
 
+def _section_times(doc):
+    """`` (machine 9 s, throughput 310 s)``: the seconds of each section, if recorded."""
+    times = doc.get("section_s")
+    if not times:
+        return ""
+    return " (" + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + ")"
+
+
 def readme_section(doc):
     """The README section of one sweep document."""
     m = doc["machine"]
@@ -284,13 +515,15 @@ def readme_section(doc):
     lines = [
         f"## Preset `{doc['preset']}` — {doc['created']}",
         "",
-        f"`{doc['command']}` — {doc['elapsed_s']:.0f} s, {m['threads']} thread(s), "
+        f"`{doc['command']}` — {doc['elapsed_s']:.0f} s{_section_times(doc)}, "
+        f"{m['threads']} thread(s), "
         f"git {(m['git']['commit'] or '?')[:10]}{' (dirty)' if m['git']['dirty'] else ''}, "
         f"Numba threading layer {m['numba_threading_layer']}.",
         "",
     ]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     lines += [f"Versions: {versions}.", ""]
+    lines += readme_machine_facts(m)
     if m.get("peak_used"):
         used, nominal = m["peak_used"]["gflops"], m["peak_used"]["nominal_gflops"]
         lines += [
@@ -316,7 +549,7 @@ def readme_section(doc):
                 "> 1 means tfkernels is faster)",
                 "",
             ]
-            + readme_throughput(doc)
+            + throughput_table(doc)
             + [""]
         )
     sections = (
@@ -331,13 +564,14 @@ def readme_section(doc):
             lines += [f"### {title}", ""] + fn(doc) + [""]
     g = goals(doc)
     if g:
+        issue = "18" if goal_set(doc) == "issue18" else "5"
         lines += [
-            "### Issue 5 goals, judged from this run",
+            f"### Issue {issue} goals, judged from this run",
             "",
             "| goal | met | measured |",
             "|---|---|---|",
         ]
-        lines += [f"| {name} | {'yes' if ok else '**no**'} | {fig} |" for name, ok, fig in g]
+        lines += [f"| {name} | {_yes_no(ok)} | {fig} |" for name, ok, fig in g]
         lines += [""]
         busy = doc.get("contention", {}).get("foreign_cpu_frac")
         if busy is not None and busy > 0.25:

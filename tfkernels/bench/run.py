@@ -13,6 +13,7 @@ from .errors import error_section
 from .machine import machine_section, measure_peak, threading_layer
 from .output import write_outputs
 from .probes import compile_section, memory_section
+from .report import add_goals
 from .scaling import scaling_runs, scaling_section
 from .settings import sweep_threads
 from .throughput import add_best_peer, throughput_points, throughput_section
@@ -48,7 +49,9 @@ def run_sweep(settings, out_dir="results", progress=True, plots=True):
     Returns
     -------
     dict
-        The JSON document written to ``<out_dir>/bench-<preset>.json``.
+        The JSON document written to ``<out_dir>/bench-<preset>.json``; its
+        ``section_s`` holds the seconds each section took (``machine``: the peak
+        measurement and the machine record).
     """
     from tqdm import tqdm
 
@@ -64,6 +67,7 @@ def run_sweep(settings, out_dir="results", progress=True, plots=True):
     monitor = CpuMonitor()
     peak = measure_peak(settings)
     doc["machine"] = machine_section(settings, peak)
+    doc["section_s"] = {"machine": time.perf_counter() - t0}
     sec = settings.sections
     with tqdm(
         total=count_steps(settings),
@@ -71,20 +75,31 @@ def run_sweep(settings, out_dir="results", progress=True, plots=True):
         unit="pt",
         desc=f"bench {settings.preset}",
     ) as bar:
+
+        def section(name, fn):
+            t = time.perf_counter()
+            doc[name] = fn()
+            doc["section_s"][name] = time.perf_counter() - t
+
         if "compile" in sec:
             bar.set_postfix_str("compile")
-            doc["compile"] = compile_section(settings)
+            section("compile", lambda: compile_section(settings))
         if "throughput" in sec:
-            doc["throughput"] = add_best_peer(throughput_section(settings, peak, bar))
+            section(
+                "throughput",
+                lambda: add_goals(
+                    add_best_peer(throughput_section(settings, peak, bar)), settings.goals
+                ),
+            )
         if "scaling" in sec:
-            doc["scaling"] = scaling_section(settings, bar)
+            section("scaling", lambda: scaling_section(settings, bar))
         if "errors" in sec:
-            doc["errors"] = error_section(settings, bar)
+            section("errors", lambda: error_section(settings, bar))
         if "decay" in sec:
-            doc["decay"] = decay_section(settings, bar)
+            section("decay", lambda: decay_section(settings, bar))
         if "memory" in sec and settings.memory_batches:
             bar.set_postfix_str("memory")
-            doc["memory"] = memory_section(settings)
+            section("memory", lambda: memory_section(settings))
     doc["machine"]["numba_threading_layer"] = threading_layer()
     doc["contention"] = monitor.read()
     doc["elapsed_s"] = time.perf_counter() - t0

@@ -4,7 +4,7 @@ Imports nothing beyond the standard library at import time, so that the command 
 (:mod:`tfkernels.cli.bench`) can build its parser from :data:`PRESETS` cheaply.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 #: The named configurations (T, d, heads) of issue 5's goal table.
 NAMED_CONFIGS = {
@@ -15,14 +15,24 @@ NAMED_CONFIGS = {
 }
 
 
+#: Issue 18's Monte Carlo batch sizes B of the named configurations (the ``mc`` preset):
+#: the batches a study of many trajectories runs, not the per-trajectory latency of B = 16.
+MC_BATCHES = {"tiny": 8192, "small": 2048, "medium": 512, "large": 128}
+
+
 @dataclass(frozen=True)
 class Config:
-    """One throughput configuration: ``name``, tokens T, width d, heads H."""
+    """One throughput configuration: ``name``, tokens T, width d, heads H.
+
+    ``batch`` is this configuration's own B (trajectories per call), or None to size it
+    from the sweep's ``batch`` or ``work`` (:func:`tfkernels.bench.throughput.batch_for`).
+    """
 
     name: str
     seq_len: int
     d: int
     heads: int
+    batch: int = None
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,8 @@ class Settings:
     n_layers : tuple of int
         Depths N of the throughput sweep.
     batch : int or None
-        Trajectories per call; None picks a power of two per config from ``work``.
+        Trajectories per call of every config (``--batch``); None takes each config's
+        own ``Config.batch``, or a power of two per config from ``work``.
     work : float
         Flops of one timed call at the largest N when ``batch`` is None.
     method : str
@@ -65,6 +76,9 @@ class Settings:
     peak_min_s : float
         Length of one timed run of :func:`tfkernels.bench.flops.measured_peak` (median
         of :data:`tfkernels.bench.machine.PEAK_REPEATS` runs per dtype and thread count).
+    goals : {"issue5", "issue18"}
+        Which issue's goals the report judges the throughput points against
+        (:func:`tfkernels.bench.report.goals`).
     """
 
     preset: str
@@ -86,10 +100,12 @@ class Settings:
     sections: tuple = ("compile", "throughput", "scaling", "errors", "decay", "memory")
     wait_quiet_s: float = 0.0
     peak_min_s: float = 0.2
+    goals: str = "issue5"
 
 
-def _named(*names):
-    return tuple(Config(n, *NAMED_CONFIGS[n]) for n in names)
+def _named(*names, batches=None):
+    batches = batches or {}
+    return tuple(Config(n, *NAMED_CONFIGS[n], batch=batches.get(n)) for n in names)
 
 
 PRESETS = {
@@ -173,6 +189,21 @@ PRESETS = {
         },
     ),
 }
+
+# Issue 18: ``full`` at Monte Carlo batch sizes, throughput only (``--sections`` adds the
+# others, with full's settings); issue 18's goals are judged on it.
+PRESETS["mc"] = replace(
+    PRESETS["full"],
+    preset="mc",
+    configs=_named("tiny", "small", "medium", "large", batches=MC_BATCHES),
+    n_layers=(32,),
+    peers=("numpy", "torch", "jax"),
+    repeats=5,
+    min_sample_s=0.1,
+    wait_quiet_s=30.0,
+    sections=("throughput",),
+    goals="issue18",
+)
 
 
 def default_threads():

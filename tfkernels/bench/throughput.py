@@ -51,12 +51,16 @@ class Ours:
 
 
 def batch_for(settings, cfg):
-    """Trajectories per call: ``--batch``, or a power of two sized by ``work``.
+    """Trajectories per call: ``--batch``, the config's own B, or a power of two sized by
+    ``work``.
 
-    At least ``threads × config.BLOCK`` (one slice of the batch per thread), at most 4096.
+    The power of two is at least ``threads × config.BLOCK`` (one slice of the batch per
+    thread) and at most 4096.
     """
     if settings.batch:
         return settings.batch
+    if cfg.batch:
+        return cfg.batch
     fpl = flops.flops_per_layer(flow_config(cfg), settings.method)
     lo = settings.threads * config.BLOCK  # one block of trajectories per thread at least
     b = settings.work / (fpl * max(settings.n_layers))
@@ -145,6 +149,7 @@ def throughput_point(settings, cfg, dtype, N, procs, peak):
     timed = time_interleaved(impls, settings.repeats, settings.min_sample_s, settings.pause_s)
     fpl = flops.flops_per_layer(flow_config(cfg), settings.method)
     pk = peak.peak_gflops(dtype, settings.threads)  # max(nominal, measured)
+    measured = peak.measured_gflops(dtype, settings.threads)
     point = {
         "config": cfg.name,
         "dtype": dtype,
@@ -158,13 +163,15 @@ def throughput_point(settings, cfg, dtype, N, procs, peak):
         "flops_per_traj_layer": fpl,
         "peak_gflops": pk,
         "nominal_peak_gflops": peak.nominal.peak_gflops(dtype, settings.threads),
-        "measured_peak_gflops": peak.measured_gflops(dtype, settings.threads),
+        "measured_peak_gflops": measured,
         "ours": {
             **timed["tfkernels"],
             **rates(timed["tfkernels"]["median_s"], B * N, fpl, pk),
             "first_call_s": ours_first,
         },
     }
+    gf = point["ours"]["gflops"]
+    point["ours"]["frac_measured_peak"] = gf / measured if measured else None
     point["peers"] = {
         name: summarize_peer(
             variants[name], timed, procs[name], B * N, fpl, pk, point["ours"]["median_s"]

@@ -18,7 +18,8 @@ def configure_parser(parser):
         "--preset",
         choices=sorted(PRESETS),
         default="quick",
-        help="sweep size: ci (seconds), quick (about a minute), full",
+        help="sweep size: ci (seconds), quick (about a minute), full; mc: throughput "
+        "at Monte Carlo batch sizes, judged against issue 18's goals",
     )
     parser.add_argument("--n", help="layers N, comma-separated (e.g. 8,32,128)")
     parser.add_argument(
@@ -148,10 +149,12 @@ def settings_from_args(args):
 
 def print_summary(doc, file=None):
     """Print the machine peak, the throughput table, the goals and the fitted orders."""
-    from ..bench.report import fmt, goals, peak_used, readme_throughput
+    from ..bench.report import fmt, goals, peak_used, readme_machine_facts, throughput_table
 
     file = file or sys.stdout
     m = doc["machine"]
+    for line in readme_machine_facts(m)[:1]:
+        print(line, file=file)
     print(m["peak"]["explanation"], file=file)
     if m.get("measured_peak"):
         print(m["measured_peak"]["explanation"], file=file)
@@ -162,9 +165,10 @@ def print_summary(doc, file=None):
             file=file,
         )
     if doc.get("throughput"):
-        print("\n".join(readme_throughput(doc)), file=file)
+        print("\n".join(throughput_table(doc)), file=file)
     for name, ok, fig in goals(doc):
-        print(f"{'met   ' if ok else 'NOT met'} {name}: {fig}", file=file)
+        verdict = "not judged" if ok is None else ("met" if ok else "NOT met")
+        print(f"{verdict:<7} {name}: {fig}", file=file)
     if doc.get("errors"):
         for system, e in doc["errors"].items():
             orders = ", ".join(f"{m} {fmt(r['order'], '.2f')}" for m, r in e["methods"].items())

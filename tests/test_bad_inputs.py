@@ -3,6 +3,8 @@
 Each test names the attempt numbers (#) it covers; every error must name the argument.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -283,3 +285,23 @@ def test_save_to_directory_named(tmp_path):  # 114, 125
     (tmp_path / "d.npz").mkdir()
     with pytest.raises(ValueError, match="`path` .* is a directory"):
         small().save(tmp_path / "d")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"), [(np.float32, 1e30), (np.float64, 1e200)], ids=["qa177", "qa178"]
+)
+def test_vector_field_overflow_warns(dtype, scale):
+    """bad-inputs 177, 178: f(X) overflowing the dtype returned NaN silently."""
+    p = tfk.TransformerParams.random(d=8, n_heads=2, d_ff=16, seed=0, dtype=dtype)
+    X = tfk.random_states(16, 4, 8, seed=0, dtype=dtype) * dtype(scale)
+    with pytest.warns(RuntimeWarning, match="overflows"):
+        out = tfk.vector_field(p, X)
+    assert not np.isfinite(out).all()
+
+
+def test_vector_field_finite_does_not_warn():
+    p = tfk.TransformerParams.random(d=8, n_heads=2, d_ff=16, seed=0)
+    X = tfk.random_states(4, 4, 8, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tfk.vector_field(p, X)

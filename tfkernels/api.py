@@ -1,5 +1,7 @@
 """The public API: validate in Python, then call one fused kernel."""
 
+import warnings
+
 import numpy as np
 
 from . import _validate as v
@@ -99,6 +101,7 @@ def vector_field(params, X, *, layer=0, n_threads=None):
     Returns
     -------
     ndarray, shape (B, T, d)
+        Inf or NaN where f overflows the dtype, with a RuntimeWarning.
     """
     check_params(params)
     X = check_states("X", X, params)
@@ -108,6 +111,15 @@ def vector_field(params, X, *, layer=0, n_threads=None):
     out = np.empty_like(X)
     with threads(n_threads):
         kernels.vector_field(kernels.pack_params(params), X, layer, out)
+    bad = ~np.isfinite(out).all(axis=(1, 2))
+    if bad.any():  # X is finite (checked): f overflowed the dtype
+        warnings.warn(
+            f"vector_field: f(X) overflows {X.dtype} for {int(bad.sum())} of {bad.size} "
+            f"trajectories (the first: {int(np.argmax(bad))}); those entries are inf or "
+            "NaN. Scale `X` or the weights down, or use float64.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return out
 
 

@@ -149,6 +149,18 @@ def call(fn, names, **kwargs):
     return result
 
 
+@contextlib.contextmanager
+def in_temporary_folder():
+    """Run the body in a new empty working folder (relative paths land there)."""
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            yield tmp
+        finally:
+            os.chdir(cwd)
+
+
 def signature(fn):
     return set(inspect.signature(fn).parameters)
 
@@ -386,9 +398,11 @@ def test_perturbation_decay(data):
         lambda_samples=st.integers(1, 4),
         bound_rtol=st.one_of(st.none(), st.sampled_from([0.0, 1e-3])),
         client=st.none(),
+        checkpoint=st.none(),
     )
     kw = data.draw(mixed(valid))
-    with contextlib.redirect_stderr(io.StringIO()):  # progress=True draws a bar
+    # progress=True draws a bar; a junk checkpoint such as "x" is a valid file name
+    with contextlib.redirect_stderr(io.StringIO()), in_temporary_folder():
         res = call(tfk.perturbation_decay, signature(tfk.perturbation_decay), **kw)
     if isinstance(res, tfk.DecayResult):
         assert res.n_trajectories == kw["n_trajectories"]
@@ -467,18 +481,13 @@ def test_save_and_load_paths(path):
     """A path that names no writable file may raise the OS's error (OSError with the
     file name); any other value returns or raises an error naming `path`."""
     p = TP.linear(-np.eye(2))
-    with tempfile.TemporaryDirectory() as tmp:
-        cwd = os.getcwd()
-        os.chdir(tmp)  # a relative path lands here, not in the repository
+    with in_temporary_folder():  # a relative path lands here, not in the repository
         os.mkdir("d")
-        try:
-            for fn in (p.save, TP.load, tfk.DecayResult.from_json):
-                try:
-                    call(fn, ["path"], path=path)
-                except OSError as err:
-                    assert err.filename is not None, err
-        finally:
-            os.chdir(cwd)
+        for fn in (p.save, TP.load, tfk.DecayResult.from_json):
+            try:
+                call(fn, ["path"], path=path)
+            except OSError as err:
+                assert err.filename is not None, err
 
 
 # ------------------------------------------------- what the fuzzer found (regressions)
@@ -493,6 +502,20 @@ def test_sizes_numpy_cannot_allocate_are_named():
         tfk.integrate(p, tfk.random_states(1, 1, 2), 2**63 - 1)
     with pytest.raises(ValueError, match="`lambda_samples` × `seq_len`"):
         tfk.perturbation_decay(p, 4, 2, 2, lambda_samples=2**63)
+
+
+def test_a_blow_up_names_the_arguments_that_avoid_it():
+    # the FloatingPointError named no argument ("more layers", "throw=False")
+    p = TP.linear(np.eye(2))
+    with pytest.raises(FloatingPointError, match="more `n_layers`.*`throw=False`"):
+        tfk.integrate(p, tfk.random_states(1, 1, 2), 4, t_final=1e300)
+
+
+def test_weight_scale_that_overflows_the_dtype_is_named():
+    # was "`b1` contains NaN or inf", naming a weight random() drew, not its argument
+    with pytest.raises(ValueError, match="`weight_scale`=1e\\+39 overflows float32"):
+        TP.random(d=1, n_heads=1, attention=False, dtype=np.float32, weight_scale=1e39)
+    assert TP.random(d=1, n_heads=1, weight_scale=1e39).dtype == np.float64  # fits
 
 
 def test_trajectory_count_beyond_the_int64_keys_is_refused():

@@ -219,8 +219,9 @@ def raise_on_status(status, start=0):
         i = bad[0]
         raise FloatingPointError(
             f"{bad.size} trajectory(ies) became non-finite; the first is trajectory "
-            f"{start + i} at layer {status[i]}. Reduce Δt (more layers), the weight "
-            "scale, or pass throw=False to get NaN for those trajectories instead."
+            f"{start + i} at layer {status[i]}. Reduce Δt (more `n_layers` or a smaller "
+            "`t_final`), the weight scale, or pass `throw=False` to get NaN for those "
+            "trajectories instead."
         )
 
 

@@ -328,7 +328,14 @@ class TransformerParams:
         rng = np.random.default_rng(v.check_int("seed", seed, minimum=0))
 
         def draw(shape, fan_in):
-            return (rng.standard_normal(lead + shape) * (scale / np.sqrt(fan_in))).astype(dtype)
+            with np.errstate(over="ignore"):
+                w = (rng.standard_normal(lead + shape) * (scale / np.sqrt(fan_in))).astype(dtype)
+            if not np.all(np.isfinite(w)):
+                raise ValueError(
+                    f"`weight_scale`={scale:g} overflows {dtype.name}: some weights are "
+                    "inf; use a smaller scale or float64"
+                )
+            return w
 
         kw = {}
         if attention:

@@ -69,7 +69,41 @@ def test_a_bad_out_is_one_line_exit_2_before_any_work(tmp_path, capsys, stubs, o
     assert err.startswith("tfkernels paper: error:")
 
 
-def test_too_few_trajectories_stop_before_any_work(stubs):
-    with pytest.raises(SystemExit, match="`--trajectories`"):
-        paper_cli.run_cli(parse("--trajectories", "0"))
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (("--trajectories", "0"), "argument --trajectories: must be >= 1, got 0"),
+        (("--trajectories", "1.5"), "argument --trajectories: must be an integer"),
+        (("--seed", "-1"), "argument --seed: must be >= 0, got -1"),  # QA 470
+        (("--seed", str(2**63 - 3)), "argument --seed: must be <= 9223372036854775804"),
+    ],
+)
+def test_bad_options_stop_in_the_parser(stubs, capsys, argv, match):
+    with pytest.raises(SystemExit) as e:
+        parse(*argv)
+    assert e.value.code == 2 and match in capsys.readouterr().err
     assert stubs["run"] == []
+
+
+def test_options_in_range_and_exponent_notation_parse():
+    args = parse("--trajectories", "1e3", "--seed", str(paper.MAX_SEED))
+    assert (args.trajectories, args.seed) == (1000, 2**63 - 4)
+    assert paper_cli.MAX_SEED == paper.MAX_SEED  # repeated in the CLI for a fast --help
+
+
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        (dict(seed=-1), ValueError, "`seed` must be >= 0"),
+        (dict(seed=paper.MAX_SEED + 1), ValueError, "`seed` must be <= "),
+        (dict(seed=1.0), TypeError, "`seed` must be an integer"),
+        (dict(fig2_trajectories=0), ValueError, "`fig2_trajectories` must be >= 1"),
+        (dict(fig3_iterations=0), ValueError, "`fig3_iterations` must be >= 1"),
+        (dict(plots="yes"), TypeError, "`plots` must be True or False"),
+    ],
+)
+def test_run_paper_checks_its_arguments_before_creating_out(tmp_path, kw, exc, match):
+    # QA 470: `paper --seed -1` was a NumPy traceback and left an empty folder behind
+    with pytest.raises(exc, match=match):
+        paper.run_paper(str(tmp_path / "out"), **kw)
+    assert not (tmp_path / "out").exists()

@@ -446,18 +446,23 @@ def test_settings_grid_from_command_line():
     assert [(c.seq_len, c.d, c.heads) for c in s.configs] == [(16, 16, 4), (16, 64, 4)]
 
 
+def test_settings_errors_name_the_option():
+    with pytest.raises(ValueError, match="--heads"):
+        bench_cli.settings_from_args(_args("--d", "6", "--heads", "4"))
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (("--d", "6", "--heads", "4"), "--heads"),
         (("--peers", "numpy,tensorflow"), "--peers"),
         (("--n", "8,x"), "--n"),
         (("--dtype", "float16"), "--dtype"),
     ],
 )
-def test_settings_errors_name_the_option(argv, match):
-    with pytest.raises(ValueError, match=match):
-        bench_cli.settings_from_args(_args(*argv))
+def test_bad_options_stop_in_the_parser(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        _args(*argv)
+    assert f"argument {match}:" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------- paper

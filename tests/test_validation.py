@@ -54,7 +54,7 @@ def test_weight_shapes(p):
         TransformerParams(wq=p.wq, wk=p.wk[:3], wv=p.wv, wo=p.wo)
     with pytest.raises(ValueError, match="`b1` must have shape"):
         p.replace(b1=np.zeros(5))
-    with pytest.raises(ValueError, match="w1, b1 given but w2, b2 missing"):
+    with pytest.raises(ValueError, match="`w1`, `b1` given but `w2`, `b2` missing"):
         TransformerParams(w1=p.w1, b1=p.b1)
     with pytest.raises(ValueError, match="at least one"):
         TransformerParams()

@@ -20,7 +20,7 @@ def check_dtype(name, dtype):
         raise TypeError(f"`{name}` must be float32 or float64, got None")
     try:
         dt = np.dtype(dtype)
-    except TypeError as err:
+    except (TypeError, ValueError, SyntaxError) as err:  # np.dtype("(f4,2)"): SyntaxError
         raise TypeError(f"`{name}` must be float32 or float64, got {dtype!r}") from err
     if dt not in FLOAT_DTYPES:
         raise TypeError(
@@ -155,6 +155,31 @@ def check_fits(name, value, dtype):
             f"{float(np.finfo(dtype).max):.4g}); use a smaller value or float64"
         )
     return value
+
+
+#: Most bytes NumPy allows in one array (the largest ``np.intp``).
+MAX_BYTES = int(np.iinfo(np.intp).max)
+
+
+def check_size(what, shape, dtype):
+    """Raise ValueError if an array of ``shape`` and ``dtype`` would exceed
+    :data:`MAX_BYTES`; ``what`` names the arguments that give the shape (e.g.
+    ``"`batch` × `seq_len` × `d`"``).
+
+    NumPy refuses such an array with an error that names no argument ("Maximum allowed
+    dimension exceeded"); an array that fits the address space but not the memory
+    still raises NumPy's ``MemoryError``.
+    """
+    size = 1
+    for n in shape:
+        size *= int(n)
+    nbytes = size * np.dtype(dtype).itemsize
+    if nbytes > MAX_BYTES:
+        raise ValueError(
+            f"{what} = {' × '.join(map(str, shape))} elements of {np.dtype(dtype).name} "
+            f"({nbytes:.3g} bytes) exceed the largest array NumPy can allocate "
+            f"({MAX_BYTES:.3g} bytes)"
+        )
 
 
 def check_choice(name, value, choices):

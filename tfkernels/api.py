@@ -74,8 +74,9 @@ def random_states(batch, seq_len, d, *, seed=0, start=0, dtype=np.float64, scale
         v.check_int(k, x, minimum=1) for k, x in (("batch", batch), ("seq_len", seq_len), ("d", d))
     )
     seed = v.check_seed("seed", seed)
-    start = check_start(start, shape[0])
     dtype = v.check_dtype("dtype", dtype)
+    v.check_size("`batch` × `seq_len` × `d`", shape, dtype)
+    start = check_start(start, shape[0])
     scale = v.check_fits("scale", v.check_float("scale", scale, minimum=0.0), dtype)
     out = np.empty(shape, dtype=dtype)
     run_threads(
@@ -188,6 +189,7 @@ def prepare_run(params, n_layers, method, t_final, alpha, c, noise):
     """
     check_params(params)
     n_layers = v.check_int("n_layers", n_layers, minimum=1)
+    v.check_size("`n_layers`", (n_layers,), np.float64)  # the schedule's arrays
     v.check_choice("method", method, METHODS)
     t_final = v.check_float("t_final", t_final, minimum=0.0, strict=True)
     c = v.check_float("c", c, minimum=0.0, strict=True)
@@ -229,8 +231,9 @@ def raise_on_status(status, start=0):
         i = bad[0]
         raise FloatingPointError(
             f"{bad.size} trajectory(ies) became non-finite; the first is trajectory "
-            f"{start + i} at layer {status[i]}. Reduce Δt (more layers), the weight "
-            "scale, or pass throw=False to get NaN for those trajectories instead."
+            f"{start + i} at layer {status[i]}. Reduce Δt (more `n_layers` or a smaller "
+            "`t_final`), the weight scale, or pass `throw=False` to get NaN for those "
+            "trajectories instead."
         )
 
 
@@ -315,6 +318,7 @@ def integrate(
             raise ValueError(f"`save_every`={k} must divide `n_layers`={n_layers}")
         first, n_out = 0, n_layers // k + 1
     B, T, d = x0.shape
+    v.check_size("`x0` states × (`n_layers` / `save_every` + 1)", (B * T * d, n_out), x0.dtype)
     out = np.empty((B, n_out, T, d), dtype=x0.dtype)
     status = np.empty(B, dtype=np.int64)
     with threads(n_threads):

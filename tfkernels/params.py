@@ -16,6 +16,18 @@ _FFN_M = ("w1", "b1", "w2")
 _SCALARS = {"n_heads": "iu", "beta": "f", "causal": "b", "damping": "f", "activation": "U"}
 
 
+def _check_path(path):
+    """``path`` as a str (bytes decoded); TypeError or ValueError naming ``path``."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"`path` must be a file name or os.PathLike, got {type(path).__name__}")
+    path = os.fsdecode(path)
+    if not path:
+        raise ValueError("`path` is empty; give a file name such as 'p.npz'")
+    if "\0" in path:
+        raise ValueError(f"`path` {path!r} contains a null character")
+    return path
+
+
 @dataclass(frozen=True, eq=False)
 class TransformerParams:
     """Weights and settings of ``f(X) = g(X) + h(X) − γ·X + X·A``.
@@ -88,7 +100,10 @@ class TransformerParams:
             given = [k for k in group if getattr(self, k) is not None]
             if given and len(given) != len(group):
                 missing = [k for k in group if k not in given]
-                raise ValueError(f"{', '.join(given)} given but {', '.join(missing)} missing")
+                raise ValueError(
+                    f"{', '.join(f'`{k}`' for k in given)} given but "
+                    f"{', '.join(f'`{k}`' for k in missing)} missing"
+                )
         dtype = np.asarray(getattr(self, present[0])).dtype
         for k in present:
             # d_ff = 0 is valid (the FFN is then b2): w1, b1, w2 may be empty.
@@ -107,9 +122,9 @@ class TransformerParams:
                 )
         if len(set(per_layer.values())) > 1:
             raise ValueError(
-                "either every weight has a leading layer axis or none does; "
-                f"per-layer: {[k for k, p in per_layer.items() if p]}, "
-                f"shared: {[k for k, p in per_layer.items() if not p]}"
+                "either every weight has a leading layer axis or none does; per-layer: "
+                f"{', '.join(f'`{k}`' for k, p in per_layer.items() if p)}; shared: "
+                f"{', '.join(f'`{k}`' for k, p in per_layer.items() if not p)}"
             )
         n_sets = getattr(self, present[0]).shape[0] if per_layer[present[0]] else None
         lead = () if n_sets is None else (n_sets,)
@@ -190,16 +205,36 @@ class TransformerParams:
                 return a.shape[0] if a.ndim == base + 1 else None
 
     def layer(self, n):
-        """Return the shared-weight parameters that layer ``n`` uses."""
+        """Return the shared-weight parameters that layer ``n`` uses.
+
+        ``n`` is an integer ``>= 0``, below ``n_sets`` for per-layer weights (shared
+        weights are the same for every layer); otherwise TypeError or ValueError
+        naming ``n``.
+        """
+        n = v.check_int("n", n, minimum=0)
         if self.n_sets is None:
             return self
+        if n >= self.n_sets:
+            raise ValueError(f"`n`={n} but the parameters have {self.n_sets} weight sets")
         return self.replace(
             **{k: getattr(self, k)[n] for k in _MATRICES if getattr(self, k) is not None}
         )
 
     def replace(self, **changes):
-        """Return a copy with some fields replaced (validated again)."""
+        """Return a copy with some fields replaced (validated again).
+
+        Raises
+        ------
+        TypeError
+            A name in ``changes`` is not a field (named in the message).
+        """
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        unknown = sorted(set(changes) - set(kw))
+        if unknown:
+            raise TypeError(
+                f"unknown field(s) {', '.join(f'`{k}`' for k in unknown)}; the fields are "
+                f"{', '.join(kw)}"
+            )
         kw.update(changes)
         return TransformerParams(**kw)
 
@@ -279,6 +314,13 @@ class TransformerParams:
         dtype = v.check_dtype("dtype", dtype)
         scale = v.check_float("weight_scale", weight_scale, minimum=0.0, strict=True)
         lead = () if n_layers is None else (v.check_int("n_layers", n_layers, minimum=1),)
+        # The largest array: the fused (d, 3d) attention projections or (d, d_ff) FFN
+        # weights of every layer, drawn in float64.
+        v.check_size(
+            "the weights, `n_layers` × `d` × 3·max(`d`, `d_ff`)",
+            lead + (d, 3 * max(d, d_ff)),
+            np.float64,
+        )
         attention = v.check_bool("attention", attention)
         ffn = v.check_bool("ffn", ffn)
         linear = v.check_bool("linear", linear)
@@ -286,7 +328,14 @@ class TransformerParams:
         rng = np.random.default_rng(v.check_int("seed", seed, minimum=0))
 
         def draw(shape, fan_in):
-            return (rng.standard_normal(lead + shape) * (scale / np.sqrt(fan_in))).astype(dtype)
+            with np.errstate(over="ignore"):
+                w = (rng.standard_normal(lead + shape) * (scale / np.sqrt(fan_in))).astype(dtype)
+            if not np.all(np.isfinite(w)):
+                raise ValueError(
+                    f"`weight_scale`={scale:g} overflows {dtype.name}: some weights are "
+                    "inf; use a smaller scale or float64"
+                )
+            return w
 
         kw = {}
         if attention:
@@ -335,7 +384,7 @@ class TransformerParams:
         Like ``np.savez``, ``.npz`` is appended to a ``path`` that lacks it (and
         :meth:`load` finds the file either way).
         """
-        path = os.fspath(path)
+        path = _check_path(path)
         target = path if path.endswith(".npz") else path + ".npz"
         if os.path.isdir(path) or os.path.isdir(target):
             raise ValueError(f"`path` {path!r} is a directory; give a file name such as 'p.npz'")
@@ -365,11 +414,13 @@ class TransformerParams:
             The file is not an archive written by :meth:`save`, or an entry is
             missing, unknown or malformed; the message names the file and the entry.
         """
-        path = os.fspath(path)
+        path = _check_path(path)
         if not os.path.exists(path) and os.path.exists(path + ".npz"):
             path = path + ".npz"
         if not os.path.exists(path):
-            raise FileNotFoundError(f"`path`: no parameters file {path!r} (nor {path + '.npz'!r})")
+            err = FileNotFoundError(f"`path`: no parameters file {path!r} (nor {path + '.npz'!r})")
+            err.filename = path
+            raise err
 
         def bad(what):
             return ValueError(

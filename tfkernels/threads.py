@@ -15,14 +15,15 @@ from . import _validate as v
 from . import config
 
 
-def check_n_threads(n_threads):
-    """Return ``n_threads`` as an int in ``[1, NUMBA_NUM_THREADS]`` (None stays None)."""
+def check_n_threads(n_threads, name="n_threads"):
+    """Return ``n_threads`` as an int in ``[1, NUMBA_NUM_THREADS]`` (None stays None);
+    errors name the argument ``name``."""
     if n_threads is None:
         return None
-    n = v.check_int("n_threads", n_threads, minimum=1)
+    n = v.check_int(name, n_threads, minimum=1)
     if n > numba.config.NUMBA_NUM_THREADS:
         raise ValueError(
-            f"`n_threads`={n} exceeds the {numba.config.NUMBA_NUM_THREADS} threads Numba "
+            f"`{name}`={n} exceeds the {numba.config.NUMBA_NUM_THREADS} threads Numba "
             "started with (set NUMBA_NUM_THREADS before importing numba to raise it)"
         )
     return n

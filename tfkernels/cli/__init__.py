@@ -1,14 +1,22 @@
 """The ``tfkernels`` command: ``decay``, ``bench`` and ``paper`` subcommands.
 
-Each subcommand lives in its own module, which provides ``configure_parser(parser)``
-and ``run_cli(args)``. Only the module of the subcommand that runs is imported (for
-``tfkernels --help``, none), so the command starts fast and a subcommand never pays
-for another's imports.
+Each subcommand lives in its own module, which provides ``configure_parser(parser)``,
+``check_args(args)`` (the checks of flags that the parser cannot make one flag at a
+time; ValueError naming the flags) and ``run_cli(args)``. Only the module of the
+subcommand that runs is imported (for ``tfkernels --help``, none), so the command
+starts fast and a subcommand never pays for another's imports.
+
+Errors and exit status: 0 success; 2 an expected error (a bad flag, input the study
+rejects, a numerical blow-up, an unwritable folder), reported on one line
+``tfkernels <command>: error: ...``; 1 an unexpected exception (a bug), also one line.
+``--debug`` (before or after the subcommand) shows the traceback instead.
 """
 
 import argparse
 import importlib
 import sys
+
+from . import common
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS = {
@@ -29,17 +37,28 @@ def _command_of(argv):
     return None
 
 
+EPILOG = (
+    "exit status: 0 success; 2 an expected error (a bad flag or input, a numerical "
+    "blow-up, an unwritable folder), printed on one line; 1 an unexpected error (a bug). "
+    "--debug shows the traceback of either. Integer flags also take 1_000 and 1e3; "
+    "negative numbers are values (--eps -1e-6 or --eps=-1e-6)."
+)
+
+
 def build_parser(argv=()):
     """Return the top-level argument parser; only the subcommand named in ``argv`` is
     configured (its module imported), the others are listed with their help line."""
-    parser = argparse.ArgumentParser(
+    parser = common.Parser(
         prog="tfkernels",
         description=(
             "Transformer layers as a continuous dynamical system: a stack of N residual "
             "layers X <- X + dt*f(X) is forward Euler on dX/dt = f(X). This command runs "
             "the perturbation-decay study, the benchmark harness and the paper's experiments."
         ),
+        epilog=EPILOG,
     )
+    common.add_debug(parser)
+    parser.subcommands = {}  # name -> its parser, for errors in its name
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = _command_of(argv)
     for name, (module, help_) in SUBCOMMANDS.items():
@@ -47,33 +66,56 @@ def build_parser(argv=()):
             name,
             help=help_,
             description=help_,
+            epilog=EPILOG,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         p.set_defaults(_module=module)
+        parser.subcommands[name] = p
+        # SUPPRESS: without the flag here, the top-level --debug (or False) stays.
+        common.add_debug(p, default=argparse.SUPPRESS)
         if name == chosen:
             importlib.import_module(module).configure_parser(p)
     return parser
 
 
 def main(argv=None):
-    """Entry point of the ``tfkernels`` console script.
+    """Entry point of the ``tfkernels`` console script; returns the exit status.
 
-    Returns the exit code: the subcommand's, or 130 after Ctrl-C (one line on stderr).
+    Expected errors (:data:`common.EXPECTED`) print one line and return 2, any other
+    exception one line and 1, Ctrl-C one line and 130 (the shell's code for SIGINT);
+    with ``--debug`` the exception propagates instead, with its traceback.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser: "tfkernels decay: error: ..."
+        parser.subcommands.get(args.command, parser).error(
+            f"unrecognized arguments: {' '.join(extra)}"
+        )
     if args.command is None:
         parser.print_help()
         return 0
     from .. import compiling
 
+    module = importlib.import_module(args._module)
+    try:
+        check = getattr(module, "check_args", None)
+        if check is not None:
+            check(args)
+    except common.EXPECTED as err:
+        return common.fail(args.command, err, args)
     try:
         with compiling.notice():
-            return importlib.import_module(args._module).run_cli(args) or 0
+            return module.run_cli(args) or 0
     except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT, no traceback
+        if getattr(args, "debug", False):
+            raise
         print(f"tfkernels {args.command}: interrupted", file=sys.stderr)
         return 130
+    except common.EXPECTED as err:
+        return common.fail(args.command, err, args)
+    except Exception as err:  # noqa: BLE001 (the command's boundary: one line, exit 1)
+        return common.crash(args.command, err, args)
 
 
 if __name__ == "__main__":

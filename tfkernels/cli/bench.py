@@ -10,10 +10,22 @@ import sys
 from dataclasses import replace
 
 from ..bench.settings import PRESETS, Settings, default_threads, grid_configs
+from . import common
+
+
+def _peers():
+    """The peers a sweep can time (imported when ``--peers`` is given)."""
+    from ..bench import peers
+
+    return peers.PEERS
 
 
 def configure_parser(parser):
-    """Add the ``tfkernels bench`` options to ``parser``."""
+    """Add the ``tfkernels bench`` options to ``parser``.
+
+    Every option is checked as it is parsed (a bad value is ``argument --flag: ...``,
+    exit status 2); :func:`check_args` checks the combinations.
+    """
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -21,26 +33,48 @@ def configure_parser(parser):
         help="sweep size: ci (seconds), quick (about a minute), full; mc: throughput "
         "at Monte Carlo batch sizes, judged against issue 18's goals",
     )
-    parser.add_argument("--n", help="layers N, comma-separated (e.g. 8,32,128)")
+    parser.add_argument(
+        "--n", type=common.integers("--n"), help="layers N, comma-separated (e.g. 8,32,128)"
+    )
     parser.add_argument(
         "--d",
+        type=common.integers("--d"),
         help="widths d, comma-separated (e.g. 16,64); a grid at "
         "--seq-len and --heads replaces the named configs",
     )
-    parser.add_argument("--seq-len", type=int, help="tokens T of the --d grid; None: 16")
-    parser.add_argument("--heads", type=int, help="heads H of the --d grid; None: 4")
-    parser.add_argument("--dtype", help="float32, float64, both, or a comma list")
+    parser.add_argument(
+        "--seq-len", type=common.integer("--seq-len"), help="tokens T of the --d grid; None: 16"
+    )
+    parser.add_argument(
+        "--heads",
+        type=common.integer("--heads"),
+        help="heads H of the --d grid (divide every d); None: 4",
+    )
+    parser.add_argument(
+        "--dtype",
+        type=_dtypes,
+        help="float32, float64, both, or a comma list",
+    )
     parser.add_argument(
         "--batch",
-        type=int,
+        type=common.integer("--batch"),
         help="trajectories B per call; None: sized per config from the preset's work",
     )
-    parser.add_argument("--peers", help="comma list of numpy,torch,jax, or none")
     parser.add_argument(
-        "--threads", type=int, help="threads for tfkernels and the peers; None: all Numba threads"
+        "--peers",
+        type=common.names("--peers", _peers, empty=True),
+        help="comma list of numpy,torch,jax, or none",
     )
     parser.add_argument(
-        "--repeats", type=int, help="timed samples per implementation; None: the preset's"
+        "--threads",
+        type=common.integer("--threads"),
+        help="threads for tfkernels and the peers, at most NUMBA_NUM_THREADS; "
+        "None: all Numba threads",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=common.integer("--repeats"),
+        help="timed samples per implementation; None: the preset's",
     )
     parser.add_argument(
         "--method",
@@ -55,10 +89,14 @@ def configure_parser(parser):
         "tiny flow and of the default `tfkernels decay` study); "
         "None: the preset's",
     )
-    parser.add_argument("--sections", help="comma list of " + ",".join(Settings.sections))
+    parser.add_argument(
+        "--sections",
+        type=common.names("--sections", Settings.sections),
+        help="comma list of " + ",".join(Settings.sections),
+    )
     parser.add_argument(
         "--wait-quiet",
-        type=float,
+        type=common.real("--wait-quiet", 0.0),
         metavar="SECONDS",
         help="before each point wait up to SECONDS for other processes to "
         "leave the CPUs; 0: never; None: the preset's",
@@ -68,28 +106,14 @@ def configure_parser(parser):
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
 
 
-def _int_list(name, text):
-    """Positive integers from a comma list; ValueError naming the option otherwise."""
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(
-            f"`{name}` must be a comma-separated list of integers, got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise ValueError(f"`{name}` needs positive integers, got {text!r}")
-    return values
+def _dtypes(text):
+    """argparse type of ``--dtype``: ``both`` or a comma list of float32, float64."""
+    if text.strip() == "both":
+        return ("float32", "float64")
+    return common.names("--dtype", ("float32", "float64"))(text)
 
 
-def _name_list(name, text, allowed):
-    """Names from a comma list (``none`` or empty: no names), each one of ``allowed``."""
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if values in ((), ("none",)):
-        return ()
-    bad = [v for v in values if v not in allowed]
-    if bad:
-        raise ValueError(f"`{name}`: unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
-    return values
+_dtypes.flag = "--dtype"
 
 
 def settings_from_args(args):
@@ -98,53 +122,50 @@ def settings_from_args(args):
     Raises
     ------
     ValueError
-        An option has an invalid value; the message names the option.
+        ``--heads`` does not divide every width, or ``--threads`` exceeds Numba's
+        threads; the message names the option (each option alone is checked by
+        the parser).
     """
-    from ..bench import peers
-
     s = PRESETS[args.preset]
     custom = {}
-    if args.d or args.seq_len or args.heads:
-        ds = _int_list("--d", args.d) if args.d else tuple(c.d for c in s.configs)
-        custom["configs"] = grid_configs(ds, args.seq_len or 16, args.heads or 4)
-    if args.n:
-        custom["n_layers"] = _int_list("--n", args.n)
-    if args.dtype:
-        dts = (
-            ("float32", "float64")
-            if args.dtype == "both"
-            else _name_list("--dtype", args.dtype, ("float32", "float64"))
-        )
-        custom["dtypes"] = dts
-    if args.batch:
-        custom["batch"] = _int_list("--batch", str(args.batch))[0]
-    for key in ("method", "repeats"):
+    if args.d is not None or args.seq_len is not None or args.heads is not None:
+        ds = args.d if args.d is not None else tuple(c.d for c in s.configs)
+        seq_len = 16 if args.seq_len is None else args.seq_len
+        custom["configs"] = grid_configs(ds, seq_len, 4 if args.heads is None else args.heads)
+    for key, name in (
+        ("n", "n_layers"),
+        ("dtype", "dtypes"),
+        ("batch", "batch"),
+        ("method", "method"),
+        ("repeats", "repeats"),
+        ("peers", "peers"),
+        ("compile", "compile"),
+        ("wait_quiet", "wait_quiet_s"),
+        ("sections", "sections"),
+    ):
         if getattr(args, key) is not None:
-            custom[key] = getattr(args, key)
-    if args.peers is not None:
-        custom["peers"] = _name_list("--peers", args.peers, peers.PEERS)
-    if args.compile is not None:
-        custom["compile"] = args.compile
-    if args.wait_quiet is not None:
-        if args.wait_quiet < 0:
-            raise ValueError(f"`--wait-quiet` must be >= 0, got {args.wait_quiet}")
-        custom["wait_quiet_s"] = args.wait_quiet
-    if args.sections is not None:
-        custom["sections"] = _name_list("--sections", args.sections, Settings.sections)
-    threads = args.threads or default_threads()
+            custom[name] = getattr(args, key)
+    threads = default_threads() if args.threads is None else args.threads
     if threads > default_threads():
         raise ValueError(
             f"`--threads`={threads} exceeds the {default_threads()} threads "
             "Numba started with (set NUMBA_NUM_THREADS to raise it)"
         )
-    if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"`--repeats` must be >= 1, got {args.repeats}")
     name = (
         s.preset
         if not (set(custom) & {"configs", "n_layers", "dtypes", "batch", "method"})
         else "custom"
     )
     return replace(s, preset=name, threads=threads, **custom)
+
+
+def check_args(args):
+    """Check the combinations of parsed ``tfkernels bench`` options and ``--out``,
+    before the sweep; ValueError or PermissionError naming the flag."""
+    from ..studies import output
+
+    settings_from_args(args)
+    output.check_out_dir(args.out, "--out")
 
 
 def print_summary(doc, file=None):
@@ -182,9 +203,8 @@ def run_cli(args):
     try:
         settings = settings_from_args(args)
         output.check_out_dir(args.out, "--out")  # before the sweep, not after it
-    except (ValueError, PermissionError, TypeError) as exc:
-        print(f"tfkernels bench: error: {exc}", file=sys.stderr)
-        return 2
+    except common.EXPECTED as exc:
+        return common.fail("bench", exc, args)
     from ..bench.run import run_sweep
 
     doc = run_sweep(settings, args.out, progress=not args.no_progress, plots=not args.no_plots)

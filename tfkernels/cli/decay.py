@@ -15,35 +15,34 @@ when the running chunk ends, writes the statistics merged so far into ``--out``
 code 130.
 """
 
-import argparse
 import os
 import sys
 
+from .. import _validate as v
 from .. import config
 from ..methods import ACTIVATIONS, METHODS, MODES
+from . import common
 
-
-def _count(text):
-    """argparse type: a positive integer, also written as ``1e6`` or ``1_000_000``."""
-    try:
-        x = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not x.is_integer() or x < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(x)
+#: Largest trajectory count: trajectory indices are int64 generator keys.
+MAX_TRAJECTORIES = v.MAX_SEED + 1
 
 
 def configure_parser(parser):
-    """Add the options of ``tfkernels decay`` to ``parser``."""
+    """Add the options of ``tfkernels decay`` to ``parser``.
+
+    Every option is checked as it is parsed (a bad value is ``argument --flag: ...``,
+    exit status 2); :func:`check_args` checks the combinations.
+    """
     g = parser.add_argument_group("study")
     g.add_argument(
         "--trajectories",
-        type=_count,
+        type=common.integer("--trajectories", 1, MAX_TRAJECTORIES),
         default=1_000_000,
         help="number of trajectories (pairs); accepts 1e6",
     )
-    g.add_argument("--layers", type=int, default=32, help="number of layers N")
+    g.add_argument(
+        "--layers", type=common.integer("--layers"), default=32, help="number of layers N"
+    )
     g.add_argument("--method", default="euler", choices=list(METHODS), help="update rule")
     g.add_argument(
         "--mode",
@@ -53,17 +52,28 @@ def configure_parser(parser):
     )
     g.add_argument(
         "--eps",
-        type=float,
+        type=common.real("--eps", 0.0, strict=True),
         default=None,
-        help="pair-mode perturbation size (None: 1e-6 for float64, 1e-3 for float32)",
+        help="pair-mode perturbation size > 0 (None: 1e-6 for float64, 1e-3 for float32)",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of weights, states and directions")
+    g.add_argument(
+        "--seed",
+        type=common.seed("--seed"),
+        default=0,
+        help="seed of weights, states and directions, in [0, 2**63 - 1]",
+    )
     m = parser.add_argument_group("model (random weights)")
-    m.add_argument("--seq-len", type=int, default=4, help="tokens T per state")
-    m.add_argument("--d", type=int, default=16, help="token width d")
-    m.add_argument("--heads", type=int, default=2, help="attention heads")
-    m.add_argument("--d-ff", type=int, default=32, help="FFN hidden width")
-    m.add_argument("--damping", type=float, default=4.0, help="damping γ")
+    m.add_argument(
+        "--seq-len", type=common.integer("--seq-len"), default=4, help="tokens T per state"
+    )
+    m.add_argument("--d", type=common.integer("--d"), default=16, help="token width d")
+    m.add_argument(
+        "--heads", type=common.integer("--heads"), default=2, help="attention heads (divide --d)"
+    )
+    m.add_argument("--d-ff", type=common.integer("--d-ff"), default=32, help="FFN hidden width")
+    m.add_argument(
+        "--damping", type=common.real("--damping", 0.0), default=4.0, help="damping γ >= 0"
+    )
     m.add_argument(
         "--activation", default="gelu", choices=list(ACTIVATIONS), help="FFN activation σ"
     )
@@ -73,14 +83,20 @@ def configure_parser(parser):
     r = parser.add_argument_group("run")
     r.add_argument(
         "--chunk-size",
-        type=int,
+        type=common.integer("--chunk-size"),
         default=config.CHUNK_SIZE,
         help="trajectories per kernel call (bounds memory, and how long Ctrl-C waits: "
         "the running chunk finishes first)",
     )
-    r.add_argument("--threads", type=int, default=None, help="Numba threads (None: all)")
+    r.add_argument(
+        "--threads",
+        type=common.integer("--threads"),
+        default=None,
+        help="Numba threads, at most NUMBA_NUM_THREADS (None: all)",
+    )
     r.add_argument(
         "--scheduler",
+        type=common.text("--scheduler"),
         default=None,
         metavar="ADDRESS",
         help="run the chunks on the Dask cluster of this scheduler, e.g. "
@@ -101,6 +117,34 @@ def configure_parser(parser):
         "interrupted; the same command run again resumes from it (a file of other "
         "options is refused)",
     )
+
+
+def check_args(args):
+    """Check the combinations of parsed ``tfkernels decay`` options, before any work.
+
+    Raises
+    ------
+    ValueError, PermissionError
+        ``--heads`` does not divide ``--d``, ``--damping`` or ``--eps`` overflows
+        ``--dtype``, ``--threads`` exceeds Numba's threads, or ``--out`` or
+        ``--checkpoint`` is unusable; the message names the flags.
+    """
+    from ..studies import output
+
+    if args.d % args.heads:
+        raise ValueError(f"`--heads`={args.heads} must divide `--d`={args.d}")
+    v.check_fits("--damping", args.damping, args.dtype)
+    if args.eps is not None:
+        v.check_fits("--eps", args.eps, args.dtype)
+    if args.threads is not None:
+        from ..threads import check_n_threads
+
+        check_n_threads(args.threads, "--threads")
+    output.check_out_dir(args.out, "--out")
+    if getattr(args, "checkpoint", None) is not None:
+        from ..studies import checkpoint
+
+        checkpoint.check_path(args.checkpoint, "--checkpoint")
 
 
 def study_from_args(args):
@@ -146,9 +190,8 @@ def run_cli(args):
 
     try:
         output.check_out_dir(args.out, "--out")
-    except (TypeError, ValueError, OSError) as err:
-        print(f"tfkernels decay: error: {err}", file=sys.stderr)
-        return 2
+    except common.EXPECTED as err:
+        return common.fail("decay", err, args)
     client = None
     try:
         params, study_args, study_kwargs = study_from_args(args)
@@ -169,9 +212,8 @@ def run_cli(args):
         return _interrupted(args, stop.result)
     except KeyboardInterrupt:
         return _interrupted(args, None)
-    except (TypeError, ValueError, ImportError, OSError) as err:
-        print(f"tfkernels decay: error: {err}", file=sys.stderr)
-        return 2
+    except common.EXPECTED as err:  # a blow-up (FloatingPointError) included
+        return common.fail("decay", err, args)
     finally:
         if client is not None:
             client.close()
@@ -179,8 +221,7 @@ def run_cli(args):
     try:
         paths = res.save(args.out)
     except (ValueError, OSError) as err:
-        print(f"tfkernels decay: error: `--out` {args.out!r}: {err}", file=sys.stderr)
-        return 2
+        return common.fail("decay", err, args, f"`--out` {args.out!r}: {err}")
     print("wrote " + ", ".join(paths))
     return 0
 

@@ -9,37 +9,56 @@ folder picks up ``<folder>/paper/paper.json`` the next time ``tfkernels bench --
 """
 
 import os
-import sys
+
+from . import common
+
+#: Largest ``--seed``: the experiments also draw with seeds ``seed + 1 … seed + 3``
+#: (:data:`tfkernels.studies.paper.MAX_SEED`, repeated here so that ``--help`` does not
+#: import the experiments).
+MAX_SEED = 2**63 - 4
 
 
 def configure_parser(parser):
-    """Add the ``tfkernels paper`` options to ``parser``."""
+    """Add the ``tfkernels paper`` options to ``parser`` (each checked as it is parsed)."""
     parser.add_argument(
         "--out",
         default=os.path.join("results", "paper"),
         help="output folder for the PNGs and paper.json (created when missing, checked "
         "before any work); nothing is written outside it",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     parser.add_argument(
-        "--trajectories", type=int, default=1000, help="pairs of trajectories in Figure 2"
+        "--seed",
+        type=common.seed("--seed", MAX_SEED),
+        default=0,
+        help="seed of every random draw, in [0, 2**63 - 4]",
     )
+    parser.add_argument(
+        "--trajectories",
+        type=common.integer("--trajectories"),
+        default=1000,
+        help="pairs of trajectories in Figure 2; accepts 1e3",
+    )
+
+
+def check_args(args):
+    """Check ``--out`` before any work (ValueError or PermissionError naming it)."""
+    from ..studies import output
+
+    output.check_out_dir(args.out, "--out")
 
 
 def run_cli(args):
     """Entry point of ``tfkernels paper``."""
     from ..studies import output, paper
 
-    if args.trajectories < 1:
-        raise SystemExit(
-            f"tfkernels paper: error: `--trajectories` must be >= 1, got {args.trajectories}"
-        )
     try:
         output.check_out_dir(args.out, "--out")
-    except (TypeError, ValueError, OSError) as err:
-        print(f"tfkernels paper: error: {err}", file=sys.stderr)
-        return 2
-    doc = paper.run_paper(args.out, seed=args.seed, fig2_trajectories=args.trajectories)
+    except common.EXPECTED as err:
+        return common.fail("paper", err, args)
+    try:
+        doc = paper.run_paper(args.out, seed=args.seed, fig2_trajectories=args.trajectories)
+    except common.EXPECTED as err:
+        return common.fail("paper", err, args)
     for line in doc["summary"]:
         print(line)
     print(f"wrote {os.path.join(args.out, 'paper.json')} and {len(doc['plots'])} plot(s)")

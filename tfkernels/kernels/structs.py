@@ -134,7 +134,10 @@ def pack_params(params):
         return np.array(a.reshape(lead + a.shape), dtype=dt, order="C", copy=True)
 
     def empty(ndim):
-        return np.zeros((1,) + (0,) * (ndim - 1), dtype=dt)
+        # A term that is off still gets one (empty) set per layer: the kernels take
+        # ``w.A[layer]`` before testing ``s.linear``, and that index must be in bounds
+        # (NUMBA_BOUNDSCHECK=1 runs of the tests check it).
+        return np.zeros((params.n_sets or 1,) + (0,) * (ndim - 1), dtype=dt)
 
     if params.attention:
         wqkv = layered(np.concatenate([params.wq, params.wk, params.wv], axis=-1))

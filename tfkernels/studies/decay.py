@@ -34,7 +34,7 @@ from . import checkpoint as ckpt
 from . import output, runner
 from .environment import environment, params_summary
 from .lipschitz import compile_jacobian, compile_sampling, estimate_lipschitz
-from .serialize import float_or_nan, jsonable
+from .serialize import float_or_nan, jsonable, read_json_entries
 from .stats import HIST_LIMIT, HIST_WIDTH, DecayStats, rate_estimate
 
 #: Default ε of the pair mode, per state dtype.
@@ -164,6 +164,26 @@ def classify(rate_ci, mean_last, std_last, count):
     return "neutral"
 
 
+#: The kind of each entry of a result file (:func:`.serialize.read_json_entries`).
+_JSON_KINDS = {
+    "rate": "real",
+    "rate_ci": "pair",
+    "lambda_hat": "real",
+    "L_hat": "real",
+    "bound_holds": "bool",
+    "fraction_above_bound": "real",
+    "regime": "str",
+    "stats": "columns",
+    "n_trajectories": "int",
+    "n_valid": "int",
+    "n_nonfinite": "int",
+    "nonfinite_indices": "ints",
+    "nonfinite_layers": "ints",
+    "config": "dict",
+    "meta": "dict",
+}
+
+
 @dataclasses.dataclass
 class DecayResult:
     """Outcome of :func:`perturbation_decay`.
@@ -259,9 +279,17 @@ class DecayResult:
 
     @classmethod
     def from_json(cls, path):
-        """Read a result written by :meth:`to_json`."""
-        with open(path) as fh:
-            d = json.load(fh)
+        """Read a result written by :meth:`to_json`.
+
+        Raises
+        ------
+        FileNotFoundError
+            No file at ``path``.
+        ValueError
+            The file is not a result written by :meth:`to_json` (not JSON, or an entry
+            missing or malformed); the message names the file and the entry.
+        """
+        d = read_json_entries(path, _JSON_KINDS, "a DecayResult file written by to_json()")
         stats = {}
         for k, val in d["stats"].items():
             exact = k in ("layer", "count")
@@ -403,7 +431,10 @@ def _check_args(
 ):
     """Validate every argument of :func:`perturbation_decay`; return the normalized ones."""
     a, b, h, sigma = api.prepare_run(params, n_layers, method, t_final, alpha, c, noise)
-    n_trajectories = v.check_int("n_trajectories", n_trajectories, minimum=1)
+    # Trajectory g is keyed by the int64 index g < 2**63.
+    n_trajectories = v.check_int(
+        "n_trajectories", n_trajectories, minimum=1, maximum=v.MAX_SEED + 1
+    )
     seq_len = v.check_int("seq_len", seq_len, minimum=1)
     mode_code = v.check_choice("mode", mode, MODES)
     dt_name = params.dtype.name
@@ -419,6 +450,13 @@ def _check_args(
     threads.check_n_threads(n_threads)
     v.check_bool("progress", progress)
     lambda_samples = v.check_int("lambda_samples", lambda_samples, minimum=1)
+    # The largest arrays: a chunk's log r_n and the states sampled for λ̂.
+    v.check_size(
+        "min(`chunk_size`, `n_trajectories`) × (`n_layers` + 1)",
+        (min(chunk_size, n_trajectories), len(h) + 1),
+        np.float64,
+    )
+    v.check_size("`lambda_samples` × `seq_len` × d", (lambda_samples, seq_len, params.d), dt_name)
     bound_rtol = (
         DEFAULT_BOUND_RTOL[dt_name]
         if bound_rtol is None

@@ -73,6 +73,12 @@ def import_distributed():
     return distributed
 
 
+class ClientTypeError(TypeError, NotImplementedError):
+    """``client`` is not a ``dask.distributed.Client``: a TypeError like every other
+    argument of the wrong type, and still the NotImplementedError that tfkernels 0.1.0
+    raised (other kinds of clients are not supported)."""
+
+
 def check_client(client):
     """Check that ``client`` is a running ``dask.distributed.Client``.
 
@@ -81,15 +87,16 @@ def check_client(client):
 
     Raises
     ------
-    NotImplementedError
-        ``client`` is not a ``dask.distributed.Client`` (like STUMPY, other kinds of
-        clients are not supported).
+    ClientTypeError
+        (a TypeError and a NotImplementedError) ``client`` is not a
+        ``dask.distributed.Client`` (like STUMPY, other kinds of clients are not
+        supported).
     ValueError
         ``client`` is closed.
     """
     dd = sys.modules.get("distributed")
     if dd is None or not isinstance(client, dd.Client):
-        raise NotImplementedError(
+        raise ClientTypeError(
             f"`client` must be a dask.distributed.Client (or None to run locally), got "
             f"{type(client).__name__}"
         )

@@ -35,10 +35,15 @@ import scipy.linalg
 
 import tfkernels as tfk
 
+from .. import _validate as v
 from . import output
 
 #: Figure 3's default spectrum of −B: μ evenly spaced in this interval.
 FIG3_SPECTRUM = (0.5, 1.5)
+
+#: Largest seed of :func:`run_paper`: the experiments also draw with ``seed + 1``,
+#: ``seed + 2`` and ``seed + 3``, which must stay generator seeds (``_validate.MAX_SEED``).
+MAX_SEED = v.MAX_SEED - 3
 
 
 # ------------------------------------------------------------------- the systems
@@ -367,9 +372,11 @@ def run_paper(
     """Run the three experiments; write PNGs and ``paper.json`` into ``out_dir``.
 
     ``out_dir`` is checked before any work (``ValueError`` or ``PermissionError``
-    naming ``out_dir``) and created when missing. The files are written as one set
-    (:class:`~.output.ResultSet`: temporary names, renamed at the end, the JSON last);
-    nothing outside ``out_dir`` is written.
+    naming ``out_dir``) and created when missing; so are ``seed`` (an integer in
+    ``[0, MAX_SEED]``), ``fig2_trajectories`` and ``fig3_iterations`` (integers
+    ``>= 1``) and ``plots`` (a bool), each error naming the argument. The files are
+    written as one set (:class:`~.output.ResultSet`: temporary names, renamed at the
+    end, the JSON last); nothing outside ``out_dir`` is written.
 
     Returns
     -------
@@ -378,6 +385,10 @@ def run_paper(
         ``figure3.slope_standard`` and ``figure3.slope_accelerated`` among its fields.
     """
     output.check_out_dir(out_dir, "out_dir")
+    seed = v.check_int("seed", seed, minimum=0, maximum=MAX_SEED)
+    fig2_trajectories = v.check_int("fig2_trajectories", fig2_trajectories, minimum=1)
+    fig3_iterations = v.check_int("fig3_iterations", fig3_iterations, minimum=1)
+    plots = v.check_bool("plots", plots)
     doc = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tfkernels": tfk.__version__,

@@ -27,7 +27,15 @@ from .field import rhs, rhs_and_jvp, rhs_vjp
 from .jit import djit as _djit
 from .jit import ijit as _ijit
 from .jit import jit as _jit
-from .layout import lane_finite, lane_sq_dist, load_group, load_lane, store_lane, zero_lane
+from .layout import (
+    lane_finite,
+    lane_sq_dist,
+    lane_sq_norms,
+    load_group,
+    load_lane,
+    store_lane,
+    zero_lane,
+)
 from .maths import (
     all_finite,
     is_finite,
@@ -429,8 +437,8 @@ def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, pl, X, Y, ss)
     LLVM may reassociate ``maths.sq_dist``'s reduction). A pair whose ``r_n`` is not
     finite (a state that overflowed, or X and Y that collapsed: the same test as
     :func:`run_pair`'s) is finished as there and its lanes zeroed. ``u``, ``v``:
-    ``(T, d)`` scratch; ``pl (2, L)`` float64 scratch: each lane's ``log d0`` and
-    accumulated log rescale factor.
+    ``(T, d)`` scratch; ``pl (3, L)`` float64 scratch: each lane's ``log d0``,
+    accumulated log rescale factor and ``‖X‖²`` (:func:`layout.lane_sq_norms`).
     """
     B = logr.shape[0]
     L = lanes(X)
@@ -463,6 +471,7 @@ def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, pl, X, Y, ss)
                 break
             advance_group(X, model, sched, n, seed, start + g0, st, u, ss)
             advance_group(Y, model, sched, n, seed, start + g0, st, u, ss)
+            lane_sq_norms(X, pl[2])
             for l in range(nl):
                 if st[l] != STATUS_OK:
                     continue
@@ -472,9 +481,8 @@ def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, pl, X, Y, ss)
                     raw = scaled_log_norm(X, Y, l, L, True) - pl[0, l]
                 if is_finite(raw):
                     logr[g0 + l, n + 1] = raw + pl[1, l]
-                    nx2 = lane_sq_dist(X, X, l, False)
-                    if leaves_band(raw, s, nx2, floor2):
-                        pl[1, l] -= renormalize(X, Y, l, L, s, nx2, pl[0, l], log_tf)
+                    if leaves_band(raw, s, pl[2, l], floor2):
+                        pl[1, l] -= renormalize(X, Y, l, L, s, pl[2, l], pl[0, l], log_tf)
                 else:
                     logr[g0 + l, n + 1 :] = np.nan
                     st[l] = n + 1

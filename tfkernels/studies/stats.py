@@ -329,8 +329,12 @@ class DecayStats:
 
     def accuracy(self):
         """Per layer, the largest distance in ``log r`` between a reported quantile and
-        the order statistic it estimates: half a bin of the layer's level."""
-        return HIST_WIDTH / 2 * 2.0**self.hist_level
+        the order statistic it estimates: half a bin of the layer's level, plus the
+        rounding of ``log r + HIST_LIMIT`` when the value is binned (a few ulps of it:
+        4.6e-13 for ``|log r| ≤ 10``)."""
+        top = np.minimum(np.maximum(np.abs(self.vmin), np.abs(self.vmax)), HIST_RANGE)
+        top = np.where(np.isfinite(top), top, 0.0)
+        return HIST_WIDTH / 2 * 2.0**self.hist_level + 2.0**-51 * (top + HIST_LIMIT)
 
     def per_layer(self, t, log_bound):
         """The per-layer table: a dict of arrays of length N + 1."""

@@ -17,6 +17,12 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 #: noise in the last bit. A draw must be a pure function of its key and counter.
 RNG_FASTMATH = False
 
+#: The overflow-safe norms and the pair's rescaling (``kernels.maths.scaled_log_norm``
+#: and its neighbours) are compiled with strict IEEE arithmetic too: they divide by the
+#: largest magnitude *before* multiplying, and reassociation turned
+#: ``((y − x)/m)·q`` into ``(y − x)·q/m``, which overflows.
+SCALED_FASTMATH = False
+
 #: Compiled kernels are cached on disk (``__pycache__`` beside the source), so only
 #: the first import on a machine pays the compile time.
 CACHE = True
@@ -74,3 +80,21 @@ RTOL = {"float64": 1e-12, "float32": 1e-5}
 #: with its random numbers, ``pair`` and ``tangent`` the decay modes' kernels on top
 #: of it, ``jacobian`` the JVP (and VJP) kernels of the λ̂ estimate.
 COMPILE_SECONDS = {"flow": 11.0, "pair": 4.0, "tangent": 12.0, "jacobian": 15.0}
+
+#: The pair mode's renormalization band (``kernels.drivers.run_pair``, as ChaosTools'
+#: ``lyapunov``, whose default band is [1e-3, 1e3]·d0): the pair ``(X, Y)`` is rescaled
+#: to ``‖Y − X‖ = d0 = ‖Y_0 − X_0‖`` (and the log of the factor accumulated into
+#: ``log r``) when ``‖Y − X‖`` leaves ``[d0 / PAIR_BAND, d0 · PAIR_BAND]``, so that it
+#: stays in the linear regime and far from overflow and underflow. A power of two:
+#: the band's log-width ``log(PAIR_BAND)`` is then the same number in every dtype.
+PAIR_BAND = 2.0**10
+
+#: ...and when ``‖Y − X‖`` falls below ``PAIR_FLOOR · u · ‖X‖`` (u the unit roundoff of
+#: the state dtype, ``u·‖X‖`` the rounding error of one update of X), then to at least
+#: ``16 · PAIR_FLOOR · u · ‖X‖``: the relative rounding error of each layer's
+#: ``‖X − Y‖`` stays below ``1 / PAIR_FLOOR`` (6e-8 in float64, 4e-3 in float32).
+#: float32's is small because its default ε = 1e-3 leaves only ~2^11 between ‖X_0 − Y_0‖
+#: and ``u·‖X_0‖`` (T·d = 64); neither edge is reached by the default study, whose
+#: ``‖X − Y‖`` stays above 2^28 (float64) and 2^9 (float32) times ``u·‖X‖``.
+PAIR_FLOOR_F64 = 2.0**24
+PAIR_FLOOR_F32 = 2.0**8

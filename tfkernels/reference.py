@@ -866,14 +866,56 @@ def _fro(D):
     return np.sqrt(np.sum(D * D, axis=(1, 2)))
 
 
+def _fro_safe(D):
+    """:func:`_fro` that neither overflows nor underflows for finite ``D``: where the
+    plain sum of squares is not a normal float, the norm is recomputed from ``D`` divided
+    by its largest magnitude.
+
+    Parameters
+    ----------
+    D : ndarray, shape (T, d) or (B, T, d)
+
+    Returns
+    -------
+    float or ndarray of shape (B,)
+    """
+    n = _fro(D)
+    bad = ~np.isfinite(n) | (n * n < np.finfo(np.float64).tiny)
+    if not np.any(bad):
+        return n
+    m = np.max(np.abs(D), axis=(-2, -1))
+    safe = np.where(m > 0, m, 1.0)
+    Ds = D / (safe[..., None, None] if D.ndim == 3 else safe)
+    scaled = m * np.sqrt(np.sum(Ds * Ds, axis=(-2, -1)))
+    return np.where(bad, scaled, n)
+
+
 def perturbation_ratios(
-    params, x0, u, eps, n_layers, method="euler", t_final=1.0, alpha=None, c=1.0, eta=None
+    params,
+    x0,
+    u,
+    eps,
+    n_layers,
+    method="euler",
+    t_final=1.0,
+    alpha=None,
+    c=1.0,
+    eta=None,
+    band=2.0**10,
+    floor=2.0**-29,
+    log=False,
 ):
     """Pair mode: growth of a finite perturbation ``ε·u`` across the layers.
 
     ``Y_0 = X_0 + ε·u``; X and Y are advanced by the same update with the same noise
     and ``r_n = ‖X_n − Y_n‖_F / ‖X_0 − Y_0‖_F`` is recorded (the denominator is the
-    computed difference of the two initial states).
+    computed difference of the two initial states), renormalized as in ChaosTools'
+    ``lyapunov``: with ``d_0 = ‖X_0 − Y_0‖``, whenever after a layer
+    ``d = ‖X_n − Y_n‖`` lies outside ``[d_0/band, d_0·band]`` or below ``floor·‖X_n‖``,
+    Y is moved to ``X_n + (Y_n − X_n)·d*/d`` with ``d* = max(d_0, 16·floor·‖X_n‖)``, and
+    the ratio of the distances before and after (each as computed) multiplies every
+    later ``r``. So ``r_n`` is the cumulative growth of a perturbation that stays small
+    and far above the rounding of X, at any contraction or expansion.
 
     Parameters
     ----------
@@ -885,6 +927,14 @@ def perturbation_ratios(
         Perturbation size ε > 0.
     n_layers, method, t_final, alpha, c, eta
         As in :func:`integrate`.
+    band : float
+        Half-width factor of the band around ``d_0`` (default 2^10, the kernels'
+        ``PAIR_BAND``); ``np.inf`` turns the renormalization off.
+    floor : float
+        Least ``d / ‖X_n‖`` (default ``2^24·2^-53``: the kernels' float64 value,
+        ``PAIR_FLOOR·u``); 0 turns that edge off.
+    log : bool
+        Return ``log r_n`` instead of ``r_n`` (for growth beyond the float range).
 
     Returns
     -------
@@ -903,7 +953,12 @@ def perturbation_ratios(
     eta = _check_eta(eta, X, N)
     Y = X + float(eps) * u
     d0 = _fro(X - Y)
-    ratios = [_fro(X - Y) / d0]
+    gain = np.zeros_like(d0)  # log of the accumulated rescale factors
+
+    def record(d):
+        return np.log(d / d0) + gain if log else d / d0 * np.exp(gain)
+
+    ratios = [record(_fro(X - Y))]
     for n in range(N):
         X = step(params, X, dt, method=method, layer=n, alpha=alphas[n], c=c)
         Y = step(params, Y, dt, method=method, layer=n, alpha=alphas[n], c=c)
@@ -911,7 +966,15 @@ def perturbation_ratios(
         if e is not None:
             X = X + e
             Y = Y + e
-        ratios.append(_fro(X - Y) / d0)
+        d = _fro_safe(X - Y)
+        ratios.append(record(d))
+        nx = _fro_safe(X)
+        out = (d > d0 * band) | (d < d0 / band) | (d < floor * nx)
+        if np.any(out):
+            target = np.maximum(d0, 16.0 * floor * nx)
+            k = np.where(out, target / np.where(d > 0, d, 1.0), 1.0)
+            Y = X + (Y - X) * (k[..., None, None] if X.ndim == 3 else k)
+            gain = gain + np.where(out, np.log(d) - np.log(_fro_safe(X - Y)), 0.0)
     return np.stack(ratios, axis=-1) if X.ndim == 3 else np.array(ratios)
 
 

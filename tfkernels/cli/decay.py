@@ -13,6 +13,11 @@ written with other options is refused (one line, exit code 2). Ctrl-C stops the 
 when the running chunk ends, writes the statistics merged so far into ``--out``
 (``meta.partial`` true, ``meta.n_trajectories_done``), prints one line and exits with
 code 130.
+
+Exit status (also in ``--help``): 0 when the study ran, 2 on a bad option (one line on
+stderr, before the study), 3 (:data:`EXIT_UNDETERMINED`) when it ran and wrote its
+files but no trajectory stayed finite, so that the rate, the bound check and the regime
+are undetermined, 130 after Ctrl-C.
 """
 
 import os
@@ -26,6 +31,9 @@ from . import common
 #: Largest trajectory count: trajectory indices are int64 generator keys.
 MAX_TRAJECTORIES = v.MAX_SEED + 1
 
+#: Exit status of a study that ran but kept no valid trajectory.
+EXIT_UNDETERMINED = 3
+
 
 def configure_parser(parser):
     """Add the options of ``tfkernels decay`` to ``parser``.
@@ -33,6 +41,11 @@ def configure_parser(parser):
     Every option is checked as it is parsed (a bad value is ``argument --flag: ...``,
     exit status 2); :func:`check_args` checks the combinations.
     """
+    parser.epilog = (
+        "exit status: 0 the study ran; 2 a bad option (one line on stderr, before the "
+        f"study); {EXIT_UNDETERMINED} the study ran and wrote its files, but no trajectory "
+        "stayed finite: rate, bound check and regime are undetermined; 130 interrupted"
+    )
     g = parser.add_argument_group("study")
     g.add_argument(
         "--trajectories",
@@ -190,6 +203,7 @@ def run_cli(args):
 
     try:
         output.check_out_dir(args.out, "--out")
+        _check_eps(args)
     except common.EXPECTED as err:
         return common.fail("decay", err, args)
     client = None
@@ -223,7 +237,7 @@ def run_cli(args):
     except (ValueError, OSError) as err:
         return common.fail("decay", err, args, f"`--out` {args.out!r}: {err}")
     print("wrote " + ", ".join(paths))
-    return 0
+    return EXIT_UNDETERMINED if res.n_valid == 0 else 0
 
 
 def _interrupted(args, res):
@@ -245,3 +259,15 @@ def _interrupted(args, res):
         done += f"; run the same command to resume from {ck}"
     print(f"tfkernels decay: interrupted: {done}", file=sys.stderr)
     return 130
+
+
+def _check_eps(args):
+    """``--eps`` against the dtype and state size (``studies.decay.check_eps``), before
+    the study; sizes that are not positive integers are left to the study's checks."""
+    if args.eps is None or args.mode != "pair":
+        return
+    from ..studies.decay import check_eps
+
+    T, d = getattr(args, "seq_len", None), getattr(args, "d", None)
+    if isinstance(T, int) and isinstance(d, int) and T > 0 and d > 0:
+        check_eps(args.eps, args.dtype, T * d, name="--eps")

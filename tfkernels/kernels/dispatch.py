@@ -136,7 +136,7 @@ def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr
                     status[lo:hi],
                     u,
                     v,
-                    np.empty(L),
+                    np.empty((3, L)),
                     X,
                     Y,
                     ss,

@@ -21,13 +21,32 @@ import math
 
 import numpy as np
 
+from .. import config
 from . import rng
 from .field import rhs, rhs_and_jvp, rhs_vjp
 from .jit import djit as _djit
 from .jit import ijit as _ijit
 from .jit import jit as _jit
-from .layout import lane_finite, lane_sq_dist, load_group, load_lane, store_lane, zero_lane
-from .maths import all_finite, is_finite, sq_dist, sq_norm
+from .layout import (
+    lane_finite,
+    lane_sq_dist,
+    lane_sq_norms,
+    load_group,
+    load_lane,
+    store_lane,
+    zero_lane,
+)
+from .maths import (
+    all_finite,
+    is_finite,
+    is_normal,
+    normalize_scaled,
+    rescale_difference,
+    scaled_log_norm,
+    sq_dist,
+    sq_norm,
+    strided_sq_dist,
+)
 from .simd import lanes
 from .steps import layer_of, rk_step, step_tangent
 from .structs import LANES, ROWS, STATUS_OK
@@ -233,21 +252,92 @@ def advance_state(X, model, sched, n, noise_key, ss):
     return advance(X, model, sched, n, noise_key, ss)
 
 
+#: Half the log-width of the pair's band: it is renormalized when
+#: ``|log(‖X − Y‖ / d0)| > BAND_LOG`` (``config.PAIR_BAND``).
+BAND_LOG = math.log(config.PAIR_BAND)
+
+
+@_ijit
+def pair_floor(X):
+    """``(PAIR_FLOOR·u)², log(16·PAIR_FLOOR·u)`` of ``X``'s dtype (u its unit roundoff):
+    the squared lower edge of ``‖X − Y‖ / ‖X‖`` and the log of the least rescaled
+    ``‖X − Y‖ / ‖X‖`` (``config.PAIR_FLOOR_F64``, ``config.PAIR_FLOOR_F32``)."""
+    if X.itemsize == 4:
+        f = config.PAIR_FLOOR_F32 * 2.0**-24
+    else:
+        f = config.PAIR_FLOOR_F64 * 2.0**-53
+    return f * f, math.log(16.0 * f)
+
+
+@_ijit
+def half_log(s, X, Y, l, L, diff):
+    """``log ‖X − Y‖`` (``diff``) or ``log ‖X‖`` from its plain sum of squares ``s``,
+    or :func:`maths.scaled_log_norm` when ``s`` overflowed or underflowed."""
+    if is_normal(s):
+        return 0.5 * math.log(s)
+    return scaled_log_norm(X, Y, l, L, diff)
+
+
+@_jit
+def renormalize(X, Y, l, L, s, nx2, log0, log_tf):
+    """Rescale ``Y − X`` (elements ``j = l, l + L, …``, as in :func:`maths.scaled_log_norm`)
+    back into the band and return ``log ‖X − Y‖`` after minus before.
+
+    ``s``, ``nx2``: the plain sums of squares of ``X − Y`` and ``X``; ``log0 = log d0``.
+    The new distance is ``max(d0, 16·PAIR_FLOOR·u·‖X‖)`` (``exp(log_tf)·‖X‖``), formed by
+    :func:`maths.rescale_difference` and then measured, so that the returned factor is
+    the exact ratio of the two computed distances.
+    """
+    before = half_log(s, X, Y, l, L, True)
+    target = math.exp(max(log0, log_tf + half_log(nx2, X, X, l, L, False)))
+    rescale_difference(X, Y, l, L, target)
+    return half_log(strided_sq_dist(X, Y, l, L), X, Y, l, L, True) - before
+
+
+@_ijit
+def leaves_band(raw, s, nx2, floor2):
+    """Whether the pair must be renormalized: ``raw = log(‖X − Y‖ / d0)`` outside
+    ``[−BAND_LOG, BAND_LOG]``, or ``‖X − Y‖² = s < floor2·‖X‖²`` (not NaN-safe: the
+    callers test ``raw`` first)."""
+    return raw > BAND_LOG or raw < -BAND_LOG or s < floor2 * nx2
+
+
 @_jit
 def run_pair(X, Y, model, sched, noise_key, log0, ss, logr):
-    """All layers of one pair; fills ``logr`` and returns the status."""
+    """All layers of one pair; fills ``logr`` and returns the status.
+
+    ``log r_n = log ‖X_n − Y_n‖ − log d0 + acc``: after each layer the pair is
+    renormalized when it leaves the band (:func:`leaves_band`: ``‖X − Y‖`` outside
+    ``[d0/PAIR_BAND, d0·PAIR_BAND]`` or below ``PAIR_FLOOR·u·‖X‖``): ``Y − X`` is
+    rescaled (:func:`renormalize`) and the log of the factor goes into ``acc``, so that
+    ``log r_n`` stays the cumulative log growth of the perturbation at any contraction
+    or expansion (ChaosTools' ``lyapunov`` does the same). Until the first
+    renormalization ``acc = 0`` and ``log r_n`` is the plain ``log(‖X_n − Y_n‖/d0)``.
+    ``‖X − Y‖`` of finite states never overflows (:func:`half_log`).
+    """
     if not is_finite(log0):
         logr[:] = np.nan
         return 0
     logr[0] = 0.0
+    acc = 0.0
+    floor2, log_tf = pair_floor(X)
     for n in range(sched.h.shape[0]):
         okx = advance_state(X, model, sched, n, noise_key, ss)
         oky = advance_state(Y, model, sched, n, noise_key, ss)
-        lr = 0.5 * math.log(sq_dist(X, Y)) - log0 if okx and oky else np.nan
-        if not is_finite(lr):
+        if not (okx and oky):
             logr[n + 1 :] = np.nan
             return n + 1
-        logr[n + 1] = lr
+        s = sq_dist(X, Y)
+        raw = 0.5 * math.log(s) - log0
+        if not is_normal(s):
+            raw = scaled_log_norm(X, Y, 0, 1, True) - log0
+        if not is_finite(raw):  # X and Y collapsed
+            logr[n + 1 :] = np.nan
+            return n + 1
+        logr[n + 1] = raw + acc
+        nx2 = sq_norm(X)
+        if leaves_band(raw, s, nx2, floor2):
+            acc -= renormalize(X, Y, 0, 1, s, nx2, log0, log_tf)
     return STATUS_OK
 
 
@@ -268,7 +358,8 @@ def run_tangent(X, D, model, sched, noise_key, log0, ss, ts, logr):
     Layer n is :func:`advance_tangent`, so ``X`` follows the plain flow bit for bit
     (additive noise adds nothing to δ).
     ``log r_n = Σ_{k<n} log ‖δ_{k+1}‖ − log ‖δ_0‖`` with δ rescaled to unit norm after
-    every layer, so it neither underflows nor overflows.
+    every layer, so it neither underflows nor overflows; a ‖δ‖² that does
+    (one layer's growth beyond 1e154) is recomputed scaled (``maths.normalize_scaled``).
     """
     logr[0] = 0.0
     acc = -log0
@@ -276,8 +367,16 @@ def run_tangent(X, D, model, sched, noise_key, log0, ss, ts, logr):
     for n in range(sched.h.shape[0]):
         ok = advance_tangent(X, D, model, sched, n, noise_key, ss, ts)
         if ok:
-            nrm = math.sqrt(sq_norm(D))
+            s = sq_norm(D)
+            nrm = math.sqrt(s)
             ok = nrm > 0.0 and is_finite(nrm)
+            if not is_normal(s) and all_finite(D):
+                lg = normalize_scaled(D, 0, 1)
+                ok = is_finite(lg)
+                if ok:
+                    acc += lg
+                    logr[n + 1] = acc
+                    continue
         if not ok:
             logr[n + 1 :] = np.nan
             return n + 1
@@ -327,29 +426,32 @@ def decay_rows(mode, model, sched, seed, start, eps, logr, status, X, Y, ss, ts)
 
 
 @_djit
-def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, log0, X, Y, ss):
+def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, pl, X, Y, ss):
     """Pair mode of :func:`decay_rows` with the trajectories in groups of L across the
     vector lanes: the states ``X``, ``Y`` of L pairs are two groups ``(T, d·L)``, each
     layer :func:`advance_group` on both (the noise of trajectory g on both of its
-    states, as in :func:`run_pair`).
+    states, as in :func:`run_pair`), and each lane renormalized as there.
 
     The states are bit-identical to :func:`run_pair`'s; ``log r_n`` agrees to
     rounding (the squared distance is summed lane by lane in the same order, but
     LLVM may reassociate ``maths.sq_dist``'s reduction). A pair whose ``r_n`` is not
-    finite (a state that overflowed gives an infinite or NaN distance: the same test
-    as :func:`run_pair`'s) is finished as there and its lanes zeroed. ``u``, ``v``:
-    ``(T, d)`` scratch; ``log0 (L,)`` float64 scratch.
+    finite (a state that overflowed, or X and Y that collapsed: the same test as
+    :func:`run_pair`'s) is finished as there and its lanes zeroed. ``u``, ``v``:
+    ``(T, d)`` scratch; ``pl (3, L)`` float64 scratch: each lane's ``log d0``,
+    accumulated log rescale factor and ``‖X‖²`` (:func:`layout.lane_sq_norms`).
     """
     B = logr.shape[0]
     L = lanes(X)
     N = sched.h.shape[0]
+    floor2, log_tf = pair_floor(X)
     for g0 in range(0, B, L):
         nl = min(L, B - g0)
         live = 0
         for l in range(L):
             if l < nl:
                 lg = initial_pair(u, v, seed, start + g0 + l, eps)
-                log0[l] = lg
+                pl[0, l] = lg
+                pl[1, l] = 0.0
                 logr[g0 + l, 0] = 0.0
                 status[g0 + l] = STATUS_OK
                 if is_finite(lg):
@@ -369,12 +471,18 @@ def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, log0, X, Y, s
                 break
             advance_group(X, model, sched, n, seed, start + g0, st, u, ss)
             advance_group(Y, model, sched, n, seed, start + g0, st, u, ss)
+            lane_sq_norms(X, pl[2])
             for l in range(nl):
                 if st[l] != STATUS_OK:
                     continue
-                lr = 0.5 * math.log(lane_sq_dist(X, Y, l, True)) - log0[l]
-                if is_finite(lr):
-                    logr[g0 + l, n + 1] = lr
+                s = lane_sq_dist(X, Y, l, True)
+                raw = 0.5 * math.log(s) - pl[0, l]
+                if not is_normal(s) and lane_finite(X, l) and lane_finite(Y, l):
+                    raw = scaled_log_norm(X, Y, l, L, True) - pl[0, l]
+                if is_finite(raw):
+                    logr[g0 + l, n + 1] = raw + pl[1, l]
+                    if leaves_band(raw, s, pl[2, l], floor2):
+                        pl[1, l] -= renormalize(X, Y, l, L, s, pl[2, l], pl[0, l], log_tf)
                 else:
                     logr[g0 + l, n + 1 :] = np.nan
                     st[l] = n + 1
@@ -419,8 +527,16 @@ def tangent_lanes(model, sched, seed, start, logr, status, u, v, acc, X, D, ss, 
                     continue
                 ok = lane_finite(X, l)
                 if ok:
-                    nrm = math.sqrt(lane_sq_dist(D, D, l, False))
+                    s = lane_sq_dist(D, D, l, False)
+                    nrm = math.sqrt(s)
                     ok = nrm > 0.0 and is_finite(nrm)
+                    if not is_normal(s) and lane_finite(D, l):
+                        lg = normalize_scaled(D, l, L)
+                        ok = is_finite(lg)
+                        if ok:
+                            acc[l] += lg
+                            logr[g0 + l, n + 1] = acc[l]
+                            continue
                 if not ok:
                     logr[g0 + l, n + 1 :] = np.nan
                     st[l] = n + 1

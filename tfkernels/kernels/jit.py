@@ -9,12 +9,22 @@
   :func:`tfkernels.threads.run_threads` runs slices in parallel threads; it allocates
   nothing either (its buffers come from Python, :mod:`tfkernels.kernels.structs`), so
   no atomic incref/decref pairs surround the inlined layer step
-  (``docs/performance.md``, "Drivers without reference counting").
+  (``docs/performance.md``, "Drivers without reference counting");
+* :data:`sjit` — a serial worker compiled with strict IEEE arithmetic
+  (``config.SCALED_FASTMATH``): the scaled norms and rescaling of the decay study,
+  whose order of operations is what keeps them from overflowing.
+
+Importing this module installs :class:`.linking.LocalCallsLibrary`: every compiled
+kernel calls its own copies of its callees, so that its bits do not depend on
+whether it came from Numba's cache or on what ran before it.
 """
 
 from numba import njit
 
 from .. import config
+from . import linking
+
+linking.install()
 
 _FLAGS = dict(
     cache=config.CACHE,
@@ -26,3 +36,4 @@ _FLAGS = dict(
 jit = njit(**_FLAGS)
 ijit = njit(inline="always", **_FLAGS)
 djit = njit(nogil=True, **_FLAGS)
+sjit = njit(**{**_FLAGS, "fastmath": config.SCALED_FASTMATH})

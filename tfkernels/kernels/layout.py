@@ -125,6 +125,20 @@ def zero_lane(X, l):
             X[t, j] = z
 
 
+@_ijit
+def lane_sq_norms(X, out):
+    """``out[l] = ‖X_l‖²`` of every lane l of the group, in float64: one pass over the
+    group, vectorized across the lanes (the pair mode's floor test, every layer)."""
+    L = lanes(X)
+    for l in range(L):
+        out[l] = 0.0
+    for t in range(X.shape[0]):
+        for j in range(0, X.shape[1], L):
+            for l in range(L):
+                v = np.float64(X[t, j + l])
+                out[l] += v * v
+
+
 @_jit
 def lane_sq_dist(X, Y, l, diff):
     """``‖X_l − Y_l‖²`` (``diff``) or ``‖X_l‖²`` of lane ``l`` of groups ``X``, ``Y``,

@@ -19,6 +19,7 @@ from numba.extending import intrinsic
 from ..methods import ACTIVATIONS
 from .jit import ijit as _ijit
 from .jit import jit as _jit
+from .jit import sjit as _sjit
 
 GELU, GELU_TANH, RELU, TANH, IDENTITY = (
     ACTIVATIONS[k] for k in ("gelu", "gelu_tanh", "relu", "tanh", "identity")
@@ -28,6 +29,9 @@ _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_C = 0.044715
+
+#: The smallest positive normal float64: a sum of squares below it has lost precision.
+DBL_MIN = float(np.finfo(np.float64).tiny)
 
 
 @_jit
@@ -468,3 +472,90 @@ def sq_dist(A, B):
         v = np.float64(A.flat[i]) - np.float64(B.flat[i])
         s += v * v
     return s
+
+
+@_ijit
+def is_normal(s):
+    """True when the float64 ``s`` is finite and at least :data:`DBL_MIN`: a plain sum
+    of squares that neither overflowed nor underflowed."""
+    return s >= DBL_MIN and s * 0.0 == 0.0
+
+
+@_sjit
+def scaled_log_norm(X, Y, l, L, diff):
+    """``log ‖X − Y‖`` (``diff``) or ``log ‖X‖`` over the elements ``X[t, j]``,
+    ``j = l, l + L, …`` (a whole state: ``l = 0, L = 1``; lane ``l`` of a group of L),
+    without overflow or underflow for finite inputs.
+
+    The entries are divided by the largest magnitude m before they are squared:
+    ``log m + ½ log Σ (v/m)²``; −inf when every entry is 0. The slow path behind
+    :func:`sq_dist` / :func:`sq_norm` when their plain sum is not :func:`is_normal`.
+    """
+    m = 0.0
+    for t in range(X.shape[0]):
+        for j in range(l, X.shape[1], L):
+            v = np.float64(X[t, j]) - np.float64(Y[t, j]) if diff else np.float64(X[t, j])
+            m = max(m, abs(v))
+    if m == 0.0:
+        return -np.inf
+    s = 0.0
+    for t in range(X.shape[0]):
+        for j in range(l, X.shape[1], L):
+            v = np.float64(X[t, j]) - np.float64(Y[t, j]) if diff else np.float64(X[t, j])
+            v = v / m
+            s += v * v
+    return math.log(m) + 0.5 * math.log(s)
+
+
+@_sjit
+def strided_sq_dist(X, Y, l, L):
+    """``‖X − Y‖²`` over the elements of :func:`scaled_log_norm`, in float64."""
+    s = 0.0
+    for t in range(X.shape[0]):
+        for j in range(l, X.shape[1], L):
+            v = np.float64(X[t, j]) - np.float64(Y[t, j])
+            s += v * v
+    return s
+
+
+@_sjit
+def rescale_difference(X, Y, l, L, target):
+    """``Y ← X + (Y − X)·target/‖Y − X‖`` over the elements of :func:`scaled_log_norm`
+    (``Y ≠ X``, both finite), formed as ``((Y − X)/m)·(target/‖(Y − X)/m‖)`` with
+    ``m = max |Y − X|``, in float64, so that no intermediate overflows or underflows."""
+    m = 0.0
+    for t in range(X.shape[0]):
+        for j in range(l, X.shape[1], L):
+            m = max(m, abs(np.float64(Y[t, j]) - np.float64(X[t, j])))
+    s = 0.0
+    for t in range(X.shape[0]):
+        for j in range(l, X.shape[1], L):
+            v = (np.float64(Y[t, j]) - np.float64(X[t, j])) / m
+            s += v * v
+    q = target / math.sqrt(s)
+    for t in range(X.shape[0]):
+        for j in range(l, X.shape[1], L):
+            x = np.float64(X[t, j])
+            Y[t, j] = x + ((np.float64(Y[t, j]) - x) / m) * q
+
+
+@_sjit
+def normalize_scaled(D, l, L):
+    """``D ← D / ‖D‖`` over the elements of :func:`scaled_log_norm` (finite ``D``),
+    scaled as there; returns ``log ‖D‖`` (−inf, and ``D`` unchanged, when it is 0)."""
+    m = 0.0
+    for t in range(D.shape[0]):
+        for j in range(l, D.shape[1], L):
+            m = max(m, abs(np.float64(D[t, j])))
+    if m == 0.0:
+        return -np.inf
+    s = 0.0
+    for t in range(D.shape[0]):
+        for j in range(l, D.shape[1], L):
+            v = np.float64(D[t, j]) / m
+            s += v * v
+    q = 1.0 / math.sqrt(s)
+    for t in range(D.shape[0]):
+        for j in range(l, D.shape[1], L):
+            D[t, j] = (np.float64(D[t, j]) / m) * q
+    return math.log(m) + 0.5 * math.log(s)

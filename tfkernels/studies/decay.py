@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 
 import numpy as np
 
@@ -35,12 +36,74 @@ from . import output, runner
 from .environment import environment, params_summary
 from .lipschitz import compile_jacobian, compile_sampling, estimate_lipschitz
 from .serialize import float_or_nan, jsonable, read_json_entries
-from .stats import HIST_LIMIT, HIST_WIDTH, DecayStats, rate_estimate
+from .stats import (
+    HIST_MAX_BINS,
+    HIST_RANGE,
+    HIST_WIDTH,
+    QUANTILE_NAMES,
+    DecayStats,
+    rate_estimate,
+)
 
 #: Default ε of the pair mode, per state dtype.
 DEFAULT_EPS = {"float64": 1e-6, "float32": 1e-3}
 #: Default relative tolerance of the bound check, per state dtype.
 DEFAULT_BOUND_RTOL = {"float64": 1e-6, "float32": 1e-2}
+#: The regime and bound check of a study without a valid trajectory (or, for the bound,
+#: without a finite λ̂).
+UNDETERMINED = "undetermined"
+
+
+def eps_range(dtype, size):
+    """The ε that the pair mode can use for states of ``size = T·d`` entries in ``dtype``.
+
+    Below ``eps_mach·√size`` (the spacing of the dtype at 1 times √size) the entries of
+    ``ε·U`` (about ``ε/√size`` each, U a unit direction) round away in ``X_0 + ε·U``
+    for ``|X_0| ~ 1``, and the pair measures rounding; at ``√max / PAIR_BAND`` and
+    above, the perturbed state's products (``X W``, the attention scores ``Q Kᵀ``, the
+    pair's band ``ε·PAIR_BAND`` squared) overflow the dtype.
+
+    Returns
+    -------
+    lo, hi : float
+        ε must satisfy ``lo <= ε < hi``.
+    """
+    fi = np.finfo(dtype)
+    return float(fi.eps) * math.sqrt(size), math.sqrt(float(fi.max)) / config.PAIR_BAND
+
+
+def check_eps(eps, dtype, size, name="eps"):
+    """Return ``float(eps)`` for the pair mode with states of ``size = T·d`` entries in
+    ``dtype``, or raise ``ValueError`` naming ``name`` when it is outside
+    :func:`eps_range` (a perturbation that vanishes in, or overflows, the dtype).
+
+    An ε larger than the states themselves (``ε > √size ≈ ‖X_0‖``) is allowed, with a
+    ``UserWarning``: the pair then measures how a finite perturbation grows, not the
+    linearization that λ̂ and the tangent mode describe.
+    """
+    eps = v.check_float(name, eps, minimum=0.0, strict=True)
+    dt = np.dtype(dtype).name
+    lo, hi = eps_range(dtype, size)
+    if eps < lo:
+        raise ValueError(
+            f"`{name}`={eps:g} vanishes in {dt}: X_0 + eps*U rounds to X_0 for |X_0| ~ 1 "
+            f"(each entry of eps*U is about eps/sqrt(T*d)); use {name} >= {lo:.3g} "
+            f"(default {DEFAULT_EPS[dt]:g})"
+        )
+    if eps >= hi:
+        raise ValueError(
+            f"`{name}`={eps:g} overflows {dt}: the products of the perturbed state "
+            f"X_0 + eps*U overflow; use {name} < {hi:.3g} (default {DEFAULT_EPS[dt]:g})"
+        )
+    if eps > math.sqrt(size):
+        warnings.warn(
+            f"`{name}`={eps:g} is larger than the states (|X_0| ~ {math.sqrt(size):.3g}): "
+            "the pair mode measures the growth of a finite perturbation, not the "
+            "linearization (tangent mode, lambda_hat)",
+            UserWarning,
+            stacklevel=4,
+        )
+    return eps
 
 
 # ======================================================================== chunks
@@ -152,10 +215,13 @@ def classify(rate_ci, mean_last, std_last, count):
     significantly positive; ``"contractive"`` when the rate CI lies below 0 *and* the
     final mean ``log r_N`` is significantly negative; ``"neutral"`` otherwise (also
     when the CI is undefined). An expanding model is therefore never "contractive".
+    ``"undetermined"`` (:data:`UNDETERMINED`) when no trajectory is valid.
     """
     lo, hi = rate_ci
     se = std_last / math.sqrt(count) if count > 1 and np.isfinite(std_last) else math.inf
-    if count == 0 or not (np.isfinite(lo) and np.isfinite(hi)):
+    if count == 0:
+        return UNDETERMINED
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         return "neutral"
     if lo > 0 or mean_last - 1.96 * se > 0:
         return "expanding"
@@ -196,15 +262,19 @@ class DecayResult:
     rate_ci : (float, float)
         95 % confidence interval of ``rate`` (see :func:`rate_estimate`).
     lambda_hat : float
-        One-sided Lipschitz estimate: max over sampled states of ``λ_max((J+Jᵀ)/2)``.
+        One-sided Lipschitz estimate: max over sampled states of ``λ_max((J+Jᵀ)/2)``
+        (NaN when undetermined: no finite sampled state, or a Jacobian that overflows;
+        ``meta["lambda_note"]`` says why).
     L_hat : float
         Lipschitz estimate: max over sampled states of ``σ_max(J)``.
-    bound_holds : bool
-        Every valid trajectory satisfied ``r_n ≤ exp(λ̂ t_n)·(1 + bound_rtol)``.
+    bound_holds : bool or None
+        Every valid trajectory satisfied ``r_n ≤ exp(λ̂ t_n)·(1 + bound_rtol)``; None
+        (undetermined) when no trajectory is valid or λ̂ is NaN.
     fraction_above_bound : float
-        Fraction of valid trajectories that did not.
+        Fraction of valid trajectories that did not (NaN when undetermined).
     regime : str
-        ``"contractive"``, ``"neutral"`` or ``"expanding"`` (see :func:`classify`).
+        ``"contractive"``, ``"neutral"``, ``"expanding"`` or ``"undetermined"`` (no
+        valid trajectory; see :func:`classify`).
     stats : dict of ndarray
         Per layer n = 0 … N: ``layer, t, count, mean, std, min, max`` and the quantiles
         ``q01 … q99`` of ``log r_n``, and ``log_bound`` (= λ̂·t_n).
@@ -225,7 +295,7 @@ class DecayResult:
     rate_ci: tuple
     lambda_hat: float
     L_hat: float
-    bound_holds: bool
+    bound_holds: bool | None
     fraction_above_bound: float
     regime: str
     stats: dict
@@ -323,7 +393,11 @@ class DecayResult:
     def plot(self, path):
         """Semilog-y figure of r_n against layer: quantile bands, median, mean, bound.
 
-        The mean curve is ``exp(mean log r_n)`` (the geometric mean of r_n).
+        The mean curve is ``exp(mean log r_n)`` (the geometric mean of r_n). When some
+        ``log r`` lies beyond the float range of ``r`` (|log r| > 700) the axis shows
+        ``log r_n`` itself. The bound ``exp(λ̂ t_n)`` is clipped to a little beyond the
+        data (the legend says so); without a valid trajectory the figure says that.
+        Never raises on inf or NaN.
         """
         import matplotlib
 
@@ -332,41 +406,73 @@ class DecayResult:
 
         s = self.stats
         n = s["layer"]
+        names = (*QUANTILE_NAMES, "mean")
+        data = np.concatenate([np.asarray(s[c], dtype=np.float64) for c in names])
+        data = data[np.isfinite(data)]
+        as_log = data.size > 0 and float(np.abs(data).max()) > 700.0
+
+        def y(v):
+            v = np.asarray(v, dtype=np.float64)
+            return v if as_log else np.exp(v)
+
         fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
         for lo, hi, alpha in (("q01", "q99", 0.15), ("q05", "q95", 0.25), ("q25", "q75", 0.4)):
             ax.fill_between(
                 n,
-                np.exp(s[lo]),
-                np.exp(s[hi]),
+                y(s[lo]),
+                y(s[hi]),
                 color="C0",
                 alpha=alpha,
                 lw=0,
                 label=f"{int(lo[1:])}–{int(hi[1:])} %",
             )
-        ax.plot(n, np.exp(s["q50"]), color="C0", lw=1.2, label="median")
-        ax.plot(n, np.exp(s["mean"]), color="k", lw=1.2, ls="-.", label="exp(mean log r)")
-        if np.isfinite(self.lambda_hat):
-            ax.plot(
-                n,
-                self.bound,
-                color="C3",
-                ls="--",
-                label=f"bound exp(λ̂ t), λ̂ = {self.lambda_hat:.3g}",
-            )
-        ax.set_yscale("log")
-        ax.set_xlabel("layer n")
-        ax.set_ylabel(
-            "r_n = ‖δ_n‖ / ‖δ_0‖"
-            if self.config.get("mode") == "tangent"
-            else "r_n = ‖X_n − Y_n‖ / ‖X_0 − Y_0‖"
+        ax.plot(n, y(s["q50"]), color="C0", lw=1.2, label="median")
+        ax.plot(
+            n,
+            y(s["mean"]),
+            color="k",
+            lw=1.2,
+            ls="-.",
+            label="mean log r" if as_log else "exp(mean log r)",
         )
+        if np.isfinite(self.lambda_hat):
+            log_bound = self.lambda_hat * np.asarray(s["t"], dtype=np.float64)
+            label = f"bound exp(λ̂ t), λ̂ = {self.lambda_hat:.3g}"
+            if data.size:
+                lo, hi = float(data.min()), float(data.max())
+                pad = max(5.0, 0.5 * (hi - lo))
+                lo, hi = lo - pad, hi + pad
+                if not as_log:
+                    lo, hi = max(lo, -600.0), min(hi, 600.0)
+                if np.any((log_bound < lo) | (log_bound > hi)):
+                    log_bound = np.clip(log_bound, lo, hi)
+                    label += " (clipped to the axes)"
+                ax.plot(n, y(log_bound), color="C3", ls="--", label=label)
+        if not data.size:
+            ax.text(
+                0.5,
+                0.5,
+                "no valid trajectory: nothing to plot"
+                + (f"\n(λ̂ = {self.lambda_hat:.3g})" if np.isfinite(self.lambda_hat) else ""),
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+            )
+        if data.size and not as_log:
+            ax.set_yscale("log")
+        ax.set_xlabel("layer n")
+        what = (
+            "‖δ_n‖ / ‖δ_0‖" if self.config.get("mode") == "tangent" else "‖X_n − Y_n‖ / ‖X_0 − Y_0‖"
+        )
+        ax.set_ylabel(f"log r_n, r_n = {what}" if as_log else f"r_n = {what}")
         lo, hi = self.rate_ci
         ax.set_title(
             f"{self.n_valid:,} trajectories ({self.config.get('mode')} mode): "
             f"rate {self.rate:.3g} [{lo:.3g}, {hi:.3g}]",
             fontsize=10,
         )
-        ax.legend(fontsize=8, loc="best")
+        if data.size:
+            ax.legend(fontsize=8, loc="best")
         try:
             with output.atomic_path(path) as tmp:
                 fig.savefig(tmp, dpi=120)
@@ -391,9 +497,20 @@ class DecayResult:
                 if self.config["mode"] == "pair"
                 else "tangent",
             ),
-            ("rate (95% CI)", f"{self.rate:.5g} ± {half:.2g}"),
+            (
+                "rate (95% CI)",
+                f"{self.rate:.5g} ± {half:.2g}"
+                if self.n_valid
+                else "undetermined (no valid trajectory)",
+            ),
             ("lambda_hat", f"{self.lambda_hat:.5g}   (L_hat {self.L_hat:.4g})"),
-            ("bound holds", f"{self.bound_holds} ({self.fraction_above_bound:.3g} above)"),
+            (
+                "bound holds",
+                f"{self.bound_holds} ({self.fraction_above_bound:.3g} above)"
+                if self.bound_holds is not None
+                else "undetermined"
+                + (" (no valid trajectory)" if not self.n_valid else " (lambda_hat is NaN)"),
+            ),
             ("regime", self.regime),
             (
                 "non-finite",
@@ -438,9 +555,12 @@ def _check_args(
     seq_len = v.check_int("seq_len", seq_len, minimum=1)
     mode_code = v.check_choice("mode", mode, MODES)
     dt_name = params.dtype.name
-    eps = (
-        DEFAULT_EPS[dt_name] if eps is None else v.check_float("eps", eps, minimum=0.0, strict=True)
-    )
+    if eps is None:
+        eps = DEFAULT_EPS[dt_name]
+    elif mode_code == MODES["pair"]:
+        eps = check_eps(eps, params.dtype, seq_len * params.d)
+    else:  # ignored in tangent mode
+        eps = v.check_float("eps", eps, minimum=0.0, strict=True)
     seed = v.check_seed("seed", seed)
     chunk_size = (
         config.CHUNK_SIZE
@@ -612,7 +732,10 @@ def perturbation_decay(
         pair mode measures ``r_n`` to first order in ε, and rounding adds about
         ``u·‖X‖/ε`` (u the unit roundoff) to it: on the default model the error in
         ``log r_n`` is ~3e-8 in float64 at 1e-6 and ~2e-3 in float32 at 1e-3 (1 at
-        1e-6). Ignored in tangent mode.
+        1e-6). An ε that vanishes in the state dtype (below ``eps_mach·√(T·d)``) or
+        overflows it (from ``√max / 2^10``) is a ``ValueError`` (:func:`eps_range`);
+        one larger than the states (``√(T·d)``) a ``UserWarning``. Range-checked in
+        pair mode only; ignored in tangent mode.
     mode : {"pair", "tangent"}
         Finite pair ``Y_0 = X_0 + ε·U`` or exact linearization.
     seed : int
@@ -673,13 +796,29 @@ def perturbation_decay(
 
     Notes
     -----
+    Pair mode renormalizes (as ChaosTools' ``lyapunov``): whenever ``‖X_n − Y_n‖``
+    leaves ``[d0/2^10, d0·2^10]`` (``d0 = ‖X_0 − Y_0‖``, ``config.PAIR_BAND``) or falls
+    below ``2^24·u·‖X_n‖`` (float64; ``2^8·u·‖X_n‖`` in float32, u the unit roundoff:
+    ``config.PAIR_FLOOR_F64``, ``PAIR_FLOOR_F32``), ``Y_n − X_n`` is rescaled back to
+    ``d0`` (at least ``16·2^24·u·‖X_n‖``) and the log of the factor is added to every
+    later ``log r``. So ``log r_n`` is the cumulative log growth of a perturbation kept
+    small and far above the rounding of X: it follows the tangent mode at any
+    contraction or expansion, float32 included. The default study never leaves the
+    band. ``‖X − Y‖`` and ``‖δ‖`` of finite states are computed without overflow or
+    underflow (scaled by the largest entry where the plain sum of squares is not a
+    normal float).
+
     Statistics per layer are streamed (:class:`DecayStats`): count, mean and std of
-    ``log r_n`` (Chan's merge), min/max, and quantiles from a fixed histogram over
-    ``log r ∈ [−1024, 1024]`` with bins of width 1/1024: every reported quantile is
-    within 1/2048 in ``log r`` (0.05 % in r) of ``np.quantile(log_r, q,
-    method="lower")``. Trajectories that become non-finite (state or r_n, including
-    r_n = 0 when X and Y collapse in floating point) are excluded and counted.
-    Memory is ``O(chunk_size × N)`` plus the sketch (``O(N × spread / bin width)``),
+    ``log r_n`` (Chan's merge), min/max, and quantiles from a sparse histogram with
+    bins of width 1/1024: every reported quantile is within 1/2048 in ``log r`` (0.05 %
+    in r) of ``np.quantile(log_r, q, method="lower")``, for any finite ``log r``; a
+    layer spread over more than 2048 keeps bins of ``2^k/1024`` (its accuracy is
+    ``meta["quantile_accuracy_log_r"]``), and a quantile beyond ``|log r| = 2^40`` is
+    NaN with a ``RuntimeWarning``. Trajectories that become non-finite (state or r_n,
+    including r_n = 0 when X and Y collapse in floating point) are excluded and
+    counted. With none left the result is undetermined: ``regime="undetermined"``,
+    ``bound_holds=None``, NaN rate, and a ``RuntimeWarning``. Memory is
+    ``O(chunk_size × N)`` plus the sketch (at most ``2^21`` bins per layer),
     independent of ``n_trajectories``.
 
     A Ctrl-C waits for the running chunk: about a second or less with the default
@@ -833,7 +972,27 @@ def _make_result(params, k, run, n_layers, chunks, cfg, estimates, env, wall):
     table = stats.per_layer(cfg.t, lam * cfg.t + 0.0)
     rate, ci, ci_how = rate_estimate(stats, cfg.t)
     regime = classify(ci, table["mean"][-1], table["std"][-1], stats.count)
-    frac = stats.n_above / stats.count if stats.count else math.nan
+    if not stats.count or math.isnan(lam):
+        bound_holds, frac = None, math.nan
+    else:  # λ̂ = +inf: the bound holds trivially
+        bound_holds, frac = stats.n_above == 0, stats.n_above / stats.count
+    if not stats.count:
+        first = f" (the first, {stats.bad_index[0]}, at layer {stats.bad_layer[0]})"
+        warnings.warn(
+            f"perturbation_decay: none of the {stats.n_trajectories} trajectories stayed "
+            f"finite{first if stats.bad_index else ''}; the rate, the bound check and the "
+            "regime are undetermined",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    out_of_range = int(stats.quantiles_out_of_range().sum()) if stats.count else 0
+    if out_of_range:
+        warnings.warn(
+            f"perturbation_decay: {out_of_range} per-layer quantile(s) of log r lie beyond "
+            f"±{HIST_RANGE:g}, outside the quantile sketch, and are reported as NaN",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     conf = _study_config(params, k, run, n_layers)
     n_run = chunks.n_done - chunks.n_resumed  # trajectories this call computed
     meta = dict(env)
@@ -853,10 +1012,13 @@ def _make_result(params, k, run, n_layers, chunks, cfg, estimates, env, wall):
             "rate_ci_method": ci_how,
             "lambda_method": linfo["method"],
             "lambda_n_samples": linfo["n_samples"],
-            "quantile_accuracy_log_r": HIST_WIDTH / 2,
-            "quantile_method": f"histogram over log r in [-{HIST_LIMIT:g}, {HIST_LIMIT:g}], "
-            f"bin {HIST_WIDTH:g}; midpoint of the bin of the rank "
-            "floor(q(n-1)) order statistic, clipped to [min, max]",
+            "lambda_note": linfo.get("note"),
+            "quantile_accuracy_log_r": float(stats.accuracy().max()),
+            "quantile_method": f"histogram over log r, bins of {HIST_WIDTH:g} (of "
+            f"{HIST_WIDTH:g}*2^k in a layer spread over more than {HIST_MAX_BINS} of them); "
+            "midpoint of the bin of the rank floor(q(n-1)) order statistic, clipped to "
+            f"[min, max]; NaN beyond +-{HIST_RANGE:g}",
+            "quantiles_out_of_range": out_of_range,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     )
@@ -865,8 +1027,8 @@ def _make_result(params, k, run, n_layers, chunks, cfg, estimates, env, wall):
         rate_ci=ci,
         lambda_hat=lam,
         L_hat=lip,
-        bound_holds=bool(stats.n_above == 0) if np.isfinite(lam) else False,
-        fraction_above_bound=frac if np.isfinite(lam) else math.nan,
+        bound_holds=None if bound_holds is None else bool(bound_holds),
+        fraction_above_bound=frac,
         regime=regime,
         stats=table,
         n_trajectories=stats.n_trajectories,

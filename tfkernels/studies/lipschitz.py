@@ -10,12 +10,26 @@ applied through the JVP and VJP kernels, and formed densely when it is small.
 import math
 
 import numpy as np
+from scipy.sparse.linalg import ArpackError
 from threadpoolctl import threadpool_limits
 
 from .. import api, kernels
 
 #: Largest T·d for which the Jacobian is formed densely in the λ̂ estimate.
 DENSE_MAX = 512
+#: A Jacobian whose largest entry (dense) or ``‖J v_0‖`` (Lanczos) lies outside
+#: ``[2^-SAFE_EXP, 2^SAFE_EXP]`` is scaled by a power of two before the eigenvalue
+#: problems (exact, and ``JᵀJ`` then neither overflows nor underflows); others are
+#: used as they are.
+SAFE_EXP = 256
+
+
+def _power_of_two_scale(m):
+    """``2^-e`` with ``2^e ≈ m`` when the magnitude ``m`` lies outside
+    ``[2^-SAFE_EXP, 2^SAFE_EXP]`` (or 1.0 for m = 0), else exactly 1.0."""
+    if m == 0.0 or 2.0**-SAFE_EXP <= m <= 2.0**SAFE_EXP:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(m)[1])
 
 
 def _jvp(packed, X, V, layers, out):
@@ -58,11 +72,21 @@ def _lognorm_lanczos(packed, X, layer):
         return buf.ravel().copy()
 
     v0 = np.random.default_rng(0).standard_normal(n)  # fixed: deterministic result
-    sym = LinearOperator((n, n), matvec=lambda u: 0.5 * (jv(u) + vj(u)), dtype=np.float64)
-    gram = LinearOperator((n, n), matvec=lambda u: vj(jv(u)), dtype=np.float64)
+    probe = jv(v0 / np.linalg.norm(v0))
+    if not np.all(np.isfinite(probe)):
+        return math.nan, math.nan
+    c = _power_of_two_scale(float(np.max(np.abs(probe))))
+    if c == 1.0:
+        sym_mv = lambda u: 0.5 * (jv(u) + vj(u))  # noqa: E731
+        gram_mv = lambda u: vj(jv(u))  # noqa: E731
+    else:
+        sym_mv = lambda u: 0.5 * (jv(u) * c + vj(u) * c)  # noqa: E731
+        gram_mv = lambda u: vj(jv(u) * c) * c  # noqa: E731
+    sym = LinearOperator((n, n), matvec=sym_mv, dtype=np.float64)
+    gram = LinearOperator((n, n), matvec=gram_mv, dtype=np.float64)
     lam = eigsh(sym, k=1, which="LA", v0=v0, tol=1e-10, return_eigenvectors=False)[0]
     s2 = eigsh(gram, k=1, which="LA", v0=v0, tol=1e-10, return_eigenvectors=False)[0]
-    return float(lam), float(math.sqrt(max(s2, 0.0)))
+    return float(lam) / c, float(math.sqrt(max(s2, 0.0))) / c
 
 
 def _sample_states(params, seq_len, n_layers, n_samples, run, seed):
@@ -102,6 +126,21 @@ def compile_jacobian(packed64, seq_len, d, dense_max=DENSE_MAX):
     _jvp(packed64, X, np.zeros_like(X), lay, np.empty_like(X))
     if seq_len * d > dense_max:
         _vjp(packed64, X, np.zeros_like(X), lay, np.empty_like(X))
+
+
+def _lognorm_dense(packed, X, layer):
+    """``(λ_max((J + Jᵀ)/2), σ_max(J))`` at X from the dense Jacobian (NaN when it is
+    not finite), scaled by a power of two when its entries are huge or tiny."""
+    J = _jacobian_dense(packed, X, layer)
+    if not np.all(np.isfinite(J)):
+        return math.nan, math.nan
+    c = _power_of_two_scale(float(np.max(np.abs(J))))
+    if c != 1.0:  # entries below 2^-600 of the largest change no eigenvalue, and
+        J = J * c  # subnormal ones upset LAPACK's syevr ("Internal Error")
+        J[np.abs(J) < 2.0**-600] = 0.0
+    l1 = _largest_eigenvalue(0.5 * (J + J.T))
+    l2 = math.sqrt(max(_largest_eigenvalue(J.T @ J), 0.0))
+    return l1 / c, l2 / c
 
 
 def _largest_eigenvalue(S):
@@ -144,12 +183,19 @@ def estimate_lipschitz(
     dense_max : int
         Largest T·d for which J is formed densely.
 
+    A Jacobian with huge or tiny finite entries is scaled by a power of two first
+    (:data:`SAFE_EXP`), so that ``JᵀJ`` does not overflow; one that is not finite (the
+    JVP overflowed at a huge state) makes both estimates undetermined: a maximum over
+    the samples cannot leave one out.
+
     Returns
     -------
     lambda_hat, L_hat : float
-        NaN when no sampled state is finite.
+        NaN when undetermined: no sampled state is finite, or the Jacobian at one of
+        them is not (``info["note"]`` says which).
     info : dict
-        ``n_samples`` and ``method`` ("dense" or "lanczos").
+        ``n_samples``, ``method`` ("dense" or "lanczos") and ``note`` (None, or why
+        the estimates are NaN).
     """
     run = run or {}
     samples = _sample_states(params, seq_len, n_layers, n_samples, run, seed)
@@ -157,17 +203,31 @@ def estimate_lipschitz(
     packed = kernels.pack_params(p64)
     dense = seq_len * params.d <= dense_max
     lam, lip = -math.inf, 0.0
+    n_bad = 0
     with threadpool_limits(limits=1, user_api="blas"):
         for X, layer in samples:
             X = np.ascontiguousarray(X, dtype=np.float64)
             layer = layer if params.n_sets is not None else 0
-            if dense:
-                J = _jacobian_dense(packed, X, layer)
-                l1 = _largest_eigenvalue(0.5 * (J + J.T))
-                l2 = math.sqrt(max(_largest_eigenvalue(J.T @ J), 0.0))
-            else:
-                l1, l2 = _lognorm_lanczos(packed, X, layer)
+            try:
+                if dense:
+                    l1, l2 = _lognorm_dense(packed, X, layer)
+                else:
+                    l1, l2 = _lognorm_lanczos(packed, X, layer)
+            except (np.linalg.LinAlgError, ArpackError):
+                l1 = l2 = math.nan
+            if math.isnan(l1) or math.isnan(l2):
+                n_bad += 1
+                continue
             lam, lip = max(lam, l1), max(lip, l2)
+    note = None
     if not samples:
+        note = "no sampled state is finite"
+    elif n_bad:
+        note = (
+            f"the Jacobian of f is not finite (it overflows float64), or its eigenvalue "
+            f"problem failed, at {n_bad} of the {len(samples)} sampled states"
+        )
+    if note is not None:
         lam, lip = math.nan, math.nan
-    return lam, lip, {"n_samples": len(samples), "method": "dense" if dense else "lanczos"}
+    info = {"n_samples": len(samples), "method": "dense" if dense else "lanczos", "note": note}
+    return lam, lip, info

@@ -19,16 +19,26 @@ from ..kernels import STATUS_OK
 QUANTILES = (0.01, 0.05, 0.25, 0.50, 0.75, 0.95, 0.99)
 #: Column names of those quantiles in the per-layer table.
 QUANTILE_NAMES = tuple(f"q{round(100 * q):02d}" for q in QUANTILES)
-#: Bin width of the quantile sketch over ``log r`` (an exact binary fraction).
+#: Bin width of the quantile sketch over ``log r`` (an exact binary fraction), at its
+#: finest level.
 HIST_WIDTH = 1.0 / 1024.0
-#: The sketch covers ``log r ∈ [−HIST_LIMIT, HIST_LIMIT]``; values outside are clipped.
+#: Offset of the sketch's bin numbers: bin i of level 0 holds
+#: ``log r ∈ [−HIST_LIMIT + i·HIST_WIDTH, −HIST_LIMIT + (i + 1)·HIST_WIDTH)``.
 HIST_LIMIT = 1024.0
+#: Most bins a layer's sketch spans: a layer whose ``log r`` spreads wider is kept at a
+#: coarser level k (bins of ``HIST_WIDTH·2^k``, each the union of 2^k finer ones), the
+#: smallest k that fits. 2^21 bins hold a spread of 2048 at the finest level.
+HIST_MAX_BINS = 2**21
+#: ``|log r|`` beyond which a value is not binned but counted as out of the sketch's
+#: range (bin numbers must stay exact integers); a quantile that falls among such
+#: values is reported as NaN (:meth:`DecayStats.quantiles_out_of_range`).
+HIST_RANGE = 2.0**40
+#: Bin numbers of "no value in range": the extremes of an empty layer.
+_NO_BIN = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)
 #: The rate CI uses chunks as batches when there are at least this many.
 MIN_BATCHES = 10
 #: Non-finite trajectories whose indices are kept.
 N_BAD_KEPT = 10
-
-_NB = int(round(2 * HIST_LIMIT / HIST_WIDTH))
 
 
 def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
@@ -44,8 +54,37 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean, m2
 
 
+def _bin0(x):
+    """Level-0 bin numbers (int64) of ``log r`` values, clipped to ``±HIST_RANGE``."""
+    x = np.clip(x, -HIST_RANGE, HIST_RANGE)
+    return np.floor((x + HIST_LIMIT) * (1.0 / HIST_WIDTH)).astype(np.int64)
+
+
+def _level(lo, hi):
+    """Per layer: the sketch level of binned values whose level-0 bin numbers span
+    ``[lo, hi]``, the smallest k for which they fit in ``HIST_MAX_BINS`` bins of level k
+    (0 for an empty layer, ``lo > hi``). A function of the exact extremes only, so the
+    same for a set of trajectories however it was split and merged."""
+    k = np.zeros(lo.shape, dtype=np.int64)
+    some = lo <= hi
+    while np.any(wide := some & ((hi >> k) - (lo >> k) + 1 > HIST_MAX_BINS)):
+        k[wide] += 1
+    return k
+
+
+def _coarsen(lo, counts, shift):
+    """A sparse histogram ``(lo, counts)`` at a level ``shift`` coarser (exact: bin j
+    becomes bin ``j >> shift``)."""
+    if shift == 0 or counts.size == 0:
+        return lo, counts
+    idx = ((lo + np.arange(counts.size, dtype=np.int64)) >> shift) - (lo >> shift)
+    out = np.zeros(int(idx[-1]) + 1, dtype=np.int64)
+    np.add.at(out, idx, counts)
+    return lo >> shift, out
+
+
 def _merge_hist(lo_a, c_a, lo_b, c_b):
-    """Add two sparse histograms given as (offset, counts)."""
+    """Add two sparse histograms given as (offset, counts) at the same level."""
     if c_a.size == 0:
         return lo_b, c_b.copy()
     if c_b.size == 0:
@@ -84,10 +123,19 @@ class DecayStats:
         Valid trajectories (finite through every layer).
     mean, m2, vmin, vmax : ndarray, shape (N + 1,)
         Mean, sum of squared deviations, min and max of ``log r_n``.
+    hist_level : ndarray of int64, shape (N + 1,)
+        Sketch level of each layer (bins of ``HIST_WIDTH·2^level``; 0 unless its
+        ``log r`` spreads over more than ``HIST_MAX_BINS`` finest bins).
     hist_lo : ndarray of int64, shape (N + 1,)
-        First sketch bin of each layer.
+        First sketch bin of each layer, at its level.
     hist : list of ndarray of int64
         Bin counts of each layer from ``hist_lo[n]`` on.
+    bin_min, bin_max : ndarray of int64, shape (N + 1,)
+        Level-0 bin numbers of the smallest and largest value within ``±HIST_RANGE``
+        (they decide the level).
+    n_low, n_high : ndarray of int64, shape (N + 1,)
+        Values below ``−HIST_RANGE`` and above ``HIST_RANGE``: not binned, their
+        quantiles reported as NaN.
     slope_mean, slope_m2 : float
         Mean and M2 of the per-trajectory least-squares slopes of ``log r_n`` vs t_n.
     n_above : int
@@ -106,8 +154,13 @@ class DecayStats:
     m2: np.ndarray
     vmin: np.ndarray
     vmax: np.ndarray
+    hist_level: np.ndarray
     hist_lo: np.ndarray
     hist: list
+    bin_min: np.ndarray
+    bin_max: np.ndarray
+    n_low: np.ndarray
+    n_high: np.ndarray
     slope_mean: float
     slope_m2: float
     n_above: int
@@ -147,18 +200,27 @@ class DecayStats:
             s_mean = float(slopes.mean())
             s_m2 = float(((slopes - s_mean) ** 2).sum())
             n_above = int(np.count_nonzero((x > log_bound).any(axis=1)))
-            bins = np.clip(np.floor((x + HIST_LIMIT) * (1.0 / HIST_WIDTH)), 0, _NB - 1)
-            bins = bins.astype(np.int64)
-            hist_lo = bins.min(axis=0)
-            hist = [np.bincount(bins[:, k] - hist_lo[k]) for k in range(L)]
+            binned = np.abs(x) <= HIST_RANGE
+            b0 = _bin0(x)
+            bin_min = np.where(binned, b0, _NO_BIN[0]).min(axis=0)
+            bin_max = np.where(binned, b0, _NO_BIN[1]).max(axis=0)
+            level = _level(bin_min, bin_max)
+            bins = b0 >> level
+            hist_lo = np.where(bin_min <= bin_max, bin_min >> level, 0)
+            hist = [np.bincount(bins[binned[:, k], k] - hist_lo[k]) for k in range(L)]
+            n_low = np.count_nonzero(x < -HIST_RANGE, axis=0).astype(np.int64)
+            n_high = np.count_nonzero(x > HIST_RANGE, axis=0).astype(np.int64)
             batches = [(n, float(c @ mean))]
         else:
             mean = m2 = np.zeros(L)
             vmin, vmax = np.full(L, np.inf), np.full(L, -np.inf)
             s_mean = s_m2 = 0.0
             n_above = 0
+            level = np.zeros(L, dtype=np.int64)
             hist_lo = np.zeros(L, dtype=np.int64)
             hist = [np.zeros(0, dtype=np.int64) for _ in range(L)]
+            bin_min, bin_max = np.full(L, _NO_BIN[0]), np.full(L, _NO_BIN[1])
+            n_low = n_high = np.zeros(L, dtype=np.int64)
             batches = [(0, math.nan)]
         return cls(
             n_trajectories=int(logr.shape[0]),
@@ -167,8 +229,13 @@ class DecayStats:
             m2=m2,
             vmin=vmin,
             vmax=vmax,
+            hist_level=level,
             hist_lo=hist_lo,
             hist=hist,
+            bin_min=bin_min,
+            bin_max=bin_max,
+            n_low=n_low,
+            n_high=n_high,
             slope_mean=s_mean,
             slope_m2=s_m2,
             n_above=n_above,
@@ -189,11 +256,16 @@ class DecayStats:
             np.array([other.slope_mean]),
             np.array([other.slope_m2]),
         )
+        bin_min = np.minimum(self.bin_min, other.bin_min)
+        bin_max = np.maximum(self.bin_max, other.bin_max)
+        level = _level(bin_min, bin_max)
         hist_lo, hist = [], []
         for k in range(len(self.hist)):
-            lo, h = _merge_hist(
-                int(self.hist_lo[k]), self.hist[k], int(other.hist_lo[k]), other.hist[k]
-            )
+            parts = [
+                _coarsen(int(st.hist_lo[k]), st.hist[k], int(level[k] - st.hist_level[k]))
+                for st in (self, other)
+            ]
+            lo, h = _merge_hist(*parts[0], *parts[1])
             hist_lo.append(lo)
             hist.append(h)
         keep = N_BAD_KEPT - len(self.bad_index)
@@ -204,8 +276,13 @@ class DecayStats:
             m2=m2,
             vmin=np.minimum(self.vmin, other.vmin),
             vmax=np.maximum(self.vmax, other.vmax),
+            hist_level=level,
             hist_lo=np.array(hist_lo, dtype=np.int64),
             hist=hist,
+            bin_min=bin_min,
+            bin_max=bin_max,
+            n_low=self.n_low + other.n_low,
+            n_high=self.n_high + other.n_high,
             slope_mean=float(s_mean[0]),
             slope_m2=float(s_m2[0]),
             n_above=self.n_above + other.n_above,
@@ -220,22 +297,44 @@ class DecayStats:
 
         The estimate of level q is the midpoint of the bin holding the order statistic
         of rank ``floor(q·(count − 1))`` (``np.quantile(..., method="lower")``),
-        clipped to the layer's exact [min, max]: within ``HIST_WIDTH / 2 = 1/2048`` of
-        it in ``log r`` (0.05 % in r) whenever it lies in ``[−HIST_LIMIT, HIST_LIMIT]``.
-        The histograms are sparse (each layer stores only the bins between its
-        smallest and largest value), so their memory follows the spread of ``log r``.
+        clipped to the layer's exact [min, max]: within half a bin of it
+        (:meth:`accuracy`; ``HIST_WIDTH / 2 = 1/2048`` in ``log r``, 0.05 % in r, unless
+        the layer's values spread over more than ``HIST_MAX_BINS·HIST_WIDTH = 2048``),
+        for any finite ``log r``. An order statistic beyond ``±HIST_RANGE`` gives NaN
+        (:meth:`quantiles_out_of_range`). The histograms are sparse (each layer stores
+        only the bins between its smallest and largest value), so their memory follows
+        the spread of ``log r``, and never exceeds ``HIST_MAX_BINS`` per layer.
         """
         out = np.full((len(qs), len(self.hist)), np.nan)
         if self.count == 0:
             return out
+        bad = self.quantiles_out_of_range(qs)
         for k, h in enumerate(self.hist):
             cum = np.cumsum(h)
+            width = HIST_WIDTH * 2.0 ** int(self.hist_level[k])
             for j, q in enumerate(qs):
-                rank = math.floor(q * (self.count - 1))
+                if bad[j, k]:
+                    continue
+                rank = math.floor(q * (self.count - 1)) - int(self.n_low[k])
                 b = int(np.searchsorted(cum, rank, side="right"))
-                mid = -HIST_LIMIT + (self.hist_lo[k] + b + 0.5) * HIST_WIDTH
+                mid = -HIST_LIMIT + (self.hist_lo[k] + b + 0.5) * width
                 out[j, k] = min(max(mid, self.vmin[k]), self.vmax[k])
         return out
+
+    def quantiles_out_of_range(self, qs=QUANTILES):
+        """Boolean (len(qs), N + 1): the order statistic of the quantile lies beyond
+        ``±HIST_RANGE``, where the sketch does not bin values (its quantile is NaN)."""
+        rank = np.array([math.floor(q * max(self.count - 1, 0)) for q in qs])[:, None]
+        return (rank < self.n_low[None, :]) | (rank >= self.count - self.n_high[None, :])
+
+    def accuracy(self):
+        """Per layer, the largest distance in ``log r`` between a reported quantile and
+        the order statistic it estimates: half a bin of the layer's level, plus the
+        rounding of ``log r + HIST_LIMIT`` when the value is binned (a few ulps of it:
+        4.6e-13 for ``|log r| ≤ 10``)."""
+        top = np.minimum(np.maximum(np.abs(self.vmin), np.abs(self.vmax)), HIST_RANGE)
+        top = np.where(np.isfinite(top), top, 0.0)
+        return HIST_WIDTH / 2 * 2.0**self.hist_level + 2.0**-51 * (top + HIST_LIMIT)
 
     def per_layer(self, t, log_bound):
         """The per-layer table: a dict of arrays of length N + 1."""

@@ -405,7 +405,8 @@ def decay_rows(mode, model, sched, seed, start, eps, logr, status, X, Y, ss, ts)
     eps : float
         ε of the pair mode.
     logr : ndarray of float64, shape (B, N + 1)
-        Output; NaN from the first non-finite layer on.
+        Output; NaN from the first non-finite layer on. The pair is renormalized as it
+        leaves its band (:func:`run_pair`), δ every layer (:func:`run_tangent`).
     status : ndarray of int64, shape (B,)
         ``STATUS_OK``; else the first layer n (1-based) where a state or r_n was not
         finite (r_n = 0 included: X and Y collapsed), or 0 when ε·U vanished in the

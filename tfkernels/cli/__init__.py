@@ -37,13 +37,7 @@ def _command_of(argv):
     return None
 
 
-EPILOG = (
-    "exit status: 0 success; 2 an expected error (a bad flag or input, a numerical "
-    "blow-up, an unwritable folder), printed on one line; 1 an unexpected error (a bug), "
-    "one line; 130 interrupted (Ctrl-C). --debug shows the traceback instead. Integer "
-    "flags also take 1_000 and 1e3; negative numbers are values (--eps -1e-6 or "
-    "--eps=-1e-6)."
-)
+EPILOG = common.epilog()
 
 
 def build_parser(argv=()):

@@ -46,24 +46,39 @@ def test_no_decorator_overrides_the_environment():
 
 PROBE = """
 import numpy as np
+from tfkernels.kernels import simd
 from tfkernels.kernels.jit import djit
 
 @djit
 def read(a, i):
     return a[i]
 
-try:
-    read(np.zeros(3), 3)
-except IndexError as e:
-    print("IndexError", e)
-else:
-    print("no error")
+@djit
+def vcopy(a, i, out):  # out[:L] = a[i:i + L], L lanes: the SIMD intrinsics
+    simd.vstore(out, 0, simd.vload(a, i, simd.vzero(a)))
+
+L = simd.VECTOR_BYTES // 8
+a, out = np.zeros(L + 1), np.zeros(L)
+for name, call in [
+    ("index", lambda: read(a, L + 1)),
+    ("vload", lambda: vcopy(a, 2, out)),
+    ("vstore", lambda: vcopy(a, 0, out[1:].copy())),
+]:
+    try:
+        call()
+    except IndexError:
+        print(name, "IndexError")
+    else:
+        print(name, "no error")
+vcopy(a, 1, out)  # in bounds: no error
 """
 
 
-def test_the_flag_makes_an_out_of_bounds_read_an_index_error():
+def test_the_flag_makes_an_out_of_bounds_access_an_index_error():
     """A kernel compiled with the package's flags (no NRT, numpy error model, cached)
-    checks its indices when NUMBA_BOUNDSCHECK=1 (in a fresh cache: see the module)."""
+    checks its indices when NUMBA_BOUNDSCHECK=1 (in a fresh cache: see the module),
+    and so do the SIMD loads and stores of ``kernels.simd``, which bypass Numba's
+    indexing."""
     with tempfile.TemporaryDirectory() as tmp:
         probe = pathlib.Path(tmp, "probe.py")  # a file: Numba caches no `python -c` code
         probe.write_text(PROBE)
@@ -72,7 +87,11 @@ def test_the_flag_makes_an_out_of_bounds_read_an_index_error():
             [sys.executable, str(probe)], capture_output=True, text=True, env=env, timeout=300
         )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("IndexError"), r.stdout + r.stderr
+    assert r.stdout.split("\n")[:3] == [
+        "index IndexError",
+        "vload IndexError",
+        "vstore IndexError",
+    ], r.stdout + r.stderr
 
 
 @pytest.mark.skipif(not CHECKED_RUN, reason="only in the NUMBA_BOUNDSCHECK=1 run")

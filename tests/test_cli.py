@@ -275,14 +275,17 @@ def test_end_to_end_debug_shows_the_traceback():
     assert "ValueError: `--heads`=3 must divide `--d`=16" in err
 
 
-def test_help_documents_debug_and_exit_status():
-    code = subprocess.run(
-        [sys.executable, "-m", "tfkernels.cli", "decay", "--help"],
+@pytest.mark.parametrize("argv", [[], ["decay"], ["bench"], ["paper"]])
+def test_help_documents_debug_and_exit_status(argv):
+    r = subprocess.run(
+        [sys.executable, "-m", "tfkernels.cli", *argv, "--help"],
         capture_output=True,
         text=True,
         env=fresh.child_env(),
         timeout=120,
     )
-    assert code.returncode == 0
-    text = " ".join(code.stdout.split())
-    assert "--debug" in text and "exit status: 0 success; 2 an expected error" in text
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "--debug" in text and "exit status: 0 success; 1 an unexpected error" in text
+    assert "2 a bad option or input" in text and "130 interrupted" in text
+    assert ("3 the study ran" in text) == (argv == ["decay"])

@@ -8,8 +8,8 @@ starts fast and a subcommand never pays for another's imports.
 
 Errors and exit status: 0 success; 2 an expected error (a bad flag, input the study
 rejects, a numerical blow-up, an unwritable folder), reported on one line
-``tfkernels <command>: error: ...``; 1 an unexpected exception (a bug), also one line.
-``--debug`` (before or after the subcommand) shows the traceback instead.
+``tfkernels <command>: error: ...``; 1 an unexpected exception (a bug), also one line;
+130 Ctrl-C. ``--debug`` (before or after the subcommand) shows the traceback instead.
 """
 
 import argparse
@@ -37,12 +37,7 @@ def _command_of(argv):
     return None
 
 
-EPILOG = (
-    "exit status: 0 success; 2 an expected error (a bad flag or input, a numerical "
-    "blow-up, an unwritable folder), printed on one line; 1 an unexpected error (a bug). "
-    "--debug shows the traceback of either. Integer flags also take 1_000 and 1e3; "
-    "negative numbers are values (--eps -1e-6 or --eps=-1e-6)."
-)
+EPILOG = common.epilog()
 
 
 def build_parser(argv=()):

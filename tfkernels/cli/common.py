@@ -42,6 +42,28 @@ NEGATIVE_NUMBER = re.compile(
 _MAX_DIGITS = 40
 
 
+def epilog(*extra):
+    """The ``--help`` text of the exit statuses: the common ones and ``extra``, pairs
+    ``(status, meaning)`` of one subcommand."""
+    codes = [
+        (0, "success"),
+        (EXIT_INTERNAL, "an unexpected error (a bug), one line"),
+        (
+            EXIT_ERROR,
+            "a bad option or input, or an expected error during the run (a numerical "
+            "blow-up, an unwritable folder), one line",
+        ),
+        *extra,
+        (130, "interrupted (Ctrl-C)"),
+    ]
+    return (
+        "exit status: "
+        + "; ".join(f"{code} {meaning}" for code, meaning in sorted(codes))
+        + ". --debug shows the traceback instead. Integer flags also take 1_000 and 1e3; "
+        "negative numbers are values (--eps -1e-6 or --eps=-1e-6)."
+    )
+
+
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose error is one line, ``<prog>: error: <message>``
     (exit status 2), and that reads negative numbers such as ``-1e-6`` as values."""

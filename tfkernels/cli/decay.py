@@ -41,10 +41,12 @@ def configure_parser(parser):
     Every option is checked as it is parsed (a bad value is ``argument --flag: ...``,
     exit status 2); :func:`check_args` checks the combinations.
     """
-    parser.epilog = (
-        "exit status: 0 the study ran; 2 a bad option (one line on stderr, before the "
-        f"study); {EXIT_UNDETERMINED} the study ran and wrote its files, but no trajectory "
-        "stayed finite: rate, bound check and regime are undetermined; 130 interrupted"
+    parser.epilog = common.epilog(
+        (
+            EXIT_UNDETERMINED,
+            "the study ran and wrote its files, but no trajectory stayed finite: rate, "
+            "bound check and regime are undetermined",
+        )
     )
     g = parser.add_argument_group("study")
     g.add_argument(

@@ -114,10 +114,27 @@ def vzero_half(typingctx, a):
     return vt(a), _zero_codegen(vt)
 
 
-def _element_ptr(context, builder, arrty, arr, offset, offty):
-    """Pointer to the element at flat offset ``offset`` of the C-contiguous ``arr``."""
+def _element_ptr(context, builder, arrty, arr, offset, offty, count=1):
+    """Pointer to the element at flat offset ``offset`` of the C-contiguous ``arr``,
+    the first of ``count`` that the caller loads or stores.
+
+    With Numba's bounds checking on (``NUMBA_BOUNDSCHECK=1``, or ``boundscheck`` of the
+    compiling function) an IndexError is raised unless ``0 <= offset`` and
+    ``offset + count <= arr.size``, as Numba checks its own indexing; otherwise no code
+    is added.
+    """
     ary = context.make_array(arrty)(context, builder, arr)
     off = context.cast(builder, offset, offty, types.intp)
+    if context.enable_boundscheck:
+        end = builder.add(off, ir.Constant(off.type, count))
+        bad = builder.or_(
+            builder.icmp_signed("<", off, ir.Constant(off.type, 0)),
+            builder.icmp_signed(">", end, ary.nitems),
+        )
+        with cgutils.if_unlikely(builder, bad):
+            context.call_conv.return_user_exc(
+                builder, IndexError, ("SIMD load or store out of bounds",)
+            )
     return builder.gep(ary.data, [off], source_etype=context.get_data_type(arrty.dtype))
 
 
@@ -133,7 +150,7 @@ def vload(typingctx, a, offset, like):
         return None
 
     def codegen(context, builder, sig, args):
-        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1], like.count)
         ptr = builder.bitcast(ptr, context.get_value_type(like).as_pointer())
         return builder.load(ptr, align=a.dtype.bitwidth // 8)
 
@@ -152,7 +169,7 @@ def vstore(typingctx, a, offset, v):
         return None
 
     def codegen(context, builder, sig, args):
-        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1], v.count)
         ptr = builder.bitcast(ptr, context.get_value_type(v).as_pointer())
         builder.store(args[2], ptr, align=a.dtype.bitwidth // 8)
         return context.get_dummy_value()

@@ -236,7 +236,7 @@ _JSON_KINDS = {
     "rate_ci": "pair",
     "lambda_hat": "real",
     "L_hat": "real",
-    "bound_holds": "bool",
+    "bound_holds": "bool_or_null",  # null: undetermined
     "fraction_above_bound": "real",
     "regime": "str",
     "stats": "columns",

@@ -45,6 +45,7 @@ _KINDS = {
     "real": (_is_real, "a number or null"),
     "int": (_is_int, "an integer"),
     "bool": (lambda x: isinstance(x, bool), "true or false"),
+    "bool_or_null": (lambda x: x is None or isinstance(x, bool), "true, false or null"),
     "str": (lambda x: isinstance(x, str), "a string"),
     "dict": (lambda x: isinstance(x, dict), "an object"),
     "pair": (

@@ -100,6 +100,17 @@ def test_prepare_without_compiling_starts_nothing(monkeypatch):
     assert log == ["bg"] and not info["compiled"] and not info["second_process"]
 
 
+def test_prepare_compiles_background_here_when_foreground_is_warm(monkeypatch):
+    """Only a foreground compile hands the background calls to a second process; a
+    background call that compiles here must not start one for itself."""
+    monkeypatch.setattr(compiling, "_second_process_allowed", lambda: True)
+    monkeypatch.setattr(compiling, "_spawn", lambda calls: pytest.fail("spawned"))
+    warm, cold = _kernel("warm_fg"), _kernel("cold_bg")
+    warm(np.zeros(1))
+    info = compiling.prepare([(warm, (np.zeros(1),))], [(cold, (np.zeros(1),))])
+    assert info["compiled"] and not info["second_process"]
+
+
 def test_second_process_switch(monkeypatch):
     monkeypatch.setenv(compiling.ENV_SWITCH, "0")
     assert not compiling._second_process_allowed()

@@ -859,8 +859,9 @@ def perturbation_decay(
         info = _checkpoint_info(params, k, run, n_layers)
         _check_checkpoint(k, info)  # before anything compiles
     t_begin = time.perf_counter()
+    packed = kernels.pack_params(params)
     with threads.threads(n_threads), _notice(progress, k, client):
-        compiled = _compile_kernels(params, k, run, n_layers, client)
+        compiled = _compile_kernels(params, packed, k, run, n_layers, client)
         lam, lip, linfo = estimate_lipschitz(
             params, k["seq_len"], n_layers, n_samples=k["lambda_samples"], seed=k["seed"], run=run
         )
@@ -870,7 +871,7 @@ def perturbation_decay(
                 decay_chunk,
                 k["n_trajectories"],
                 k["chunk_size"],
-                shared=(kernels.pack_params(params), cfg),
+                shared=(packed, cfg),
                 client=client,
                 n_threads=n_threads,
                 progress=progress,
@@ -898,16 +899,16 @@ def perturbation_decay(
     return res
 
 
-def _compile_kernels(params, k, run, n_layers, client):
+def _compile_kernels(params, packed, k, run, n_layers, client):
     """Compile (or load from Numba's cache) every kernel the study will call, before it
     starts: the λ̂ estimate's JVP kernels in a second process while this one compiles
     the flow and the decay mode's kernels (:func:`tfkernels.compiling.prepare`). On a
     cluster the chunks' kernels compile on the workers, not here. Returns what
-    ``prepare`` returns (recorded in the result's ``meta["compile"]``)."""
+    ``prepare`` returns (recorded in the result's ``meta["compile"]``); ``packed`` is
+    ``kernels.pack_params(params)``, the chunks' shared input."""
     p64 = params if params.dtype == np.float64 else params.astype(np.float64)
     here = [(compile_sampling, (params, k["seq_len"], n_layers, run, k["seed"]))]
     if client is None:
-        packed = kernels.pack_params(params)
         here.append((decay_chunk, (0, 1, packed, _chunk_config(params, k, math.nan))))
     there = [(compile_jacobian, (kernels.pack_params(p64), k["seq_len"], params.d))]
     return compiling.prepare(here, there)

@@ -87,6 +87,17 @@ METHODS = {"euler": 0, "heun": 1, "rk4": 2, "averaged": 3}
 #: Activation σ of the feed-forward block; the code is what the kernels branch on.
 ACTIVATIONS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "tanh": 3, "identity": 4}
 
+#: Normalizations of a block (``TransformerParams.norm``; None is "none"): the code is
+#: what the kernels branch on.
+NORMS = {"none": 0, "layernorm": 1, "rmsnorm": 2, "sphere": 3}
+
+#: Where the normalization sits (``TransformerParams.norm_position``).
+NORM_POSITIONS = {"pre": 0, "post": 1, "tangent": 2}
+
+#: How a block composes its attention and feed-forward sub-layers
+#: (``TransformerParams.block``).
+BLOCKS = {"parallel": 0, "sequential": 1, "strang": 2}
+
 #: Perturbation-study modes; the code is passed to the decay kernel, which defines
 #: the same values as ``MODE_PAIR`` and ``MODE_TANGENT``.
 MODES = {"pair": 0, "tangent": 1}

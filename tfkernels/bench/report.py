@@ -1,8 +1,9 @@
 """The results README: one section per sweep document, and the goals judged.
 
 A sweep names the goals it is judged against (``settings.goals``): issue 5's (every
-preset but ``mc``) or issue 18's (``mc``: ratios to the best peer and the fraction of the
-measured FMA peak per configuration, :func:`issue18_goal`).
+preset but ``mc`` and ``blocks``), issue 18's (``mc``: ratios to the best peer and the
+fraction of the measured FMA peak per configuration, :func:`issue18_goal`) or issue 17's
+(``blocks``: ratios to the best peer computing the same real block, :func:`issue17_goal`).
 
 :func:`write_readme` regenerates ``<out>/README.md`` from every ``bench-*.json`` (and
 ``paper/paper.json``) in the folder, including documents written by older versions of
@@ -18,7 +19,7 @@ import numpy as np
 from ..studies.output import write_text
 
 #: Order of the presets' sections in the README.
-PRESET_ORDER = ("full", "mc", "quick", "custom", "ci")
+PRESET_ORDER = ("full", "mc", "blocks", "quick", "custom", "ci")
 
 #: Issue 18's goals per configuration: (× the best peer, in float32 and float64;
 #: fraction of the measured FMA peak, in float32 only).
@@ -28,6 +29,15 @@ ISSUE18_GOALS = {
     "medium": (1.5, 0.70),
     "large": (1.5, 0.70),
 }
+
+
+#: Issue 17's goals per size of the real blocks' configurations (``tiny-gpt2``,
+#: ``large-bert``, …): × the best peer computing the same block, float32; no peak goal
+#: (the fraction of peak is reported beside it).
+ISSUE17_GOALS = {"tiny": 2.0, "small": 2.0, "medium": 1.2, "large": 1.2}
+
+#: The goal sets whose points are judged one by one (:func:`point_goal`).
+PER_POINT_GOALS = ("issue18", "issue17")
 
 
 def load_docs(out_dir):
@@ -127,11 +137,39 @@ def issue18_goal(point):
     return g
 
 
-def add_goals(points, goals="issue5"):
-    """Add ``goal`` (:func:`issue18_goal`) to each point of an ``issue18`` sweep."""
+def issue17_goal(point):
+    """Issue 17's goal of one throughput point of a real block, judged (None for a
+    configuration without one, or a dtype other than float32): ``speedup_need`` /
+    ``speedup`` / ``speedup_met`` / ``met`` as in :func:`issue18_goal`."""
+    need = ISSUE17_GOALS.get(point["config"].split("-")[0])
+    if need is None or point.get("model", "paper") == "paper" or point["dtype"] != "float32":
+        return None
+    best = point.get("best_peer")
+    met = best["speedup"] >= need if best else None
+    return {
+        "speedup_need": need,
+        "speedup": best["speedup"] if best else None,
+        "speedup_met": met,
+        "met": met,
+    }
+
+
+def point_goal(point, goals):
+    """The goal of one point under the goal set ``goals`` (None for issue 5's, which
+    are judged over the whole sweep)."""
     if goals == "issue18":
+        return issue18_goal(point)
+    if goals == "issue17":
+        return issue17_goal(point)
+    return None
+
+
+def add_goals(points, goals="issue5"):
+    """Add ``goal`` (:func:`point_goal`) to each point of an ``issue18`` or ``issue17``
+    sweep."""
+    if goals in PER_POINT_GOALS:
         for p in points:
-            p["goal"] = issue18_goal(p)
+            p["goal"] = point_goal(p, goals)
     return points
 
 
@@ -165,7 +203,8 @@ def readme_ratios(doc):
     head = (
         ["config (T, d, H)", "dtype", "N", "B", "tfkernels ms"]
         + [f"{n} ms (×ours)" for n in names]
-        + ["best peer (×ours)", "GFLOP/s", "% measured FMA peak", "goal (issue 18)", "busy"]
+        + ["best peer (×ours)", "GFLOP/s", "% measured FMA peak"]
+        + [f"goal (issue {goal_set(doc)[5:]})", "busy"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in doc["throughput"]:
@@ -190,7 +229,7 @@ def readme_ratios(doc):
         cells += [
             fmt(o["gflops"], ".1f"),
             fmt(None if frac is None else 100 * frac, ".1f"),
-            goal_cell(p.get("goal", issue18_goal(p))),
+            goal_cell(p.get("goal", point_goal(p, goal_set(doc)))),
         ]
         busy = p.get("contention", {}).get("foreign_cpu_frac")
         cells.append("—" if busy is None else f"{100 * busy:.0f} %")
@@ -201,7 +240,7 @@ def readme_ratios(doc):
 def throughput_table(doc):
     """The throughput table of a sweep: :func:`readme_ratios` for issue 18's goals, else
     :func:`readme_throughput`."""
-    return readme_ratios(doc) if goal_set(doc) == "issue18" else readme_throughput(doc)
+    return readme_ratios(doc) if goal_set(doc) in PER_POINT_GOALS else readme_throughput(doc)
 
 
 def _ghz(value):
@@ -362,21 +401,22 @@ def readme_memory(doc):
 def goals(doc):
     """The goals of one sweep document, judged: ``[(goal, verdict, figure)]``.
 
-    Issue 18's per point (:func:`issue18_goals`) for an ``issue18`` sweep, else issue 5's.
+    Issue 18's or 17's per point (:func:`point_goals`), else issue 5's.
     """
-    if goal_set(doc) == "issue18":
-        return issue18_goals(doc)
+    if goal_set(doc) in PER_POINT_GOALS:
+        return point_goals(doc)
     return issue5_goals(doc)
 
 
-def issue18_goals(doc):
-    """Issue 18's goals of every throughput point with one: ``[(goal, verdict, figure)]``.
+def point_goals(doc):
+    """Issue 18's or 17's goals of every throughput point with one: ``[(goal, verdict,
+    figure)]``.
 
     A verdict is None where it could not be judged (no peer was timed).
     """
     out = []
     for p in doc.get("throughput", []):
-        g = p.get("goal", issue18_goal(p))
+        g = p.get("goal", point_goal(p, goal_set(doc)))
         if not g:
             continue
         where = f"{p['config']} {p['dtype']} N={p['N']} B={p['B']}"
@@ -564,7 +604,7 @@ def readme_section(doc):
             lines += [f"### {title}", ""] + fn(doc) + [""]
     g = goals(doc)
     if g:
-        issue = "18" if goal_set(doc) == "issue18" else "5"
+        issue = goal_set(doc)[5:]
         lines += [
             f"### Issue {issue} goals, judged from this run",
             "",

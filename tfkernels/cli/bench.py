@@ -31,7 +31,9 @@ def configure_parser(parser):
         choices=sorted(PRESETS),
         default="quick",
         help="sweep size: ci (seconds), quick (about a minute), full; mc: throughput "
-        "at Monte Carlo batch sizes, judged against issue 18's goals",
+        "at Monte Carlo batch sizes, judged against issue 18's goals; blocks: a GPT-2 "
+        "(pre-LN) and a BERT (post-LN) layer at those batch sizes, float32, against peers "
+        "computing the same block (issue 17's goals)",
     )
     parser.add_argument(
         "--n", type=common.integers("--n"), help="layers N, comma-separated (e.g. 8,32,128)"

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
+from test_harness_mc import _point
 from tfkernels import reference
 from tfkernels.bench import flops, peers, report, settings, throughput
-
-from test_harness_mc import _point
 
 COMBOS = [
     (norm, pos, block)

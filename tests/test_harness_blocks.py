@@ -84,9 +84,7 @@ def test_block_flops_count_each_piece():
     T, d, H = 8, 16, 2
     base = flops.FlowConfig(seq_len=T, d=d, n_heads=H, damping=False)
     attn = flops.flops_per_eval(flops.FlowConfig(T, d, H, ffn=False, damping=False))["total"]
-    ffn = flops.flops_per_eval(flops.FlowConfig(T, d, H, attention=False, damping=False))[
-        "total"
-    ]
+    ffn = flops.flops_per_eval(flops.FlowConfig(T, d, H, attention=False, damping=False))["total"]
     comb = flops.stage_combination_flops("heun", T, d)
     # biases only: the paper's layer plus 4·T·d per stage
     b = flops.FlowConfig(T, d, H, damping=False, bias=True)

@@ -25,6 +25,8 @@ _VECTORS = ("b1", "b2") + _ATTN_BIASES + _NORM_PARAMS + _FINAL
 _FFN_M = ("w1", "b1", "w2")
 #: The scalar entries of a saved file and the dtype kinds each may have.
 _SCALARS = {"n_heads": "iu", "beta": "f", "causal": "b", "damping": "f", "activation": "U"}
+#: The parameters each norm has (``<sub>_norm_<kind>`` fields).
+_NORM_KINDS = {None: (), "layernorm": ("gain", "bias"), "rmsnorm": ("gain",), "sphere": ()}
 #: Scalar entries added with the blocks; a file written before them lacks them and
 #: gets these defaults.
 _BLOCK_SCALARS = {
@@ -293,16 +295,15 @@ class TransformerParams:
         if final and self.norm is None:
             raise ValueError("`final_norm` is True but `norm` is None (it is a norm of that kind)")
         set_("final_norm", final)
-        # Which parameters each norm has.
-        own = {None: (), "layernorm": ("gain", "bias"), "rmsnorm": ("gain",), "sphere": ()}
+        own = _NORM_KINDS[self.norm]  # the parameters this norm has
         for k in _NORM_PARAMS + _FINAL:
             if getattr(self, k) is None:
                 continue
             kind = k.rsplit("_", 1)[1]
-            if kind not in own[self.norm]:
+            if kind not in own:
                 raise ValueError(
                     f"`{k}` given but norm={self.norm!r} has "
-                    + (f"only {', '.join(own[self.norm])}" if own[self.norm] else "no parameters")
+                    + (f"only {', '.join(own)}" if own else "no parameters")
                 )
             term = k.split("_", 1)[0]
             if (term == "attn" and self.wq is None) or (term == "ffn" and self.w1 is None):
@@ -530,16 +531,19 @@ class TransformerParams:
             kw.update(linear=draw((d, d), d))
         if v.check_bool("bias", bias) and attention:
             kw.update({k: draw((d,), d) for k in _ATTN_BIASES})
-        norm_kinds = {"layernorm": ("gain", "bias"), "rmsnorm": ("gain",)}.get(norm, ())
+
+        def norm_param(kind, shape):
+            z = rng.standard_normal(shape) / 4
+            return (1.0 + z if kind == "gain" else z).astype(dtype)
+
+        norm_kinds = _NORM_KINDS.get(norm, ())
         subs = [t for t, on in (("attn", attention), ("ffn", ffn)) if on]
         for kind in norm_kinds:
             for sub in subs:
-                z = rng.standard_normal(lead + (d,)) / 4
-                kw[f"{sub}_norm_{kind}"] = (1.0 + z if kind == "gain" else z).astype(dtype)
+                kw[f"{sub}_norm_{kind}"] = norm_param(kind, lead + (d,))
         if v.check_bool("final_norm", final_norm):
             for kind in norm_kinds:
-                z = rng.standard_normal(d) / 4
-                kw[f"final_norm_{kind}"] = (1.0 + z if kind == "gain" else z).astype(dtype)
+                kw[f"final_norm_{kind}"] = norm_param(kind, (d,))
         return cls(
             n_heads=n_heads,
             beta=beta,

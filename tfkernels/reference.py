@@ -693,6 +693,14 @@ def _has(w, sub):
     return w["w1"] is not None or w["damping"] != 0.0 or w["linear"] is not None
 
 
+def _attention_args(w):
+    """The arguments of :func:`attention` and :func:`attention_jvp` after the state(s)
+    that the layer's weights ``w`` give (``bo`` aside: the JVP does not take it)."""
+    args = (w["wq"], w["wk"], w["wv"], w["wo"], w["n_heads"])
+    kw = dict(beta=w["beta"], causal=w["causal"], bq=w["bq"], bk=w["bk"], bv=w["bv"])
+    return args, kw
+
+
 def _terms(w, X, subs):
     """The unprojected field of the sub-layers ``subs`` at one trajectory: ``g(N_a(X))``
     and ``h(N_f(X)) − γX + XA`` with a pre norm, ``g(X)`` and ``h(X) − γX + XA``
@@ -714,20 +722,8 @@ def _terms(w, X, subs):
     F = np.zeros_like(X)
     if "attn" in subs and w["wq"] is not None:
         Xa = _sub_norm(w, "attn", X) if pre else X
-        F = F + attention(
-            Xa,
-            w["wq"],
-            w["wk"],
-            w["wv"],
-            w["wo"],
-            w["n_heads"],
-            beta=w["beta"],
-            causal=w["causal"],
-            bq=w["bq"],
-            bk=w["bk"],
-            bv=w["bv"],
-            bo=w["bo"],
-        )
+        args, kw = _attention_args(w)
+        F = F + attention(Xa, *args, bo=w["bo"], **kw)
     if "ffn" in subs:
         if w["w1"] is not None:
             Xf = _sub_norm(w, "ffn", X) if pre else X
@@ -756,20 +752,8 @@ def _terms_jvp(w, X, V, subs):
     D = np.zeros_like(X)
     if "attn" in subs and w["wq"] is not None:
         Xa, Va = (_sub_norm(w, "attn", X), _sub_norm_jvp(w, "attn", X, V)) if pre else (X, V)
-        D = D + attention_jvp(
-            Xa,
-            Va,
-            w["wq"],
-            w["wk"],
-            w["wv"],
-            w["wo"],
-            w["n_heads"],
-            beta=w["beta"],
-            causal=w["causal"],
-            bq=w["bq"],
-            bk=w["bk"],
-            bv=w["bv"],
-        )
+        args, kw = _attention_args(w)
+        D = D + attention_jvp(Xa, Va, *args, **kw)
     if "ffn" in subs:
         if w["w1"] is not None:
             Xf, Vf = (_sub_norm(w, "ffn", X), _sub_norm_jvp(w, "ffn", X, V)) if pre else (X, V)

@@ -137,6 +137,12 @@ class FlowConfig:
                 f"`activation` must be one of {sorted(ACTIVATION_FLOPS)}, got {self.activation!r}"
             )
 
+    @property
+    def is_block(self):
+        """Whether this is a block beyond the paper's field (a norm, attention biases, a
+        sequential or Strang block), as ``TransformerParams.is_block``."""
+        return bool(self.norm) or self.block != "parallel" or self.bias
+
     @classmethod
     def from_params(cls, params, seq_len):
         """Describe the flow of a :class:`~tfkernels.TransformerParams` on T tokens."""
@@ -279,7 +285,7 @@ def flops_per_layer(cfg, method="euler"):
     >>> flops_per_layer(FlowConfig(seq_len=8, d=16, n_heads=2))
     66688
     """
-    if cfg.norm or cfg.block != "parallel" or cfg.bias:
+    if cfg.is_block:
         return block_flops_per_layer(cfg, method)
     n_stages = len(tableau(method).b)
     return n_stages * flops_per_eval(cfg)["total"] + stage_combination_flops(

@@ -119,12 +119,7 @@ def issue18_goal(point):
     if need is None:
         return None
     speedup_need, peak_need = need
-    best = point.get("best_peer")
-    g = {
-        "speedup_need": speedup_need,
-        "speedup": best["speedup"] if best else None,
-        "speedup_met": best["speedup"] >= speedup_need if best else None,
-    }
+    g = _speedup_goal(point, speedup_need)
     verdicts = [g["speedup_met"]]
     if point["dtype"] == "float32":
         frac = point["ours"].get("frac_measured_peak")
@@ -137,6 +132,17 @@ def issue18_goal(point):
     return g
 
 
+def _speedup_goal(point, need):
+    """``speedup_need`` / ``speedup`` / ``speedup_met`` of a point against its best timed
+    peer (``speedup`` and ``speedup_met`` None when no peer was timed)."""
+    best = point.get("best_peer")
+    return {
+        "speedup_need": need,
+        "speedup": best["speedup"] if best else None,
+        "speedup_met": best["speedup"] >= need if best else None,
+    }
+
+
 def issue17_goal(point):
     """Issue 17's goal of one throughput point of a real block, judged (None for a
     configuration without one, or a dtype other than float32): ``speedup_need`` /
@@ -144,14 +150,9 @@ def issue17_goal(point):
     need = ISSUE17_GOALS.get(point["config"].split("-")[0])
     if need is None or point.get("model", "paper") == "paper" or point["dtype"] != "float32":
         return None
-    best = point.get("best_peer")
-    met = best["speedup"] >= need if best else None
-    return {
-        "speedup_need": need,
-        "speedup": best["speedup"] if best else None,
-        "speedup_met": met,
-        "met": met,
-    }
+    g = _speedup_goal(point, need)
+    g["met"] = g["speedup_met"]
+    return g
 
 
 def point_goal(point, goals):

@@ -70,20 +70,9 @@ def batch_for(settings, cfg):
 
 def flow_config(cfg):
     """The FLOP-model description of a throughput configuration."""
-    m = MODELS[getattr(cfg, "model", "paper")]
-    return flops.FlowConfig(
-        seq_len=cfg.seq_len,
-        d=cfg.d,
-        n_heads=cfg.heads,
-        damping=bool(m.get("damping")),
-        causal=m.get("causal", False),
-        activation=m.get("activation", "gelu"),
-        norm=m.get("norm"),
-        norm_position=m.get("norm_position", "pre"),
-        block=m.get("block", "parallel"),
-        bias=m.get("bias", False),
-        final_norm=m.get("final_norm", False),
-    )
+    m = dict(MODELS[getattr(cfg, "model", "paper")])
+    m["damping"] = bool(m.get("damping"))  # the FLOP model's damping says whether γ ≠ 0
+    return flops.FlowConfig(seq_len=cfg.seq_len, d=cfg.d, n_heads=cfg.heads, **m)
 
 
 def bench_params(cfg, dtype):

@@ -3,6 +3,7 @@ and goals. The timed runs themselves are benchmarks (``tfkernels bench --preset 
 not tests."""
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import tfkernels as tfk
 from test_harness_mc import _point
 from tfkernels import reference
 from tfkernels.bench import flops, peers, report, settings, throughput
+from tfkernels.methods import sub_steps
 
 COMBOS = [
     (norm, pos, block)
@@ -60,24 +62,36 @@ def test_paper_model_spec_has_no_block():
     assert peers.flow_spec(p, 2)["block"] is None
 
 
+def _block(block, attn=True, ffn=True, post=False):
+    """The settings ``methods.sub_steps`` reads, duck-typed."""
+    return SimpleNamespace(
+        block=block,
+        attention=attn,
+        ffn=ffn,
+        linear=None,
+        damping=0.0,
+        norm="layernorm" if post else None,
+        norm_position="post",
+    )
+
+
 def test_sub_steps_follow_the_block_rule():
-    both = {"attn": True, "ffn": True}
-    assert peers.sub_steps("parallel", both, False) == [(("attn", "ffn"), 1.0, None)]
-    assert peers.sub_steps("parallel", {"attn": False, "ffn": True}, True) == [
-        (("ffn",), 1.0, "ffn")
-    ]
-    assert peers.sub_steps("sequential", both, True) == [
+    assert sub_steps(_block("parallel")) == [(("attn", "ffn"), 1.0, None)]
+    assert sub_steps(_block("parallel", attn=False, post=True)) == [(("ffn",), 1.0, "ffn")]
+    assert sub_steps(_block("sequential", post=True)) == [
         (("attn",), 1.0, "attn"),
         (("ffn",), 1.0, "ffn"),
     ]
-    assert peers.sub_steps("strang", both, False) == [
+    assert sub_steps(_block("strang")) == [
         (("ffn",), 0.5, None),
         (("attn",), 1.0, None),
         (("ffn",), 0.5, None),
     ]
-    assert peers.sub_steps("strang", {"attn": True, "ffn": False}, True) == [
-        (("attn",), 1.0, "attn")
-    ]
+    assert sub_steps(_block("strang", ffn=False, post=True)) == [(("attn",), 1.0, "attn")]
+    # the damping alone makes an FFN sub-layer
+    damped = _block("sequential", ffn=False)
+    damped.damping = 0.5
+    assert sub_steps(damped) == [(("attn",), 1.0, None), (("ffn",), 1.0, None)]
 
 
 def test_block_flops_count_each_piece():

@@ -335,4 +335,8 @@ def integrate(
         )
     if throw:
         raise_on_status(status, start)
-    return out[:, 0] if save_every is None else out
+    if save_every is None:
+        out = out[:, 0]
+        kernels.final_norm(params, out)
+        return out
+    return out

@@ -103,6 +103,43 @@ BLOCKS = {"parallel": 0, "sequential": 1, "strang": 2}
 MODES = {"pair": 0, "tangent": 1}
 
 
+def sub_steps(params):
+    """One layer of ``params``' block as sub-steps ``(subs, fraction of Δt, norm after
+    it)``, ``subs`` a tuple of "attn", "ffn" and the norm "attn", "ffn" or None.
+
+    ``parallel``: one step of ``F_a + F_f`` (then ``N_a``, or ``N_f`` when attention is
+    off, with a post norm); ``sequential``: attention, then FFN; ``strang``: ½ FFN,
+    attention, ½ FFN (``TransformerParams``). A sub-layer whose field is zero has no
+    sub-step and no norm. The rule the compiled kernels and the benchmark's peers run
+    (``tfkernels.reference`` writes its own, from the maths).
+
+    Parameters
+    ----------
+    params : TransformerParams
+
+    Returns
+    -------
+    list of (tuple of str, float, str or None)
+    """
+    has = {
+        "attn": bool(params.attention),
+        "ffn": bool(params.ffn or params.linear is not None or params.damping != 0),
+    }
+    post = params.norm is not None and params.norm_position == "post"
+
+    def post_of(sub):
+        return sub if post else None
+
+    if params.block == "parallel":
+        subs = tuple(k for k in ("attn", "ffn") if has[k])
+        return [(subs, 1.0, post_of("attn" if has["attn"] else "ffn"))]
+    a = [(("attn",), 1.0, post_of("attn"))] if has["attn"] else []
+    if params.block == "sequential":
+        return a + ([(("ffn",), 1.0, post_of("ffn"))] if has["ffn"] else [])
+    f = [(("ffn",), 0.5, post_of("ffn"))] if has["ffn"] else []
+    return f + a + f
+
+
 def tableau(method):
     """Return the Butcher tableau that advances ``method`` one layer (Euler's for
     ``"averaged"``, whose difference lies in the step sizes only)."""

@@ -41,7 +41,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..methods import METHODS, tableau
+from ..methods import METHODS, sub_steps, tableau
 from .fresh import child_env
 
 PEERS = ("numpy", "torch", "jax")
@@ -179,36 +179,13 @@ def block_spec(params, weights):
         for kind, default in (("gain", ones), ("bias", zeros)):
             given = getattr(params, f"{sub}_norm_{kind}")
             weights[f"{sub}_{kind}"] = default if given is None else np.asarray(given)
-    has = {
-        "attn": params.attention,
-        "ffn": params.ffn or params.linear is not None or params.damping != 0,
-    }
     return {
         "norm": params.norm,
         "position": params.norm_position if params.norm else None,
         "eps": float(params.norm_eps),
         "final": bool(params.final_norm),
-        "sub_steps": sub_steps(params.block, has, params.norm_position == "post" and params.norm),
+        "sub_steps": sub_steps(params),
     }
-
-
-def sub_steps(block, has, post):
-    """One layer of a block as sub-steps ``(subs, fraction of Δt, norm after it)``.
-
-    ``parallel``: one step of ``F_a + F_f`` (then ``N_a``, or ``N_f`` when attention is
-    off, with a post norm); ``sequential``: attention, then FFN; ``strang``: ½ FFN,
-    attention, ½ FFN (``TransformerParams``). A sub-layer whose field is zero has no
-    sub-step and no norm.
-    """
-    post_of = lambda sub: sub if post else None  # noqa: E731
-    if block == "parallel":
-        subs = tuple(k for k in ("attn", "ffn") if has[k])
-        return [(subs, 1.0, post_of("attn" if has["attn"] else "ffn"))]
-    a = [(("attn",), 1.0, post_of("attn"))] if has["attn"] else []
-    if block == "sequential":
-        return a + ([(("ffn",), 1.0, post_of("ffn"))] if has["ffn"] else [])
-    f = [(("ffn",), 0.5, post_of("ffn"))] if has["ffn"] else []
-    return f + a + f
 
 
 def block_layer(X, spec, ops):

@@ -20,16 +20,18 @@ Read top-down:
 Nothing here imports the public API (:mod:`tfkernels.api`) or the studies.
 """
 
-from .dispatch import decay_kernel, integrate, jvp_kernel, vector_field, vjp_kernel
+from .dispatch import decay_kernel, final_norm, integrate, jvp_kernel, vector_field, vjp_kernel
 from .drivers import MODE_PAIR, MODE_TANGENT
 from .structs import (
     STATUS_OK,
+    Block,
     Model,
     Schedule,
     Settings,
     Weights,
     aligned_buffers,
     empty_aligned,
+    has_kernel_jacobian,
     pack_params,
     use_lanes,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "MODE_PAIR",
     "MODE_TANGENT",
     "STATUS_OK",
+    "Block",
     "Model",
     "Schedule",
     "Settings",
@@ -45,6 +48,8 @@ __all__ = [
     "aligned_buffers",
     "decay_kernel",
     "empty_aligned",
+    "final_norm",
+    "has_kernel_jacobian",
     "integrate",
     "jvp_kernel",
     "pack_params",

@@ -18,7 +18,7 @@ import numpy as np
 
 from .jit import ijit as _ijit
 from .jit import jit as _jit
-from .maths import softmax_columns, softmax_tangent_columns
+from .maths import add_bias, softmax_columns, softmax_tangent_columns
 from .simd import gemm, gemm_ld, lanes, lgemm, runtime
 
 
@@ -52,7 +52,7 @@ def head_probs(qkv, h0, g, dh, causal, qt, P, mt):
 
 
 @_jit
-def attention_rows(X, wqkv, wo, n_heads, beta, causal, fs, out):
+def attention_rows(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o``.
 
     ``qkv (T, 3d)`` gets ``X [Wq|Wk|Wv]`` in one product and ``qt (d, T)`` the scaled
@@ -74,6 +74,7 @@ def attention_rows(X, wqkv, wo, n_heads, beta, causal, fs, out):
     dh = d // n_heads
     G = P.shape[1] // T
     gemm(X, wqkv, qkv, False)
+    add_bias(qkv, bqkv)
     transpose_scaled(qkv, 0, d, X.dtype.type(beta / math.sqrt(dh)), qt)
     for h0 in range(0, n_heads, G):
         g = min(G, n_heads - h0)
@@ -142,7 +143,7 @@ def attention_tangent_rows(V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
 
 
 @_jit
-def attention_vjp(X, G, wqkv, wqkv_t, wo_t, n_heads, beta, causal, vs, out):
+def attention_vjp(X, G, wqkv, bqkv, wqkv_t, wo_t, n_heads, beta, causal, vs, out):
     """``out += (∂g/∂X)ᵀ·G`` (the adjoint of :func:`attention_tangent_rows`; ``vs`` a
     ``structs.VjpScratch``). Plain loops: it serves the λ̂ estimate, not a hot path."""
     qkv, dqkv, go, P, dS = vs.qkv, vs.dqkv, vs.go, vs.P, vs.dS
@@ -150,6 +151,7 @@ def attention_vjp(X, G, wqkv, wqkv_t, wo_t, n_heads, beta, causal, vs, out):
     dh = d // n_heads
     scale = beta / math.sqrt(dh)
     gemm(X, wqkv, qkv, False)
+    add_bias(qkv, bqkv)
     gemm(G, wo_t, go, False)  # gradient w.r.t. the concatenated heads
     dqkv[:, :] = 0
     for hd in range(n_heads):
@@ -194,7 +196,7 @@ def attention_vjp(X, G, wqkv, wqkv_t, wo_t, n_heads, beta, causal, vs, out):
 
 # ----------------------------------------------------------------- lane layout
 @_jit
-def attention_lanes(X, wqkv, wo, n_heads, beta, causal, fs, out):
+def attention_lanes(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o`` for a group, as
     :func:`attention_rows`, for a lane-interleaved group ``X (T, d·L)``.
 
@@ -213,6 +215,7 @@ def attention_lanes(X, wqkv, wo, n_heads, beta, causal, fs, out):
     e = 3 * d * L  # stride of a row of qkv
     c = n_heads * T * L  # stride of a row (key) of P
     lgemm(X, 0, d * L, L, wqkv, 0, 3 * d, 1, False, qkv, 0, e, L, T, d, 3 * d, False)
+    add_bias(qkv, bqkv)
     scale = X.dtype.type(beta / math.sqrt(dh))
     for i in range(T):
         for j in range(d * L):

@@ -89,6 +89,14 @@ def integrate(model, x0, sched, seed, start, save_every, first, out, status):
     run(body, B)
 
 
+def final_norm(params, X):
+    """Apply the final norm of ``params`` (if it has one) to every token of the states
+    ``X (B, T, d)`` in place (``drivers.norm_batch``)."""
+    fin = structs.final_norm(params)
+    if fin is not None:
+        drivers.norm_batch(X, *fin, np.zeros((2, 1)))
+
+
 def vector_field(model, X, layer, out):
     """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b."""
     B, T, d = X.shape

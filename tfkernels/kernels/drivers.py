@@ -47,9 +47,10 @@ from .maths import (
     sq_norm,
     strided_sq_dist,
 )
+from .norms import norm_tokens
 from .simd import lanes
-from .steps import layer_of, rk_step, step_tangent
-from .structs import LANES, ROWS, STATUS_OK
+from .steps import layer_of, layer_step, step_tangent
+from .structs import LANES, ROWS, STATUS_OK, SUB_ATTN, SUB_FFN
 
 #: Mode codes of the decay drivers (``methods.MODES``).
 MODE_PAIR, MODE_TANGENT = 0, 1
@@ -66,7 +67,7 @@ def add_noise(X, σ, noise_key, n):
 def advance(X, model, sched, n, noise_key, ss):
     """Layer ``n`` of one trajectory (row layout): RK step, then noise; returns whether
     X is finite. ``sched`` a ``structs.Schedule``, ``ss`` a ``structs.StepScratch``."""
-    rk_step(ROWS, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
+    layer_step(ROWS, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
     if sched.sigma[n] != 0:
         add_noise(X, sched.sigma[n], noise_key, n)
     return all_finite(X)
@@ -90,7 +91,7 @@ def add_group_noise(X, n, σ, seed, start, status, lane):
 def advance_group(X, model, sched, n, seed, start, status, lane, ss):
     """Layer ``n`` of a group (lane layout): one Runge–Kutta step of every lane, then
     :func:`add_group_noise`. No finiteness test: the drivers test the group."""
-    rk_step(LANES, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
+    layer_step(LANES, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
     add_group_noise(X, n, sched.sigma, seed, start, status, lane)
 
 
@@ -201,7 +202,7 @@ def vector_field_rows(X, model, layer, out, fs):
     """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b;
     ``fs`` a ``structs.FieldScratch``."""
     for bi in range(X.shape[0]):
-        rhs(ROWS, X[bi], model, layer, out[bi], fs)
+        rhs(ROWS, X[bi], model, layer, SUB_ATTN | SUB_FFN, out[bi], fs)
 
 
 @_djit
@@ -212,9 +213,17 @@ def vector_field_lanes(X, model, layer, out, G, F, fs):
     L = lanes(G)
     for g0 in range(0, B, L):
         load_group(X, g0, G)
-        rhs(LANES, G, model, layer, F, fs)
+        rhs(LANES, G, model, layer, SUB_ATTN | SUB_FFN, F, fs)
         for l in range(min(L, B - g0)):
             store_lane(F, l, out[g0 + l])
+
+
+@_djit
+def norm_batch(X, kind, gain, bias, eps, red):
+    """Every token of the states ``X (B, T, d)`` normed in place (``norms.norm_tokens``,
+    the final norm of ``integrate``)."""
+    for bi in range(X.shape[0]):
+        norm_tokens(X[bi], 1, kind, gain, bias, eps, X[bi], red)
 
 
 # ------------------------------------------------------- the perturbation study

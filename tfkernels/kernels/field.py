@@ -26,17 +26,10 @@ from .attention import attention_vjp
 from .jit import ijit as _ijit
 from .jit import jit as _jit
 from .layout import attention, attention_tangent, product
-from .maths import activate_prime, bias_activate, bias_activate_prime
-from .simd import gemm
-from .structs import LANES, ROWS
-
-
-@_ijit
-def add_bias(out, b):
-    """``out[i, j] += b[j]`` along whole rows (a bias repeated per lane in lanes)."""
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            out[i, j] += b[j]
+from .maths import activate_prime, add_bias, bias_activate, bias_activate_prime
+from .norms import norm_tokens, tangent_project
+from .simd import gemm, lanes
+from .structs import LANES, ROWS, SUB_ATTN, SUB_FFN
 
 
 @_ijit
@@ -59,17 +52,70 @@ def ffn(layout, X, w1, b1, w2, b2, act, hidden, out):
 
 
 @_ijit
-def _rhs(layout, X, model, layer, out, fs):
-    """``out = f(X)`` with weight set ``layer`` of ``model`` (a ``structs.Model``);
-    ``fs`` a ``structs.FieldScratch``."""
-    w, s = model.weights, model.settings
-    damped_linear(layout, X, s.damping, w.A[layer], s.linear, out)
-    if s.attention:
-        attention(layout, X, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs, out)
-    if s.ffn:
+def n_lanes(layout, X):
+    """Lanes of a state: 1 in the row layout, ``simd.lanes`` in the lane layout."""
+    if layout == LANES:
+        return lanes(X)
+    return 1
+
+
+@_ijit
+def sub_input(layout, X, model, layer, which, fs):
+    """The input of sub-layer ``which`` (0 attention, 1 FFN): ``X``, or its tokens
+    normed by that sub-layer's norm into ``fs.xn`` with a pre norm."""
+    k = model.block
+    if k.pre:
+        norm_tokens(
+            X,
+            n_lanes(layout, X),
+            k.norm,
+            k.norm_gain[layer, which],
+            k.norm_bias[layer, which],
+            k.eps,
+            fs.xn,
+            fs.red,
+        )
+        return fs.xn
+    return X
+
+
+@_ijit
+def _rhs(layout, X, model, layer, subs, out, fs):
+    """``out`` = the field of the sub-layers ``subs`` (bits ``structs.SUB_ATTN``,
+    ``SUB_FFN``) at ``X`` with weight set ``layer`` of ``model`` (a ``structs.Model``):
+    ``F_a = g(N_a(X))`` (biases included) and ``F_f = h(N_f(X)) − γX + X·A`` (``N``
+    the identity without a pre norm), projected on the sphere's tangent spaces with
+    the tangent position. ``fs`` a ``structs.FieldScratch``. With both bits and no
+    block, the paper's ``f = g + h − γX + X·A`` in its original order of operations.
+    """
+    w, s, k = model.weights, model.settings, model.block
+    if subs & SUB_FFN:
+        damped_linear(layout, X, s.damping, w.A[layer], s.linear, out)
+    else:
+        z = out.dtype.type(0)
+        for i in range(out.shape[0]):
+            for j in range(out.shape[1]):
+                out[i, j] = z
+    if s.attention and subs & SUB_ATTN:
+        Xa = sub_input(layout, X, model, layer, 0, fs)
+        attention(
+            layout,
+            Xa,
+            w.wqkv[layer],
+            k.bqkv[layer],
+            w.wo[layer],
+            s.n_heads,
+            s.beta,
+            s.causal,
+            fs,
+            out,
+        )
+        add_bias(out, k.bo[layer])
+    if s.ffn and subs & SUB_FFN:
+        Xf = sub_input(layout, X, model, layer, 1, fs)
         ffn(
             layout,
-            X,
+            Xf,
             w.w1[layer],
             w.b1[layer],
             w.w2[layer],
@@ -78,11 +124,14 @@ def _rhs(layout, X, model, layer, out, fs):
             fs.hidden,
             out,
         )
+    if k.tangent:
+        tangent_project(X, n_lanes(layout, X), out, fs.red)
 
 
 @_ijit
 def _rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
-    """``out = f(X)`` (bit-identical to :func:`rhs`) and ``dout = f'(X)·V``.
+    """``out = f(X)`` (bit-identical to :func:`rhs`) and ``dout = f'(X)·V``, for the
+    parallel field without norms (biases included; ``api`` refuses the other blocks).
 
     One forward pass, the operations of :func:`rhs` in the same order, with σ'(z) kept
     in ``ts.S``; the JVP then costs only the products with the tangent. ``fs`` a
@@ -91,9 +140,22 @@ def _rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
     w, s = model.weights, model.settings
     A, w1, b1, w2, b2 = w.A[layer], w.w1[layer], w.b1[layer], w.w2[layer], w.b2[layer]
     # the forward pass: rhs with the activations kept
+    k = model.block
     damped_linear(layout, X, s.damping, A, s.linear, out)
     if s.attention:
-        attention(layout, X, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs, out)
+        attention(
+            layout,
+            X,
+            w.wqkv[layer],
+            k.bqkv[layer],
+            w.wo[layer],
+            s.n_heads,
+            s.beta,
+            s.causal,
+            fs,
+            out,
+        )
+        add_bias(out, k.bo[layer])
     if s.ffn:
         product(layout, X, w1, fs.hidden, False)
         bias_activate_prime(fs.hidden, b1, s.activation, ts.S)
@@ -115,25 +177,26 @@ def _rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
 
 
 @_jit
-def rhs_rows(X, model, layer, out, fs):
+def rhs_rows(X, model, layer, subs, out, fs):
     """:func:`rhs` in the row layout."""
-    _rhs(ROWS, X, model, layer, out, fs)
+    _rhs(ROWS, X, model, layer, subs, out, fs)
 
 
 @_jit
-def rhs_lanes(X, model, layer, out, fs):
+def rhs_lanes(X, model, layer, subs, out, fs):
     """:func:`rhs` in the lane layout."""
-    _rhs(LANES, X, model, layer, out, fs)
+    _rhs(LANES, X, model, layer, subs, out, fs)
 
 
 @_ijit
-def rhs(layout, X, model, layer, out, fs):
-    """``out = f(X)`` with weight set ``layer`` of ``model`` (a ``structs.Model``);
-    ``fs`` a ``structs.FieldScratch`` (a call of :func:`rhs_rows` or :func:`rhs_lanes`)."""
+def rhs(layout, X, model, layer, subs, out, fs):
+    """``out`` = the field of the sub-layers ``subs`` at ``X`` with weight set ``layer``
+    of ``model`` (a ``structs.Model``); ``fs`` a ``structs.FieldScratch`` (a call of
+    :func:`rhs_rows` or :func:`rhs_lanes`, see ``_rhs``)."""
     if layout == LANES:
-        rhs_lanes(X, model, layer, out, fs)
+        rhs_lanes(X, model, layer, subs, out, fs)
     else:
-        rhs_rows(X, model, layer, out, fs)
+        rhs_rows(X, model, layer, subs, out, fs)
 
 
 @_jit
@@ -187,6 +250,7 @@ def rhs_vjp(X, G, model, layer, out, vs):
             X,
             G,
             w.wqkv[layer],
+            model.block.bqkv[layer],
             w.wqkv_t[layer],
             w.wo_t[layer],
             s.n_heads,

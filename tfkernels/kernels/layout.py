@@ -50,13 +50,14 @@ def product(layout, X, W, out, accumulate):
 
 
 @_ijit
-def attention(layout, X, wqkv, wo, n_heads, beta, causal, fs, out):
-    """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o``: ``attention.attention_rows``
-    or ``attention.attention_lanes``."""
+def attention(layout, X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out):
+    """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o`` with ``[Q|K|V] = X·wqkv +
+    bqkv`` (``bqkv`` empty: no bias): ``attention.attention_rows`` or
+    ``attention.attention_lanes``."""
     if layout == LANES:
-        att.attention_lanes(X, wqkv, wo, n_heads, beta, causal, fs, out)
+        att.attention_lanes(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out)
     else:
-        att.attention_rows(X, wqkv, wo, n_heads, beta, causal, fs, out)
+        att.attention_rows(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out)
 
 
 @_ijit

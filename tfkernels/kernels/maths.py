@@ -274,6 +274,16 @@ def gelu_bias(H, b, dt, short):
             H[i, j] = dt(0.5) * z * two_cdf(z, dt, lo, short)
 
 
+@_ijit
+def add_bias(out, b):
+    """``out[i, j] += b[j]`` along whole rows (a bias repeated per lane in lanes); an
+    empty ``b`` (a model without this bias) adds nothing."""
+    if b.shape[0] != 0:
+        for i in range(out.shape[0]):
+            for j in range(out.shape[1]):
+                out[i, j] += b[j]
+
+
 @_jit
 def bias_activate(H, b, act):
     """``H[i, j] = σ(H[i, j] + b[j])`` in place.

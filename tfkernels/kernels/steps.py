@@ -8,9 +8,10 @@ single trajectory and a group of lanes, and lives with the drivers
 (:mod:`tfkernels.kernels.drivers`).
 """
 
-from .field import rhs, rhs_and_jvp
+from .field import n_lanes, rhs, rhs_and_jvp
 from .jit import ijit as _ijit
 from .jit import jit as _jit
+from .norms import norm_tokens
 from .structs import LANES, ROWS
 
 
@@ -58,8 +59,9 @@ def step_update(X, stages, b, h, acc):
 
 
 @_ijit
-def rk_step(layout, X, model, layer, a, b, h, ss):
-    """Advance ``X`` in place by one explicit RK step of size ``h``.
+def rk_step(layout, X, model, layer, subs, a, b, h, ss):
+    """Advance ``X`` in place by one explicit RK step of size ``h`` on the field of the
+    sub-layers ``subs`` (``structs.SUB_ATTN | SUB_FFN`` for the whole field).
 
     ``k_i = f(X + h Σ_{j<i} a_ij k_j)`` (:func:`stage_input`), then
     ``X += h Σ_i b_i k_i`` (:func:`step_update`, ``ss.xs`` holding the sum at the end).
@@ -72,8 +74,32 @@ def rk_step(layout, X, model, layer, a, b, h, ss):
         if i > 0:
             stage_input(X, stages, a, h, i, xs)
             src = xs
-        rhs(layout, src, model, layer, stages[i], ss.field)
+        rhs(layout, src, model, layer, subs, stages[i], ss.field)
     step_update(X, stages, b, h, xs)
+
+
+@_ijit
+def layer_step(layout, X, model, layer, a, b, h, ss):
+    """One layer of the block in place: its sub-steps in order (``structs.Block``),
+    each an :func:`rk_step` of size ``h·fraction`` on its sub-fields followed by its
+    post norm, if any. The paper's parallel field is one sub-step of the whole field
+    with fraction 1 and no norm, so its bits are those of a plain :func:`rk_step`."""
+    k = model.block
+    for i in range(k.subs.shape[0]):
+        rk_step(layout, X, model, layer, k.subs[i], a, b, h * k.fracs[i], ss)
+        p = k.posts[i]
+        if p >= 0:
+            f = ss.field
+            norm_tokens(
+                X,
+                n_lanes(layout, X),
+                k.norm,
+                k.norm_gain[layer, p],
+                k.norm_bias[layer, p],
+                k.eps,
+                X,
+                f.red,
+            )
 
 
 @_ijit

@@ -26,7 +26,7 @@ from collections import namedtuple
 import numpy as np
 
 from .. import config
-from ..methods import ACTIVATIONS
+from ..methods import ACTIVATIONS, NORMS, sub_steps
 from .simd import VECTOR_BYTES
 
 #: Value of ``status`` for a trajectory that stayed finite through every layer.
@@ -62,20 +62,58 @@ Settings.__doc__ = """The model's scalars: ``n_heads``, ``activation`` (a code o
 terms are on) and ``per_layer`` (layer n uses weight set n, else set 0) as bool;
 ``beta`` and ``damping`` (γ) in the state dtype."""
 
-Model = namedtuple("Model", ["weights", "settings"])
-Model.__doc__ = "A model as the kernels take it: :class:`Weights` and :class:`Settings`."
+Block = namedtuple(
+    "Block",
+    [
+        "bqkv",
+        "bo",
+        "norm_gain",
+        "norm_bias",
+        "subs",
+        "fracs",
+        "posts",
+        "norm",
+        "pre",
+        "tangent",
+        "eps",
+    ],
+)
+Block.__doc__ = """The block around the field (``TransformerParams``, "blocks"), the same
+structure for every model (the paper's parallel field without norms is one sub-step
+of both sub-layers, no norm, no bias):
+
+* ``bqkv (L, 3d)`` ``[bq | bk | bv]`` and ``bo (L, d)``, the attention biases
+  (``(L, 0)``: none; repeated per lane in the lane layout, :func:`for_lanes`);
+* ``norm_gain``, ``norm_bias (L, 2, d)``: the attention's (index 0) and the FFN's
+  (index 1) norm parameters (ones and zeros where the norm has none; ``(L, 2, 0)``
+  without a norm or for the sphere);
+* the sub-steps of a layer in order (``methods``' block rules, from
+  ``reference``-independent Python in :func:`sub_steps`): ``subs (k,)`` which
+  sub-fields each advances (bit 1 attention, bit 2 the FFN and the linear terms),
+  ``fracs (k,)`` its fraction of the step, ``posts (k,)`` the norm after it (0
+  attention's, 1 the FFN's, −1 none);
+* ``norm`` (``methods.NORMS`` code), ``pre`` (the sub-fields read normed tokens),
+  ``tangent`` (fields projected on the sphere's tangent spaces), ``eps``."""
+
+#: Sub-field bits of ``Block.subs``.
+SUB_ATTN, SUB_FFN = 1, 2
+
+Model = namedtuple("Model", ["weights", "settings", "block"])
+Model.__doc__ = """A model as the kernels take it: :class:`Weights`, :class:`Settings`
+and :class:`Block`."""
 
 Schedule = namedtuple("Schedule", ["a", "b", "h", "sigma"])
 Schedule.__doc__ = """One layer's update for every layer n: the explicit Runge–Kutta
 tableau ``a (s, s)``, ``b (s,)``, step sizes ``h (N,)`` (Δt, or α_n·c for the averaged
 update) and noise scales ``sigma (N,)`` (0: none), all in the state dtype."""
 
-FieldScratch = namedtuple("FieldScratch", ["qkv", "heads", "hidden", "mt", "qt", "P"])
+FieldScratch = namedtuple("FieldScratch", ["qkv", "heads", "hidden", "mt", "qt", "P", "xn", "red"])
 FieldScratch.__doc__ = """Buffers of one evaluation of ``f``: ``qkv`` (X·[Wq|Wk|Wv]),
 ``heads`` (the heads' outputs: transposed ``(d, T)`` in rows, ``(T, d·G)`` in lanes),
 ``hidden`` (the FFN's hidden layer), ``mt`` (the softmax's column maxima, sums and query
-indices), ``qt`` (the scaled Qᵀ, rows only) and ``P`` (the probabilities of a group of
-heads, transposed, side by side)."""
+indices), ``qt`` (the scaled Qᵀ, rows only), ``P`` (the probabilities of a group of
+heads, transposed, side by side), ``xn`` (a sub-layer's normed input, state-shaped;
+``(0, 0)`` without a pre norm) and ``red (2, L)`` (float64 per-lane sums of the norms)."""
 
 StepScratch = namedtuple("StepScratch", ["stages", "xs", "field"])
 StepScratch.__doc__ = """Buffers of one Runge–Kutta step: ``stages (s, …)`` the stage
@@ -127,11 +165,6 @@ def pack_params(params):
         differently, and mixing the two would multiply the specializations) with a
         leading layer axis, their transposes, and the settings.
     """
-    if params.is_block:
-        raise NotImplementedError(
-            "the compiled kernels do not run attention biases, norms or sequential/strang "
-            f"blocks yet ({params!r}); tfkernels.reference does"
-        )
     dt = params.dtype
     lead = (1,) if params.n_sets is None else ()
 
@@ -156,6 +189,7 @@ def pack_params(params):
     A = layered(params.linear) if params.linear is not None else empty(3)
     transposed = (np.ascontiguousarray(w.transpose(0, 2, 1)) for w in (wqkv, wo, w1, w2, A))
     weights = Weights(wqkv, wo, w1, b1, w2, b2, A, *transposed)
+    block = pack_block(params, layered)
     settings = Settings(
         n_heads=np.int64(params.n_heads),
         causal=bool(params.causal),
@@ -167,16 +201,84 @@ def pack_params(params):
         beta=dt.type(params.beta),
         damping=dt.type(params.damping),
     )
-    return Model(weights, settings)
+    return Model(weights, settings, block)
+
+
+def pack_block(params, layered):
+    """The :class:`Block` of ``params``; ``layered(a)`` gives a vector ``(d,)`` or
+    ``(L, d)`` its layer axis (as :func:`pack_params` does for the weights)."""
+    dt, d, n = params.dtype, params.d, params.n_sets or 1
+
+    def vectors(names, default):
+        # absent vectors are ``default`` (0 or 1), so that the kernels add or multiply
+        # them without a test; all absent: an empty set per layer
+        given = [getattr(params, k) for k in names]
+        if all(g is None for g in given):
+            return np.zeros((n, 0), dtype=dt)
+        full = [
+            np.full((d,), default, dtype=dt) if g is None else np.asarray(g, dtype=dt)
+            for g in given
+        ]
+        lead = () if params.n_sets is None else (n,)
+        return layered(np.concatenate([np.broadcast_to(f, lead + (d,)) for f in full], axis=-1))
+
+    bqkv = vectors(("bq", "bk", "bv"), 0.0) if params.attention else np.zeros((n, 0), dt)
+    bo = vectors(("bo",), 0.0) if params.attention else np.zeros((n, 0), dt)
+    if params.norm in ("layernorm", "rmsnorm"):
+        gain = vectors(("attn_norm_gain", "ffn_norm_gain"), 1.0).reshape(n, 2, d)
+        bias = vectors(("attn_norm_bias", "ffn_norm_bias"), 0.0)
+        bias = bias.reshape(n, 2, d) if bias.shape[1] else np.zeros((n, 2, d), dtype=dt)
+    else:
+        gain = bias = np.zeros((n, 2, 0), dtype=dt)
+    steps = sub_steps(params)
+    bit = {"attn": SUB_ATTN, "ffn": SUB_FFN}
+    post = {None: -1, "attn": 0, "ffn": 1}
+    return Block(
+        bqkv=bqkv,
+        bo=bo,
+        norm_gain=np.ascontiguousarray(gain),
+        norm_bias=np.ascontiguousarray(bias),
+        subs=np.array([sum(bit[k] for k in subs) for subs, _, _ in steps], dtype=np.int64),
+        fracs=np.array([f for _, f, _ in steps], dtype=dt),
+        posts=np.array([post[p] for _, _, p in steps], dtype=np.int64),
+        norm=np.int64(NORMS[params.norm or "none"]),
+        pre=params.norm is not None and params.norm_position == "pre",
+        tangent=params.norm_position == "tangent" and params.norm == "sphere",
+        eps=dt.type(params.norm_eps),
+    )
+
+
+def final_norm(params):
+    """``(kind, gain (d,), bias (d,), eps)`` of the final norm of ``params`` for
+    ``norms.norm_tokens``, or None when it has none."""
+    if not params.final_norm:
+        return None
+    dt, d = params.dtype, params.d
+    gain, bias = params.final_norm_gain, params.final_norm_bias
+    return (
+        np.int64(NORMS[params.norm]),
+        np.ones(d, dt) if gain is None else np.array(gain, dtype=dt),
+        np.zeros(d, dt) if bias is None else np.array(bias, dtype=dt),
+        dt.type(params.norm_eps),
+    )
+
+
+def has_kernel_jacobian(params):
+    """Whether the kernels' JVP and VJP (tangent mode, λ̂) cover ``params``: a parallel
+    block without a norm (attention biases are covered)."""
+    return params.norm is None and params.block == "parallel"
 
 
 def for_lanes(model):
-    """``model`` with the biases repeated per lane, ``b1 (L, m·G)`` and ``b2 (L, d·G)``
-    lane-interleaved like the states, so that the bias adds run along whole rows."""
+    """``model`` with the biases repeated per lane, ``b1 (L, m·G)``, ``b2 (L, d·G)``,
+    ``bqkv (L, 3d·G)`` and ``bo (L, d·G)`` lane-interleaved like the states, so that
+    the bias adds run along whole rows (the norms' gains and biases are read per
+    element, ``norms``)."""
     G = group_width(model.weights.b1.dtype)
-    w = model.weights
+    w, k = model.weights, model.block
     return model._replace(
-        weights=w._replace(b1=np.repeat(w.b1, G, axis=-1), b2=np.repeat(w.b2, G, axis=-1))
+        weights=w._replace(b1=np.repeat(w.b1, G, axis=-1), b2=np.repeat(w.b2, G, axis=-1)),
+        block=k._replace(bqkv=np.repeat(k.bqkv, G, axis=-1), bo=np.repeat(k.bo, G, axis=-1)),
     )
 
 
@@ -224,18 +326,30 @@ def step_scratch(layout, model, T, d, n_stages, dtype):
 
     Row layout: stages ``(S, T, d)``, ``xs (T, d)``, and ``qkv (T, 3d)``, ``heads (d, T)``,
     ``hidden (T, m)``, ``mt (3, G·T)``, ``qt (d, T)``, ``P (T, G·T)`` for a group of G
-    heads (:func:`head_group`). Lane layout (L lanes): every row L times as wide,
-    ``heads (T, d·L)``, ``P (T, H·T·L)``, ``mt (3, H·T·L)``, no ``qt``.
+    heads (:func:`head_group`), ``xn (T, d)`` with a pre norm, ``red (2, 1)``. Lane
+    layout (L lanes): every row L times as wide, ``heads (T, d·L)``, ``P (T, H·T·L)``,
+    ``mt (3, H·T·L)``, no ``qt``, ``red (2, L)``.
     """
     m = model.weights.w2.shape[1]
+    L = 1 if layout == ROWS else group_width(dtype)
+    xn = (T, d * L) if model.block.pre else (0, 0)
     if layout == ROWS:
         G = head_group(model, T, dtype)
         stages, xs, *fs = aligned_buffers(
-            ((n_stages, T, d), (T, d), (T, 3 * d), (d, T), (T, m), (3, G * T), (d, T), (T, G * T)),
+            (
+                (n_stages, T, d),
+                (T, d),
+                (T, 3 * d),
+                (d, T),
+                (T, m),
+                (3, G * T),
+                (d, T),
+                (T, G * T),
+                xn,
+            ),
             dtype,
         )
     else:
-        L = group_width(dtype)
         H = int(model.settings.n_heads) if model.settings.attention else 1
         stages, xs, *fs = aligned_buffers(
             (
@@ -247,10 +361,11 @@ def step_scratch(layout, model, T, d, n_stages, dtype):
                 (3, H * T * L),
                 (0, 0),
                 (T, H * T * L),
+                xn,
             ),
             dtype,
         )
-    return StepScratch(stages, xs, FieldScratch(*fs))
+    return StepScratch(stages, xs, FieldScratch(*fs, np.zeros((2, L))))
 
 
 def tangent_scratch(layout, model, T, d, n_stages, dtype):

@@ -554,6 +554,12 @@ def _check_args(
     )
     seq_len = v.check_int("seq_len", seq_len, minimum=1)
     mode_code = v.check_choice("mode", mode, MODES)
+    if mode_code == MODES["tangent"] and not kernels.has_kernel_jacobian(params):
+        raise NotImplementedError(
+            "`mode`='tangent' does not run models with a norm or a sequential/strang "
+            "block yet (the compiled kernels have no Jacobian of their layer map); use "
+            "mode='pair', or tfkernels.reference.step_jvp"
+        )
     dt_name = params.dtype.name
     if eps is None:
         eps = DEFAULT_EPS[dt_name]
@@ -910,7 +916,9 @@ def _compile_kernels(params, packed, k, run, n_layers, client):
     here = [(compile_sampling, (params, k["seq_len"], n_layers, run, k["seed"]))]
     if client is None:
         here.append((decay_chunk, (0, 1, packed, _chunk_config(params, k, math.nan))))
-    there = [(compile_jacobian, (kernels.pack_params(p64), k["seq_len"], params.d))]
+    there = []
+    if kernels.has_kernel_jacobian(params):  # else λ̂ is not estimated
+        there = [(compile_jacobian, (kernels.pack_params(p64), k["seq_len"], params.d))]
     return compiling.prepare(here, there)
 
 

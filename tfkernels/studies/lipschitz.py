@@ -24,6 +24,13 @@ DENSE_MAX = 512
 SAFE_EXP = 256
 
 
+#: Why λ̂ and L̂ are NaN for a model whose layer is not one step of a vector field.
+BLOCK_NOTE = (
+    "not estimated: the model has a norm or a sequential/strang block, so a layer is "
+    "not one step of a vector field f, and the kernels have no Jacobian of its layer map"
+)
+
+
 def _power_of_two_scale(m):
     """``2^-e`` with ``2^e ≈ m`` when the magnitude ``m`` lies outside
     ``[2^-SAFE_EXP, 2^SAFE_EXP]`` (or 1.0 for m = 0), else exactly 1.0."""
@@ -198,6 +205,8 @@ def estimate_lipschitz(
         the estimates are NaN).
     """
     run = run or {}
+    if not kernels.has_kernel_jacobian(params):
+        return math.nan, math.nan, {"n_samples": 0, "method": None, "note": BLOCK_NOTE}
     samples = _sample_states(params, seq_len, n_layers, n_samples, run, seed)
     p64 = params if params.dtype == np.float64 else params.astype(np.float64)
     packed = kernels.pack_params(p64)

@@ -1,6 +1,7 @@
 """The importers reproduce the real thing: PyTorch encoders, the all-MiniLM-L6-v2 BERT
-checkpoint, and a GPT-2-layout checkpoint written here, through the reference's
-``integrate`` with Δt = 1 (``_forward``); and every importer error path.
+checkpoint, and a GPT-2-layout checkpoint written here, through the compiled kernels'
+``integrate`` with Δt = 1, checked against the reference's (``_forward``); and every
+importer error path.
 
 The comparisons are relative to the largest output entry: float64 to 1e-12 (the two
 computations differ by the order of their sums, ~1e-15 per layer here), float32 to 1e-5
@@ -21,15 +22,19 @@ import pytest
 torch = pytest.importorskip("torch")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
+import tfkernels as tfk  # noqa: E402
 from tfkernels import reference as ref  # noqa: E402
 from tfkernels.params import TransformerParams  # noqa: E402
 
 F = torch.nn.functional
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+TORCH_DTYPE = {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}
 
 
 def _forward(p, x, L):
-    """The imported model's forward pass: ``L`` layers of Δt = 1, Euler.
+    """The imported model's forward pass, ``L`` layers of Δt = 1, Euler, by the compiled
+    kernels (``tfk.integrate``, in the model's dtype); checked first against the
+    reference's (float64 arithmetic) to ``RTOL`` of the model's dtype.
 
     Parameters
     ----------
@@ -39,9 +44,13 @@ def _forward(p, x, L):
 
     Returns
     -------
-    ndarray of float64
+    ndarray of the model's dtype
     """
-    return ref.integrate(p, x, n_layers=L, t_final=float(L), method="euler")
+    run = dict(t_final=float(L), method="euler")
+    got = tfk.integrate(p, np.ascontiguousarray(x, dtype=p.dtype), L, **run)
+    want = ref.integrate(p, x, n_layers=L, **run)
+    _assert_close(got, want, TORCH_DTYPE[p.dtype], "kernels against the reference")
+    return got
 
 
 def _assert_close(got, want, dtype, what=""):

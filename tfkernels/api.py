@@ -255,6 +255,10 @@ def integrate(
 ):
     """Run ``n_layers`` residual layers (steps of ``dX/dt = f(X)``) on every trajectory.
 
+    A layer is the block of ``params`` (``TransformerParams``: one step of the whole
+    field, or sequential or Strang sub-steps, each followed by its norm with
+    ``norm_position="post"``).
+
     Parameters
     ----------
     params : TransformerParams
@@ -288,7 +292,9 @@ def integrate(
     Returns
     -------
     ndarray
-        ``(B, T, d)`` final states, or ``(B, N//k + 1, T, d)`` with ``save_every=k``.
+        ``(B, T, d)`` final states (after the final norm when ``params.final_norm``),
+        or ``(B, N//k + 1, T, d)`` with ``save_every=k`` (no final norm: the states of
+        the flow).
 
     Raises
     ------

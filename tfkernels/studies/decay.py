@@ -866,7 +866,7 @@ def perturbation_decay(
         _check_checkpoint(k, info)  # before anything compiles
     t_begin = time.perf_counter()
     packed = kernels.pack_params(params)
-    with threads.threads(n_threads), _notice(progress, k, client):
+    with threads.threads(n_threads), _notice(progress, k, client, params):
         compiled = _compile_kernels(params, packed, k, run, n_layers, client)
         lam, lip, linfo = estimate_lipschitz(
             params, k["seq_len"], n_layers, n_samples=k["lambda_samples"], seed=k["seed"], run=run
@@ -922,13 +922,14 @@ def _compile_kernels(params, packed, k, run, n_layers, client):
     return compiling.prepare(here, there)
 
 
-def _notice(progress, k, client):
+def _notice(progress, k, client, params):
     """The one-line compile notice of a study run with a progress bar (else nothing)."""
     if not progress:
         return contextlib.nullcontext()
     mode = next(m for m, code in MODES.items() if code == k["mode"])
     here = ["flow"] + ([mode] if client is None else [])
-    return compiling.notice(estimate_s=compiling.estimate((here, ["jacobian"])))
+    there = ["jacobian"] if kernels.has_kernel_jacobian(params) else []
+    return compiling.notice(estimate_s=compiling.estimate((here, there)))
 
 
 def _checkpoint_info(params, k, run, n_layers):

@@ -1,0 +1,208 @@
+"""The compiled kernels run block models (attention biases, LayerNorm/RMSNorm/sphere
+norms in every position, parallel/sequential/Strang blocks, the final norm) and agree
+with ``tfkernels.reference``, which writes them from the maths: ``integrate`` for every
+method, ``vector_field``, and the decay study's pair mode; rows and lanes give the same
+bits, and so do any batch split and thread count."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tfkernels as tfk
+from test_decay import directions
+from tfkernels import config, kernels
+from tfkernels import reference as ref
+from tfkernels.studies import decay, lipschitz
+
+SETTINGS = settings(
+    max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+
+#: Relative error allowed against the float64 reference. float64: a few ulps of every
+#: operation, compounded over ≤ 4 layers of ≤ 3 sub-steps. float32: its unit roundoff
+#: (6e-8) times the same growth; the measured worst over every combination below is
+#: about 5e-7, so 1e-5 leaves a margin of 20 without hiding an error in a term (a wrong
+#: bias, norm or fraction gives errors of order 1e-2 and more).
+RTOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+@st.composite
+def blocks(draw):
+    """A block model's settings: every norm in every position it allows, every block,
+    biases on or off, with or without per-layer weights, attention or FFN off."""
+    norm = draw(st.sampled_from([None, "layernorm", "rmsnorm", "sphere"]))
+    positions = {None: ["pre"], "sphere": ["pre", "post", "tangent"]}.get(norm, ["pre", "post"])
+    kw = dict(
+        norm=norm,
+        norm_position=draw(st.sampled_from(positions)),
+        block=draw(st.sampled_from(["parallel", "sequential", "strang"])),
+        bias=draw(st.booleans()),
+        causal=draw(st.booleans()),
+        damping=draw(st.sampled_from([0.0, 0.5])),
+        linear=draw(st.booleans()),
+        n_layers=draw(st.sampled_from([None, 3])),
+        final_norm=norm in ("layernorm", "rmsnorm") and draw(st.booleans()),
+    )
+    off = draw(st.sampled_from([None, "attention", "ffn"]))
+    if off:
+        kw[off] = False
+    return kw
+
+
+def model(kw, dtype, d=8, seed=3):
+    return tfk.TransformerParams.random(d=d, n_heads=2, d_ff=2 * d, seed=seed, dtype=dtype, **kw)
+
+
+def close(got, want, dtype):
+    scale = max(np.max(np.abs(want)), 1.0)
+    assert np.max(np.abs(got - want)) <= RTOL[dtype] * scale
+
+
+def both_layouts(fn):
+    """``fn()`` with the lane kernels forced on, then forced off."""
+    out = []
+    for size in (10**9, 0):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(config, "LANES_MAX_SIZE", size)
+            out.append(fn())
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@SETTINGS
+@given(kw=blocks(), method=st.sampled_from(["euler", "heun", "rk4", "averaged"]))
+def test_integrate_matches_reference_in_both_layouts(dtype, kw, method):
+    p = model(kw, dtype)
+    x0 = tfk.random_states(5, 4, 8, seed=1, dtype=dtype)
+    run = dict(method=method, t_final=1.5)
+    lanes, rows = both_layouts(lambda: tfk.integrate(p, x0, 3, **run))
+    assert np.array_equal(lanes, rows)
+    close(rows, ref.integrate(p, x0, 3, **run), dtype)
+    # snapshots: no final norm, each layer as the reference's
+    snap = tfk.integrate(p, x0, 3, save_every=1, **run)
+    close(snap, ref.integrate(p, x0, 3, save_every=1, **run), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@SETTINGS
+@given(kw=blocks())
+def test_vector_field_matches_reference(dtype, kw):
+    p = model(kw, dtype)
+    X = tfk.random_states(7, 4, 8, seed=2, dtype=dtype)
+    lanes, rows = both_layouts(lambda: tfk.vector_field(p, X))
+    assert np.array_equal(lanes, rows)
+    close(rows, ref.vector_field(p, X), dtype)
+
+
+def test_final_norm_is_applied_to_the_returned_state_only():
+    p = model(dict(norm="layernorm", norm_position="post", final_norm=True), np.float64)
+    x0 = tfk.random_states(4, 3, 8, seed=5)
+    final = tfk.integrate(p, x0, 4)
+    snaps = tfk.integrate(p, x0, 4, save_every=4)
+    plain = p.replace(final_norm=False, final_norm_gain=None, final_norm_bias=None)
+    unnormed = tfk.integrate(plain, x0, 4)
+    assert np.array_equal(snaps[:, -1], unnormed)
+    want = ref.token_norm(unnormed, "layernorm", p.final_norm_gain, p.final_norm_bias, p.norm_eps)
+    close(final, want, np.float64)
+    assert not np.allclose(final, unnormed)
+
+
+def test_sphere_tangent_keeps_token_norms():
+    """The tangent projection keeps ``‖x_i‖`` to the method's order: RK4 at Δt = 0.05
+    moves it by less than 1e-6 over 20 layers (and Euler, first order, visibly)."""
+    p = model(dict(norm="sphere", norm_position="tangent"), np.float64)
+    x0 = tfk.random_states(6, 4, 8, seed=7)
+    x0 /= np.linalg.norm(x0, axis=-1, keepdims=True)
+    rk4 = tfk.integrate(p, x0, 20, method="rk4", t_final=1.0)
+    euler = tfk.integrate(p, x0, 20, method="euler", t_final=1.0)
+    drift = lambda X: np.max(np.abs(np.linalg.norm(X, axis=-1) - 1.0))
+    assert drift(rk4) < 1e-6 < drift(euler)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "sphere"])
+def test_post_norm_leaves_normed_tokens(norm):
+    """After a sequential post-norm layer every token is ``N_f``'s output: undoing the
+    gain and bias leaves mean 0 and mean square ``σ²/(σ² + eps)`` (layernorm), mean
+    square ``m/(m + eps)`` (rmsnorm), unit norm (sphere), to float32 rounding."""
+    p = model(dict(norm=norm, norm_position="post", block="sequential"), np.float32)
+    X = tfk.integrate(p, tfk.random_states(9, 4, 8, seed=1, dtype=np.float32), 2)
+    X = X.astype(np.float64)
+    if norm == "sphere":
+        np.testing.assert_allclose(np.linalg.norm(X, axis=-1), 1.0, atol=1e-6)
+        return
+    bias = p.ffn_norm_bias if norm == "layernorm" else 0.0
+    Z = (X - bias) / p.ffn_norm_gain
+    ms = np.mean(Z * Z, axis=-1)
+    assert np.all((ms < 1.0) & (ms > 1.0 - 1e-3))  # eps = 1e-5 against σ² of order 1
+    if norm == "layernorm":
+        np.testing.assert_allclose(np.mean(Z, axis=-1), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(norm="layernorm", norm_position="post", block="sequential", bias=True),
+        dict(norm="rmsnorm", norm_position="pre", block="strang"),
+        dict(norm="sphere", norm_position="tangent", damping=0.5),
+    ],
+    ids=["bert", "rms-strang", "sphere"],
+)
+def test_pair_mode_matches_reference(dtype, kw):
+    p = model(kw, dtype, d=4)
+    N, T, n, eps = 6, 3, 5, 1e-3
+    run = dict(method="heun", t_final=1.0)
+    lanes, rows = both_layouts(
+        lambda: decay.log_ratios(p, n, T, N, mode="pair", eps=eps, seed=4, **run)
+    )
+    assert np.array_equal(lanes[1], rows[1]) and np.all(rows[1] == kernels.STATUS_OK)
+    # the states are the same bits; the float64 sum of squared distances may be
+    # reassociated by LLVM in the row kernel (as for every model, tests/test_lanes.py)
+    np.testing.assert_allclose(lanes[0], rows[0], rtol=1e-13, atol=1e-13)
+    x0 = tfk.random_states(n, T, 4, seed=4, dtype=dtype)
+    want = ref.perturbation_ratios(p, x0, directions(n, T, 4, seed=4), eps, N, log=True, **run)
+    # float32: the pair's difference is ε = 1e-3 (the study's default) against states
+    # of norm ≈ 3, so each rounding of X and Y (6e-8 of an entry) is ≈ 2e-4 of it, and
+    # 6 layers of 2–3 sub-steps and norms compound it (measured: ≤ 1e-3); a wrong term
+    # is caught by the integrate test above, bit for bit the same states
+    atol = 1e-8 if dtype == np.float64 else 3e-3
+    np.testing.assert_allclose(rows[0], want, atol=atol, rtol=0)
+
+
+def test_block_study_reports_no_lambda_hat_and_refuses_tangent():
+    p = model(dict(norm="layernorm", norm_position="post", block="sequential"), np.float64)
+    res = tfk.perturbation_decay(p, n_trajectories=40, seq_len=3, n_layers=5, seed=1)
+    assert res.n_valid == 40 and math.isfinite(res.rate)
+    assert math.isnan(res.lambda_hat) and res.bound_holds is None
+    assert res.meta["lambda_note"] == lipschitz.BLOCK_NOTE
+    with pytest.raises(NotImplementedError, match="`mode`='tangent'"):
+        tfk.perturbation_decay(p, n_trajectories=4, seq_len=3, n_layers=5, mode="tangent")
+
+
+def test_biases_alone_keep_tangent_mode_and_lambda_hat():
+    """A parallel block with attention biases and no norm is still one step of a field:
+    tangent mode and λ̂ run, and tangent mode agrees with the reference."""
+    p = model(dict(bias=True, damping=1.0), np.float64, d=4)
+    N, T, n = 6, 3, 4
+    tan, status = decay.log_ratios(p, n, T, N, mode="tangent", seed=2)
+    x0 = tfk.random_states(n, T, 4, seed=2)
+    want = np.log(ref.tangent_ratios(p, x0, directions(n, T, 4, seed=2), N))
+    np.testing.assert_allclose(tan, want, atol=1e-12, rtol=0)
+    res = tfk.perturbation_decay(p, n_trajectories=20, seq_len=T, n_layers=N, seed=2)
+    assert math.isfinite(res.lambda_hat) and res.meta["lambda_note"] is None
+
+
+def test_split_and_threads_give_the_same_bits():
+    p = model(dict(norm="layernorm", norm_position="pre", block="strang", bias=True), np.float32)
+    x0 = tfk.random_states(37, 4, 8, seed=9, dtype=np.float32)
+    whole = tfk.integrate(p, x0, 4, method="rk4", n_threads=2)
+    parts = np.concatenate(
+        [
+            tfk.integrate(p, x0[:10], 4, method="rk4", n_threads=1),
+            tfk.integrate(p, x0[10:], 4, method="rk4"),
+        ]
+    )
+    assert np.array_equal(whole, parts)

@@ -143,7 +143,7 @@ def test_good_values_parse(argv, key, value):
 def test_every_valued_flag_is_checked_by_its_own_type():
     """A new option must get a checking type (``common``) named after it, or be listed
     here with where it is checked."""
-    elsewhere = {"--out", "--checkpoint"}  # in check_args, before any work
+    elsewhere = {"--out", "--checkpoint", "--model"}  # in check_args, before any work
     for name in cli.SUBCOMMANDS:
         parser = cli.build_parser([name])
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[

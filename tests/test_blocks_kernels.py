@@ -172,14 +172,63 @@ def test_pair_mode_matches_reference(dtype, kw):
     np.testing.assert_allclose(rows[0], want, atol=atol, rtol=0)
 
 
-def test_block_study_reports_no_lambda_hat_and_refuses_tangent():
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@SETTINGS
+@given(kw=blocks(), method=st.sampled_from(["euler", "heun", "rk4", "averaged"]))
+def test_tangent_mode_matches_reference(dtype, kw, method):
+    """Tangent mode chains the exact derivatives of the sub-steps, the norms (after a
+    post norm ``D ← N'(X)·D``), the pre norms' inputs and the tangent projection; the
+    reference's ``step_jvp`` writes the same from the maths."""
+    p = model(kw, dtype, d=4)
+    N, T, n = 3, 3, 5
+    run = dict(method=method, t_final=1.0)
+    lanes, rows = both_layouts(lambda: decay.log_ratios(p, n, T, N, mode="tangent", seed=3, **run))
+    assert np.array_equal(lanes[1], rows[1]) and np.all(rows[1] == kernels.STATUS_OK)
+    np.testing.assert_allclose(lanes[0], rows[0], rtol=1e-13, atol=1e-13)  # float64 sums
+    x0 = tfk.random_states(n, T, 4, seed=3, dtype=dtype)
+    ratios = ref.tangent_ratios(p, x0, directions(n, T, 4, seed=3), N, **run)
+    # log r to 1e-12 in float64; float32 states and tangents carry its rounding (6e-8)
+    # through ≤ 3 layers of ≤ 3 sub-steps, norms and their derivatives (measured ≤ 7e-6)
+    atol = 1e-12 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(rows[0], np.log(ratios), atol=atol, rtol=0)
+
+
+def test_lambda_hat_of_a_layer_map():
+    """A post-norm or sequential block is a layer map Φ: λ̂ is the largest
+    ``log‖Φ'(X)‖₂/Δt`` over the sampled states, L̂ the largest ``‖Φ'(X)‖₂``; each
+    sample's value is the reference's ``layer_map_jacobian``'s."""
     p = model(dict(norm="layernorm", norm_position="post", block="sequential"), np.float64)
-    res = tfk.perturbation_decay(p, n_trajectories=40, seq_len=3, n_layers=5, seed=1)
-    assert res.n_valid == 40 and math.isfinite(res.rate)
-    assert math.isnan(res.lambda_hat) and res.bound_holds is None
-    assert res.meta["lambda_note"] == lipschitz.BLOCK_NOTE
-    with pytest.raises(NotImplementedError, match="`mode`='tangent'"):
-        tfk.perturbation_decay(p, n_trajectories=4, seq_len=3, n_layers=5, mode="tangent")
+    T, N = 3, 5
+    lam, lip, info = lipschitz.estimate_lipschitz(
+        p, T, N, n_samples=6, seed=1, run=dict(method="heun", t_final=2.0)
+    )
+    assert info["object"] == "layer map" and info["note"] == lipschitz.MAP_NOTE
+    samples = lipschitz._sample_states(p, T, N, 6, dict(method="heun", t_final=2.0), 1)
+    norms = [
+        np.linalg.norm(ref.layer_map_jacobian(p, X, 0.4, method="heun"), 2) for X, _ in samples
+    ]
+    np.testing.assert_allclose(lip, max(norms), rtol=1e-12)
+    np.testing.assert_allclose(lam, math.log(max(norms)) / 0.4, rtol=1e-12)
+    res = tfk.perturbation_decay(p, n_trajectories=40, seq_len=T, n_layers=N, seed=1)
+    assert res.meta["lambda_object"] == "layer map" and math.isfinite(res.lambda_hat)
+    assert res.bound_holds is not None
+
+
+def test_field_with_a_norm_has_lambda_hat_up_to_the_dense_size():
+    """A parallel pre-norm block is still an ODE: λ̂ is that of its field f, formed
+    densely from the JVP kernel (the kernels have no VJP of the norms); past the dense
+    size it is NaN, and the note says why."""
+    p = model(dict(norm="rmsnorm"), np.float64, d=4)
+    lam, lip, info = lipschitz.estimate_lipschitz(p, 3, 4, n_samples=4, seed=2)
+    want = []
+    for X, _ in lipschitz._sample_states(p, 3, 4, 4, {}, 2):
+        J = ref.jacobian(p, X)
+        want.append((np.linalg.eigvalsh(0.5 * (J + J.T))[-1], np.linalg.norm(J, 2)))
+    assert info["object"] == "vector field" and info["note"] is None
+    np.testing.assert_allclose([lam, lip], np.max(want, axis=0), rtol=1e-10)
+    big = model(dict(norm="rmsnorm"), np.float64, d=32)
+    lam, _, info = lipschitz.estimate_lipschitz(big, 32, 4, n_samples=2)
+    assert math.isnan(lam) and "densely" in info["note"]
 
 
 def test_biases_alone_keep_tangent_mode_and_lambda_hat():

@@ -9,6 +9,8 @@ from tfkernels import api, kernels
 from tfkernels import reference as ref
 from tfkernels.kernels import drivers, field, rng, structs
 
+BOTH = structs.SUB_ATTN | structs.SUB_FFN  # the whole field
+
 
 def directions(n, T, d, seed=0, start=0):
     """The unit directions U the decay study draws for trajectories ``start …``."""
@@ -53,12 +55,12 @@ def test_heads_in_groups_give_the_same_bits():
     ts = structs.tangent_scratch(structs.ROWS, model, 4, 6, 1, X.dtype)
     assert fs.P.shape == (4, 12)  # all three heads side by side
     jvp_all, f_all = np.empty_like(X), np.empty_like(X)
-    field.rhs_and_jvp_rows(X, V, model, 0, f_all, jvp_all, fs, ts)
+    field.rhs_and_jvp_rows(X, V, model, 0, BOTH, f_all, jvp_all, fs, ts)
     for g in (1, 2):  # groups {0}{1}{2} and {0,1}{2}
         few = fs._replace(mt=np.empty((3, 4 * g)), P=np.empty((4, 4 * g)))
         jvp_g, f_g, flow_g = np.empty_like(X), np.empty_like(X), np.empty_like(X)
-        field.rhs_and_jvp_rows(X, V, model, 0, f_g, jvp_g, few, ts)
-        field.rhs_rows(X, model, 0, flow_g, few)
+        field.rhs_and_jvp_rows(X, V, model, 0, BOTH, f_g, jvp_g, few, ts)
+        field.rhs_rows(X, model, 0, BOTH, flow_g, few)
         np.testing.assert_array_equal(jvp_g, jvp_all)
         np.testing.assert_array_equal(f_g, f_all)
         np.testing.assert_array_equal(flow_g, f_all)

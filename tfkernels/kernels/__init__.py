@@ -20,7 +20,15 @@ Read top-down:
 Nothing here imports the public API (:mod:`tfkernels.api`) or the studies.
 """
 
-from .dispatch import decay_kernel, final_norm, integrate, jvp_kernel, vector_field, vjp_kernel
+from .dispatch import (
+    decay_kernel,
+    final_norm,
+    integrate,
+    jvp_kernel,
+    layer_jvp_kernel,
+    vector_field,
+    vjp_kernel,
+)
 from .drivers import MODE_PAIR, MODE_TANGENT
 from .structs import (
     STATUS_OK,
@@ -31,7 +39,6 @@ from .structs import (
     Weights,
     aligned_buffers,
     empty_aligned,
-    has_kernel_jacobian,
     pack_params,
     use_lanes,
 )
@@ -49,9 +56,9 @@ __all__ = [
     "decay_kernel",
     "empty_aligned",
     "final_norm",
-    "has_kernel_jacobian",
     "integrate",
     "jvp_kernel",
+    "layer_jvp_kernel",
     "pack_params",
     "use_lanes",
     "vector_field",

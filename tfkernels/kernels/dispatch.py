@@ -193,6 +193,19 @@ def jvp_kernel(X, V, model, layers, out):
     run(body, X.shape[0])
 
 
+def layer_jvp_kernel(X, D, model, layers, a, b, h):
+    """``X[k] ← Φ(X[k])``, ``D[k] ← Φ'(X[k])·D[k]`` in place for the block's layer map
+    (``drivers.layer_jvp_batch``), parallel over k."""
+    T, d = X.shape[1:]
+
+    def body(lo, hi):
+        ss = structs.step_scratch(ROWS, model, T, d, len(b), X.dtype)
+        ts = structs.tangent_scratch(ROWS, model, T, d, len(b), X.dtype)
+        drivers.layer_jvp_batch(X[lo:hi], D[lo:hi], model, layers[lo:hi], a, b, h[lo:hi], ss, ts)
+
+    run(body, X.shape[0])
+
+
 def vjp_kernel(X, G, model, layers, out):
     """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, parallel over k."""
     run(

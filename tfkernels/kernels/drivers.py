@@ -568,7 +568,16 @@ def jvp_batch(X, V, model, layers, out, fx, fs, ts):
     """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, serially over k (row
     layout); ``fx (T, d)`` receives ``f(X[k])``."""
     for k in range(X.shape[0]):
-        rhs_and_jvp(ROWS, X[k], V[k], model, layers[k], fx, out[k], fs, ts)
+        rhs_and_jvp(ROWS, X[k], V[k], model, layers[k], SUB_ATTN | SUB_FFN, fx, out[k], fs, ts)
+
+
+@_djit
+def layer_jvp_batch(X, D, model, layers, a, b, h, ss, ts):
+    """``X[k] ← Φ(X[k])`` and ``D[k] ← Φ'(X[k])·D[k]`` in place for the layer map Φ of
+    the block (tableau ``a``, ``b``, step ``h[k]``, weight set ``layers[k]``, no noise),
+    serially over k (row layout): the Jacobian of a block's layer map, column by column."""
+    for k in range(X.shape[0]):
+        step_tangent(ROWS, X[k], D[k], model, layers[k], a, b, h[k], ss, ts)
 
 
 @_djit

@@ -27,7 +27,7 @@ from .jit import ijit as _ijit
 from .jit import jit as _jit
 from .layout import attention, attention_tangent, product
 from .maths import activate_prime, add_bias, bias_activate, bias_activate_prime
-from .norms import norm_tokens, tangent_project
+from .norms import norm_tokens, norm_tokens_jvp, tangent_project, tangent_project_jvp
 from .simd import gemm, lanes
 from .structs import LANES, ROWS, SUB_ATTN, SUB_FFN
 
@@ -49,6 +49,15 @@ def ffn(layout, X, w1, b1, w2, b2, act, hidden, out):
     bias_activate(hidden, b1, act)
     product(layout, hidden, w2, out, True)
     add_bias(out, b2)
+
+
+@_ijit
+def fill_zero(out):
+    """``out[:, :] = 0`` (an explicit loop, as ``drivers.copy_state``)."""
+    z = out.dtype.type(0)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = z
 
 
 @_ijit
@@ -92,10 +101,7 @@ def _rhs(layout, X, model, layer, subs, out, fs):
     if subs & SUB_FFN:
         damped_linear(layout, X, s.damping, w.A[layer], s.linear, out)
     else:
-        z = out.dtype.type(0)
-        for i in range(out.shape[0]):
-            for j in range(out.shape[1]):
-                out[i, j] = z
+        fill_zero(out)
     if s.attention and subs & SUB_ATTN:
         Xa = sub_input(layout, X, model, layer, 0, fs)
         attention(
@@ -129,23 +135,53 @@ def _rhs(layout, X, model, layer, subs, out, fs):
 
 
 @_ijit
-def _rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
-    """``out = f(X)`` (bit-identical to :func:`rhs`) and ``dout = f'(X)·V``, for the
-    parallel field without norms (biases included; ``api`` refuses the other blocks).
+def sub_tangent(layout, X, V, model, layer, which, ts):
+    """The tangent of :func:`sub_input`: ``V``, or ``N'(X)·V`` of sub-layer ``which``'s
+    norm into ``ts.dxn`` with a pre norm."""
+    k = model.block
+    if k.pre:
+        norm_tokens_jvp(
+            X,
+            V,
+            n_lanes(layout, X),
+            k.norm,
+            k.norm_gain[layer, which],
+            k.eps,
+            ts.dxn,
+            ts.red,
+        )
+        return ts.dxn
+    return V
+
+
+@_ijit
+def _rhs_and_jvp(layout, X, V, model, layer, subs, out, dout, fs, ts):
+    """``out`` = the field of the sub-layers ``subs`` at ``X`` (bit-identical to
+    :func:`rhs`) and ``dout`` its exact derivative along ``V``.
 
     One forward pass, the operations of :func:`rhs` in the same order, with σ'(z) kept
-    in ``ts.S``; the JVP then costs only the products with the tangent. ``fs`` a
+    in ``ts.S`` and the attention's activations in ``fs``; the JVP then costs only the
+    products with the tangent, of the sub-layers' inputs ``N'(X)·V`` with a pre norm
+    (:func:`sub_tangent`). With the tangent position the projection and its derivative
+    come last, together (``norms.tangent_project_jvp``). ``fs`` a
     ``structs.FieldScratch``, ``ts`` a ``structs.TangentScratch``.
     """
-    w, s = model.weights, model.settings
+    w, s, k = model.weights, model.settings, model.block
     A, w1, b1, w2, b2 = w.A[layer], w.w1[layer], w.b1[layer], w.w2[layer], w.b2[layer]
+    attn = s.attention and (subs & SUB_ATTN) != 0
+    ff = s.ffn and (subs & SUB_FFN) != 0
     # the forward pass: rhs with the activations kept
-    k = model.block
-    damped_linear(layout, X, s.damping, A, s.linear, out)
-    if s.attention:
+    if subs & SUB_FFN:
+        damped_linear(layout, X, s.damping, A, s.linear, out)
+        damped_linear(layout, V, s.damping, A, s.linear, dout)
+    else:
+        fill_zero(out)
+        fill_zero(dout)
+    if attn:
+        Xa = sub_input(layout, X, model, layer, 0, fs)
         attention(
             layout,
-            X,
+            Xa,
             w.wqkv[layer],
             k.bqkv[layer],
             w.wo[layer],
@@ -156,24 +192,28 @@ def _rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
             out,
         )
         add_bias(out, k.bo[layer])
-    if s.ffn:
-        product(layout, X, w1, fs.hidden, False)
+    if ff:
+        Xf = sub_input(layout, X, model, layer, 1, fs)
+        product(layout, Xf, w1, fs.hidden, False)
         bias_activate_prime(fs.hidden, b1, s.activation, ts.S)
         product(layout, fs.hidden, w2, out, True)
         add_bias(out, b2)
     # the tangent
-    damped_linear(layout, V, s.damping, A, s.linear, dout)
-    if s.attention:
+    if attn:
+        Va = sub_tangent(layout, X, V, model, layer, 0, ts)
         attention_tangent(
-            layout, V, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs, ts, dout
+            layout, Va, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs, ts, dout
         )
-    if s.ffn:
+    if ff:
+        Vf = sub_tangent(layout, X, V, model, layer, 1, ts)
         dhidden, S = ts.dhidden, ts.S
-        product(layout, V, w1, dhidden, False)
+        product(layout, Vf, w1, dhidden, False)
         for i in range(dhidden.shape[0]):
             for j in range(dhidden.shape[1]):
                 dhidden[i, j] *= S[i, j]
         product(layout, dhidden, w2, dout, True)
+    if k.tangent:
+        tangent_project_jvp(X, V, n_lanes(layout, X), out, dout, ts.red)
 
 
 @_jit
@@ -200,25 +240,25 @@ def rhs(layout, X, model, layer, subs, out, fs):
 
 
 @_jit
-def rhs_and_jvp_rows(X, V, model, layer, out, dout, fs, ts):
+def rhs_and_jvp_rows(X, V, model, layer, subs, out, dout, fs, ts):
     """:func:`rhs_and_jvp` in the row layout."""
-    _rhs_and_jvp(ROWS, X, V, model, layer, out, dout, fs, ts)
+    _rhs_and_jvp(ROWS, X, V, model, layer, subs, out, dout, fs, ts)
 
 
 @_jit
-def rhs_and_jvp_lanes(X, V, model, layer, out, dout, fs, ts):
+def rhs_and_jvp_lanes(X, V, model, layer, subs, out, dout, fs, ts):
     """:func:`rhs_and_jvp` in the lane layout."""
-    _rhs_and_jvp(LANES, X, V, model, layer, out, dout, fs, ts)
+    _rhs_and_jvp(LANES, X, V, model, layer, subs, out, dout, fs, ts)
 
 
 @_ijit
-def rhs_and_jvp(layout, X, V, model, layer, out, dout, fs, ts):
+def rhs_and_jvp(layout, X, V, model, layer, subs, out, dout, fs, ts):
     """``out = f(X)`` and ``dout = f'(X)·V`` (a call of :func:`rhs_and_jvp_rows` or
     :func:`rhs_and_jvp_lanes`; see ``_rhs_and_jvp``)."""
     if layout == LANES:
-        rhs_and_jvp_lanes(X, V, model, layer, out, dout, fs, ts)
+        rhs_and_jvp_lanes(X, V, model, layer, subs, out, dout, fs, ts)
     else:
-        rhs_and_jvp_rows(X, V, model, layer, out, dout, fs, ts)
+        rhs_and_jvp_rows(X, V, model, layer, subs, out, dout, fs, ts)
 
 
 # ------------------------------------------------------------------------ VJP

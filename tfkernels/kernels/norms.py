@@ -112,3 +112,90 @@ def tangent_project(X, L, F, red):
             for l in range(L):
                 x = np.float64(X[t, j * L + l])
                 F[t, j * L + l] = dt(np.float64(F[t, j * L + l]) - red[0, l] * x)
+
+
+@_sjit
+def norm_tokens_jvp(X, V, L, kind, gain, eps, out, red):
+    """``out = N'(X)·V`` for every token (the bias drops out); ``out`` may be ``V``.
+
+    Per token, with ``r = 1/sqrt(σ² + eps)`` on the centred ``x_c = x − μ`` and
+    ``v_c = v − mean(v)`` (layernorm), ``r = 1/sqrt(mean(x²) + eps)`` (rmsnorm) or
+    ``r = 1/‖x‖`` (sphere, ``x_c = x``, ``v_c = v``): ``dr = −r³·mean(x_c v_c)``
+    (``−r³⟨x, v⟩`` for the sphere) and ``N'(X)·V = (v_c·r + x_c·dr)·gain`` (no gain for
+    the sphere). ``red (≥ 4, ≥ L)`` float64 scratch; the arguments as in
+    :func:`norm_tokens`.
+    """
+    T = X.shape[0]
+    d = X.shape[1] // L
+    dt = out.dtype.type
+    inv_d = 1.0 / d
+    e = np.float64(eps)
+    ln = kind == LAYERNORM
+    for t in range(T):
+        for q in range(4):
+            for l in range(L):
+                red[q, l] = 0.0
+        if ln:  # the means of x and v
+            for j in range(d):
+                for l in range(L):
+                    red[0, l] += np.float64(X[t, j * L + l])
+                    red[1, l] += np.float64(V[t, j * L + l])
+            for l in range(L):
+                red[0, l] = red[0, l] * inv_d
+                red[1, l] = red[1, l] * inv_d
+        for j in range(d):  # Σ x_c², Σ x_c v_c
+            for l in range(L):
+                x = np.float64(X[t, j * L + l]) - red[0, l]
+                v = np.float64(V[t, j * L + l]) - red[1, l]
+                red[2, l] += x * x
+                red[3, l] += x * v
+        for l in range(L):
+            if kind == SPHERE:
+                r = 1.0 / np.sqrt(red[2, l])
+                red[3, l] = -(r * r * r) * red[3, l]
+            else:
+                r = 1.0 / np.sqrt(red[2, l] * inv_d + e)
+                red[3, l] = -(r * r * r) * (red[3, l] * inv_d)
+            red[2, l] = r
+        for j in range(d):
+            g = 1.0 if kind == SPHERE else np.float64(gain[j])
+            for l in range(L):
+                x = np.float64(X[t, j * L + l]) - red[0, l]
+                v = np.float64(V[t, j * L + l]) - red[1, l]
+                out[t, j * L + l] = dt((v * red[2, l] + x * red[3, l]) * g)
+
+
+@_sjit
+def tangent_project_jvp(X, V, L, F, dF, red):
+    """The projection of :func:`tangent_project` and its derivative together: with the
+    unprojected field ``F`` and its derivative ``dF`` along ``V`` at ``X``, ``s = ⟨x, f⟩``,
+    ``q = ‖x‖²``, ``ds = ⟨v, f⟩ + ⟨x, df⟩``, ``dq = 2⟨x, v⟩`` per token:
+    ``dF ← df − (ds/q − s·dq/q²)·x − (s/q)·v``, then ``F ← f − (s/q)·x``, the bits of
+    :func:`tangent_project`. ``red (≥ 4, ≥ L)`` float64 scratch."""
+    T = X.shape[0]
+    d = X.shape[1] // L
+    dt = F.dtype.type
+    for t in range(T):
+        for q in range(4):
+            for l in range(L):
+                red[q, l] = 0.0
+        for j in range(d):
+            for l in range(L):
+                i = j * L + l
+                x, f = np.float64(X[t, i]), np.float64(F[t, i])
+                red[0, l] += x * f
+                red[1, l] += x * x
+                red[2, l] += np.float64(V[t, i]) * f + x * np.float64(dF[t, i])
+                red[3, l] += x * np.float64(V[t, i])
+        for l in range(L):
+            s, q = red[0, l], red[1, l]
+            red[2, l] = red[2, l] / q - s * (2.0 * red[3, l]) / (q * q)
+            red[0, l] = s / q
+        for j in range(d):
+            for l in range(L):
+                i = j * L + l
+                x = np.float64(X[t, i])
+                dF[t, i] = dt(
+                    np.float64(dF[t, i]) - red[2, l] * x - red[0, l] * np.float64(V[t, i])
+                )
+                F[t, i] = dt(np.float64(F[t, i]) - red[0, l] * x)

@@ -11,7 +11,7 @@ single trajectory and a group of lanes, and lives with the drivers
 from .field import n_lanes, rhs, rhs_and_jvp
 from .jit import ijit as _ijit
 from .jit import jit as _jit
-from .norms import norm_tokens
+from .norms import norm_tokens, norm_tokens_jvp
 from .structs import LANES, ROWS
 
 
@@ -103,7 +103,7 @@ def layer_step(layout, X, model, layer, a, b, h, ss):
 
 
 @_ijit
-def _step_tangent(layout, X, D, model, layer, a, b, h, ss, ts):
+def _step_tangent(layout, X, D, model, layer, subs, a, b, h, ss, ts):
     """One explicit RK step of the state and of its linearization, in place.
 
     ``X`` advances exactly as in :func:`rk_step` (the same :func:`stage_input` /
@@ -116,31 +116,48 @@ def _step_tangent(layout, X, D, model, layer, a, b, h, ss, ts):
     stages, xs, dstages, ds = ss.stages, ss.xs, ts.dstages, ts.ds
     for i in range(b.shape[0]):
         if i == 0:
-            rhs_and_jvp(layout, X, D, model, layer, stages[0], dstages[0], ss.field, ts)
+            rhs_and_jvp(layout, X, D, model, layer, subs, stages[0], dstages[0], ss.field, ts)
             continue
         stage_input(X, stages, a, h, i, xs)
         stage_input(D, dstages, a, h, i, ds)
-        rhs_and_jvp(layout, xs, ds, model, layer, stages[i], dstages[i], ss.field, ts)
+        rhs_and_jvp(layout, xs, ds, model, layer, subs, stages[i], dstages[i], ss.field, ts)
     step_update(X, stages, b, h, xs)
     step_update(D, dstages, b, h, ds)
+
+
+@_ijit
+def _layer_tangent(layout, X, D, model, layer, a, b, h, ss, ts):
+    """One layer of the block and its linearization, in place: :func:`layer_step`'s
+    sub-steps, each a ``_step_tangent`` of size ``h·fraction`` on its sub-fields, and
+    after a post norm ``X ← N(X)`` the tangent ``D ← N'(X)·D`` (taken at the state
+    before the norm). ``X`` gets the bits of :func:`layer_step`."""
+    k = model.block
+    for i in range(k.subs.shape[0]):
+        _step_tangent(layout, X, D, model, layer, k.subs[i], a, b, h * k.fracs[i], ss, ts)
+        p = k.posts[i]
+        if p >= 0:
+            L = n_lanes(layout, X)
+            gain = k.norm_gain[layer, p]
+            norm_tokens_jvp(X, D, L, k.norm, gain, k.eps, D, ts.red)
+            norm_tokens(X, L, k.norm, gain, k.norm_bias[layer, p], k.eps, X, ss.field.red)
 
 
 @_jit
 def step_tangent_rows(X, D, model, layer, a, b, h, ss, ts):
     """:func:`step_tangent` in the row layout."""
-    _step_tangent(ROWS, X, D, model, layer, a, b, h, ss, ts)
+    _layer_tangent(ROWS, X, D, model, layer, a, b, h, ss, ts)
 
 
 @_jit
 def step_tangent_lanes(X, D, model, layer, a, b, h, ss, ts):
     """:func:`step_tangent` in the lane layout."""
-    _step_tangent(LANES, X, D, model, layer, a, b, h, ss, ts)
+    _layer_tangent(LANES, X, D, model, layer, a, b, h, ss, ts)
 
 
 @_ijit
 def step_tangent(layout, X, D, model, layer, a, b, h, ss, ts):
-    """One explicit RK step of the state and of its linearization, in place (a call of
-    :func:`step_tangent_rows` or :func:`step_tangent_lanes`; see ``_step_tangent``)."""
+    """One layer of the block and its linearization, in place (a call of
+    :func:`step_tangent_rows` or :func:`step_tangent_lanes`; see ``_layer_tangent``)."""
     if layout == LANES:
         step_tangent_lanes(X, D, model, layer, a, b, h, ss, ts)
     else:

@@ -120,12 +120,15 @@ StepScratch.__doc__ = """Buffers of one Runge–Kutta step: ``stages (s, …)`` 
 derivatives, ``xs`` a stage input, ``field`` a :class:`FieldScratch`."""
 
 TangentScratch = namedtuple(
-    "TangentScratch", ["dstages", "ds", "S", "dqkv", "dP", "dheads", "dhidden", "qtd"]
+    "TangentScratch",
+    ["dstages", "ds", "S", "dqkv", "dP", "dheads", "dhidden", "qtd", "dxn", "red"],
 )
 TangentScratch.__doc__ = """Buffers of the tangent (JVP) of a step, beside a
 :class:`StepScratch`: tangent stages and stage input, ``S`` the activation's derivative
 σ'(z), and the tangents of ``qkv``, of a head's probabilities, of the heads' outputs, of
-the hidden layer, and ``qtd`` the scaled dQᵀ (rows only)."""
+the hidden layer, ``qtd`` the scaled dQᵀ (rows only), ``dxn`` the tangent of a
+sub-layer's normed input (``(0, 0)`` without a pre norm) and ``red (4, L)`` (float64
+per-lane sums of the norms' derivatives)."""
 
 VjpScratch = namedtuple("VjpScratch", ["qkv", "dqkv", "go", "P", "dS", "hidden", "ghidden"])
 VjpScratch.__doc__ = "Buffers of the vector–Jacobian product (rows layout only)."
@@ -263,12 +266,6 @@ def final_norm(params):
     )
 
 
-def has_kernel_jacobian(params):
-    """Whether the kernels' JVP and VJP (tangent mode, λ̂) cover ``params``: a parallel
-    block without a norm (attention biases are covered)."""
-    return params.norm is None and params.block == "parallel"
-
-
 def for_lanes(model):
     """``model`` with the biases repeated per lane, ``b1 (L, m·G)``, ``b2 (L, d·G)``,
     ``bqkv (L, 3d·G)`` and ``bo (L, d·G)`` lane-interleaved like the states, so that
@@ -387,9 +384,11 @@ def tangent_scratch(layout, model, T, d, n_stages, dtype):
                 (d, T) if rows else (T, d * L),
                 (T, m * L),
                 (d, T) if rows else (0, 0),
+                (T, d * L) if model.block.pre else (0, 0),
             ),
             dtype,
-        )
+        ),
+        np.zeros((4, L)),
     )
 
 

@@ -34,7 +34,7 @@ from ..methods import MODES
 from . import checkpoint as ckpt
 from . import output, runner
 from .environment import environment, params_summary
-from .lipschitz import compile_jacobian, compile_sampling, estimate_lipschitz
+from .lipschitz import compile_jacobian, compile_sampling, estimate_lipschitz, jacobian_object
 from .serialize import float_or_nan, jsonable, read_json_entries
 from .stats import (
     HIST_MAX_BINS,
@@ -503,7 +503,11 @@ class DecayResult:
                 if self.n_valid
                 else "undetermined (no valid trajectory)",
             ),
-            ("lambda_hat", f"{self.lambda_hat:.5g}   (L_hat {self.L_hat:.4g})"),
+            (
+                "lambda_hat",
+                f"{self.lambda_hat:.5g}   (L_hat {self.L_hat:.4g})"
+                + ("   of the layer map" if m.get("lambda_object") == "layer map" else ""),
+            ),
             (
                 "bound holds",
                 f"{self.bound_holds} ({self.fraction_above_bound:.3g} above)"
@@ -512,6 +516,11 @@ class DecayResult:
                 + (" (no valid trajectory)" if not self.n_valid else " (lambda_hat is NaN)"),
             ),
             ("regime", self.regime),
+            *(
+                [("lambda note", m["lambda_note"])]
+                if math.isnan(self.lambda_hat) and m.get("lambda_note")
+                else []
+            ),
             (
                 "non-finite",
                 f"{self.n_nonfinite:,}"
@@ -554,12 +563,6 @@ def _check_args(
     )
     seq_len = v.check_int("seq_len", seq_len, minimum=1)
     mode_code = v.check_choice("mode", mode, MODES)
-    if mode_code == MODES["tangent"] and not kernels.has_kernel_jacobian(params):
-        raise NotImplementedError(
-            "`mode`='tangent' does not run models with a norm or a sequential/strang "
-            "block yet (the compiled kernels have no Jacobian of their layer map); use "
-            "mode='pair', or tfkernels.reference.step_jvp"
-        )
     dt_name = params.dtype.name
     if eps is None:
         eps = DEFAULT_EPS[dt_name]
@@ -917,7 +920,7 @@ def _compile_kernels(params, packed, k, run, n_layers, client):
     if client is None:
         here.append((decay_chunk, (0, 1, packed, _chunk_config(params, k, math.nan))))
     there = []
-    if kernels.has_kernel_jacobian(params):  # else λ̂ is not estimated
+    if jacobian_object(params) == "vector field":  # a layer map's compiles when used
         there = [(compile_jacobian, (kernels.pack_params(p64), k["seq_len"], params.d))]
     return compiling.prepare(here, there)
 
@@ -928,7 +931,7 @@ def _notice(progress, k, client, params):
         return contextlib.nullcontext()
     mode = next(m for m, code in MODES.items() if code == k["mode"])
     here = ["flow"] + ([mode] if client is None else [])
-    there = ["jacobian"] if kernels.has_kernel_jacobian(params) else []
+    there = ["jacobian"] if jacobian_object(params) == "vector field" else []
     return compiling.notice(estimate_s=compiling.estimate((here, there)))
 
 
@@ -1023,6 +1026,7 @@ def _make_result(params, k, run, n_layers, chunks, cfg, estimates, env, wall):
             "lambda_method": linfo["method"],
             "lambda_n_samples": linfo["n_samples"],
             "lambda_note": linfo.get("note"),
+            "lambda_object": linfo.get("object"),
             "quantile_accuracy_log_r": float(stats.accuracy().max()),
             "quantile_method": f"histogram over log r, bins of {HIST_WIDTH:g} (of "
             f"{HIST_WIDTH:g}*2^k in a layer spread over more than {HIST_MAX_BINS} of them); "

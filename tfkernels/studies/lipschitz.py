@@ -24,11 +24,63 @@ DENSE_MAX = 512
 SAFE_EXP = 256
 
 
-#: Why λ̂ and L̂ are NaN for a model whose layer is not one step of a vector field.
-BLOCK_NOTE = (
-    "not estimated: the model has a norm or a sequential/strang block, so a layer is "
-    "not one step of a vector field f, and the kernels have no Jacobian of its layer map"
+#: Largest T·d for which the Jacobian of a block's layer map is formed (densely, by
+#: T·d tangent steps; it has no adjoint kernel for Lanczos).
+MAP_DENSE_MAX = DENSE_MAX
+#: What λ̂ and L̂ are for a block whose layer is not one step of a vector field.
+MAP_NOTE = (
+    "the layer is a map (post norm, or sequential/strang sub-steps), not one step of a "
+    "vector field: λ̂ is the largest per-layer log-Lipschitz rate log‖Φ'(X)‖₂/Δt of the "
+    "layer map Φ and L̂ the largest ‖Φ'(X)‖₂, over the sampled states"
 )
+
+
+def jacobian_object(params):
+    """What λ̂ is estimated of: ``"vector field"`` when a layer is one step of the
+    field (a parallel block without a post norm), else ``"layer map"``."""
+    post = params.norm is not None and params.norm_position == "post"
+    return "vector field" if params.block == "parallel" and not post else "layer map"
+
+
+def _too_large(params, seq_len):
+    """Why λ̂ cannot be estimated at ``T·d = seq_len·d`` (None when it can): the layer
+    map's Jacobian is formed densely up to :data:`MAP_DENSE_MAX`; a field with a norm
+    has no VJP kernel, so densely up to :data:`DENSE_MAX`."""
+    n = seq_len * params.d
+    if jacobian_object(params) == "layer map" and n > MAP_DENSE_MAX:
+        return f"not estimated: the layer map's Jacobian is formed up to T·d = {MAP_DENSE_MAX}"
+    if params.norm is not None and jacobian_object(params) == "vector field" and n > DENSE_MAX:
+        return (
+            "not estimated: the Jacobian of a field with a norm is formed densely, up to "
+            f"T·d = {DENSE_MAX} (the kernels have no VJP of the norms for Lanczos)"
+        )
+    return None
+
+
+def _map_jacobian(packed, X, layer, a, b, h):
+    """Dense Jacobian (T·d × T·d) of the block's layer map at X (weight set ``layer``,
+    step ``h``) via T·d tangent steps."""
+    T, d = X.shape
+    n = T * d
+    Xs = np.ascontiguousarray(np.broadcast_to(X, (n, T, d)))
+    E = np.eye(n).reshape(n, T, d)
+    kernels.layer_jvp_kernel(
+        Xs, E, packed, np.full(n, layer, dtype=np.int64), a, b, np.full(n, h, dtype=np.float64)
+    )
+    return E.reshape(n, n).T
+
+
+def _lognorm_map(packed, X, layer, a, b, h):
+    """``(log‖Φ'(X)‖₂ / h, ‖Φ'(X)‖₂)`` of the layer map (NaN when not finite)."""
+    J = _map_jacobian(packed, X, layer, a, b, h)
+    if not np.all(np.isfinite(J)):
+        return math.nan, math.nan
+    s = float(np.linalg.norm(J, 2))
+    return (math.log(s) / h if s > 0 else -math.inf), s
+
+
+#: The update's arguments of ``api.prepare_run`` after ``n_layers``, in order.
+_RUN_KEYS = ("method", "t_final", "alpha", "c", "noise")
 
 
 def _power_of_two_scale(m):
@@ -205,20 +257,28 @@ def estimate_lipschitz(
         the estimates are NaN).
     """
     run = run or {}
-    if not kernels.has_kernel_jacobian(params):
-        return math.nan, math.nan, {"n_samples": 0, "method": None, "note": BLOCK_NOTE}
+    obj = jacobian_object(params)
+    why = _too_large(params, seq_len)
+    if why is not None:
+        info = {"n_samples": 0, "method": None, "note": why, "object": obj}
+        return math.nan, math.nan, info
     samples = _sample_states(params, seq_len, n_layers, n_samples, run, seed)
     p64 = params if params.dtype == np.float64 else params.astype(np.float64)
     packed = kernels.pack_params(p64)
-    dense = seq_len * params.d <= dense_max
+    dense = seq_len * params.d <= dense_max or params.norm is not None
+    if obj == "layer map":
+        full = {"method": "euler", "t_final": 1.0, "alpha": None, "c": 1.0, "noise": 0.0, **run}
+        a, b, h, _ = api.prepare_run(p64, n_layers, *(full[k] for k in _RUN_KEYS))
     lam, lip = -math.inf, 0.0
     n_bad = 0
     with threadpool_limits(limits=1, user_api="blas"):
-        for X, layer in samples:
+        for X, n in samples:
             X = np.ascontiguousarray(X, dtype=np.float64)
-            layer = layer if params.n_sets is not None else 0
+            layer = n if params.n_sets is not None else 0
             try:
-                if dense:
+                if obj == "layer map":
+                    l1, l2 = _lognorm_map(packed, X, layer, a, b, float(h[n]))
+                elif dense:
                     l1, l2 = _lognorm_dense(packed, X, layer)
                 else:
                     l1, l2 = _lognorm_lanczos(packed, X, layer)
@@ -238,5 +298,8 @@ def estimate_lipschitz(
         )
     if note is not None:
         lam, lip = math.nan, math.nan
-    info = {"n_samples": len(samples), "method": "dense" if dense else "lanczos", "note": note}
+    elif obj == "layer map":
+        note = MAP_NOTE
+    method = "dense" if dense else "lanczos"
+    info = {"n_samples": len(samples), "method": method, "note": note, "object": obj}
     return lam, lip, info

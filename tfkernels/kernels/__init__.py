@@ -12,8 +12,11 @@ Read top-down:
   settings, schedule, scratch, the two layouts) and the Python that builds them;
 * :mod:`~tfkernels.kernels.attention` — attention, its JVP and VJP, per layout;
 * :mod:`~tfkernels.kernels.layout` — the primitives that differ between layouts;
-* :mod:`~tfkernels.kernels.field` — the vector field, its JVP and VJP, written once;
-* :mod:`~tfkernels.kernels.steps` — the Runge–Kutta step of a state and of its tangent;
+* :mod:`~tfkernels.kernels.norms` — the token norms, the sphere's tangent projection
+  and their derivatives;
+* :mod:`~tfkernels.kernels.field` — the (sub-)fields, their JVP and VJP, written once;
+* :mod:`~tfkernels.kernels.steps` — a layer of the block (its sub-steps and post
+  norms), of a state and of its tangent;
 * :mod:`~tfkernels.kernels.drivers` — all layers of many trajectories in one call;
 * :mod:`~tfkernels.kernels.dispatch` — layout choice, buffers, threads.
 

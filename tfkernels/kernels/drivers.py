@@ -65,8 +65,9 @@ def add_noise(X, σ, noise_key, n):
 
 @_ijit
 def advance(X, model, sched, n, noise_key, ss):
-    """Layer ``n`` of one trajectory (row layout): RK step, then noise; returns whether
-    X is finite. ``sched`` a ``structs.Schedule``, ``ss`` a ``structs.StepScratch``."""
+    """Layer ``n`` of one trajectory (row layout): the block's step (``steps.layer_step``),
+    then noise; returns whether X is finite. ``sched`` a ``structs.Schedule``, ``ss`` a
+    ``structs.StepScratch``."""
     layer_step(ROWS, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
     if sched.sigma[n] != 0:
         add_noise(X, sched.sigma[n], noise_key, n)
@@ -89,7 +90,7 @@ def add_group_noise(X, n, σ, seed, start, status, lane):
 
 @_jit
 def advance_group(X, model, sched, n, seed, start, status, lane, ss):
-    """Layer ``n`` of a group (lane layout): one Runge–Kutta step of every lane, then
+    """Layer ``n`` of a group (lane layout): the block's step of every lane, then
     :func:`add_group_noise`. No finiteness test: the drivers test the group."""
     layer_step(LANES, X, model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss)
     add_group_noise(X, n, sched.sigma, seed, start, status, lane)

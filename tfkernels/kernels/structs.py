@@ -7,7 +7,9 @@ fields, so a kernel reads ``model.weights.wqkv[layer]``, never ``W[0][layer]``):
   (L = 1 for shared weights); absent terms are empty arrays;
 * :class:`Settings` — the model's scalars (heads, mask, activation code, which terms
   are on, whether weights are per layer, β and γ in the state dtype);
-* :class:`Model` — ``(weights, settings)``, what :func:`pack_params` returns;
+* :class:`Block` — the attention biases, the norms' parameters and the layer's
+  sub-steps (the paper's field: one sub-step, no norm, no bias);
+* :class:`Model` — ``(weights, settings, block)``, what :func:`pack_params` returns;
 * :class:`Schedule` — the update: tableau ``a``, ``b``, step sizes ``h`` and noise
   scales ``sigma`` per layer;
 * :class:`FieldScratch`, :class:`StepScratch`, :class:`TangentScratch`,

@@ -22,12 +22,14 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that was n
 _PUBLIC = {
     "ACTIVATIONS": ".methods",
     "DecayResult": ".studies.decay",
+    "GeometryResult": ".studies.geometry",
     "METHODS": ".methods",
     "StudyInterrupted": ".studies.runner",
     "TransformerParams": ".params",
     "integrate": ".api",
     "perturbation_decay": ".studies.decay",
     "random_states": ".api",
+    "token_geometry": ".studies.geometry",
     "vector_field": ".api",
 }
 

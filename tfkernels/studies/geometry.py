@@ -85,9 +85,14 @@ def geometry_metrics(X, energy_beta):
         axes in a fixed order), never on the other states of the batch.
     """
     X = np.asarray(X, dtype=np.float64)
-    T = X.shape[-2]
+    lead, (T, d) = X.shape[:-2], X.shape[-2:]
+    X = X.reshape(-1, T, d)  # one axis of states (a copy only for a non-contiguous X)
+    # Every metric is scale-invariant: scale each state by a power of two (exact) to a
+    # largest entry in [1/2, 1), so that huge finite states do not overflow the sums.
+    _, e = np.frexp(np.abs(X).max(axis=(-2, -1)))
+    X = np.ldexp(X, -e[:, None, None])
     norms = np.sqrt(np.einsum("...td,...td->...t", X, X))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         U = X / norms[..., None]
         C = np.einsum("...id,...jd->...ij", U, U)
         off = ~np.eye(T, dtype=bool)
@@ -96,7 +101,7 @@ def geometry_metrics(X, energy_beta):
         dens = ((C > DENS_THRESHOLD) & off).sum(axis=(-2, -1)) / n_off
         energy = np.exp(energy_beta * (C - 1.0)).sum(axis=(-2, -1)) / (T * T)
         finite = np.isfinite(C).all(axis=(-2, -1))
-        clusters = np.full(X.shape[:-2], np.nan)
+        clusters = np.full(X.shape[0], np.nan)
         if finite.any():
             clusters[finite] = np.linalg.matrix_rank((C[finite] > CLUSTER_THRESHOLD) * 1.0)
         R = X - X.mean(axis=-2, keepdims=True)
@@ -110,9 +115,7 @@ def geometry_metrics(X, energy_beta):
         "rank_collapse_fro": fro,
         "energy": energy,
     }
-    for val in out.values():
-        val[~finite] = np.nan
-    return out
+    return {k: np.where(finite, val, np.nan).reshape(lead) for k, val in out.items()}
 
 
 def _norm1(M):

@@ -32,8 +32,8 @@ from .. import _validate as v
 from .. import api, compiling, config, kernels, threads
 from ..methods import MODES
 from . import checkpoint as ckpt
-from . import initial, lipschitz, output, runner
-from .environment import environment, params_summary
+from . import initial, lipschitz, output, plans, runner
+from .environment import params_summary
 from .lipschitz import compile_jacobian, compile_sampling, estimate_lipschitz
 from .serialize import float_or_nan, jsonable, read_json_entries
 from .stats import (
@@ -901,50 +901,107 @@ def perturbation_decay(
         info = _checkpoint_info(params, k, run, n_layers)
         _check_checkpoint(k, info)  # before anything compiles
     t_begin = time.perf_counter()
-    packed = kernels.pack_params(params)
     with threads.threads(n_threads), _notice(progress, k, client):
-        compiled = _compile_kernels(params, packed, k, run, n_layers, client)
-        lam, lip, linfo = estimate_lipschitz(
-            params,
-            k["seq_len"],
-            n_layers,
-            n_samples=k["lambda_samples"],
-            seed=k["seed"],
-            run=run,
-            x0=_lipschitz_x0(params, k, n_layers),
+        pl = _prepare(params, k, run, n_layers, client, info)
+        return plans.run_plan(
+            pl,
+            n_threads=n_threads,
+            progress=progress,
+            client=client,
+            checkpoint=k["checkpoint"],
+            t_begin=t_begin,
         )
-        cfg = _chunk_config(params, k, lam)
-        try:
-            chunks = runner.run_chunks(
-                decay_chunk,
-                k["n_trajectories"],
-                k["chunk_size"],
-                shared=(packed, cfg) if k["x0"] is None else (packed, cfg, k["x0"]),
-                client=client,
-                n_threads=n_threads,
-                progress=progress,
-                desc="decay",
-                checkpoint=k["checkpoint"],
-                checkpoint_info=info,
-            )
-            interrupted = False
-        except runner.StudyInterrupted as stop:
-            chunks, interrupted = stop.result, True
-        env = environment()  # inside: records the thread count used
-    env["compile"] = compiled
-    if chunks.cluster is not None:
-        env["cluster"] = chunks.cluster
-    wall = time.perf_counter() - t_begin
-    res = None
-    if chunks.next_chunk > 0:
-        res = _make_result(params, k, run, n_layers, chunks, cfg, (lam, lip, linfo), env, wall)
-    if interrupted:  # also when the last chunk was running: the interrupt is not dropped
-        raise runner.StudyInterrupted(
-            res,
-            f"perturbation_decay interrupted after {chunks.n_done:,} of "
-            f"{k['n_trajectories']:,} trajectories",
-        ) from None
-    return res
+
+
+def plan(params, n_trajectories, seq_len, n_layers, *, client=None, **kwargs):
+    """The :class:`~.plans.Plan` of :func:`perturbation_decay` with these arguments:
+    validated, its kernels compiled and λ̂ estimated (the chunks have not run).
+
+    ``kwargs`` are :func:`perturbation_decay`'s study arguments (``method``,
+    ``t_final``, ``alpha``, ``c``, ``noise``, ``eps``, ``mode``, ``seed``,
+    ``chunk_size``, ``lambda_samples``, ``bound_rtol``, ``x0``); ``client`` only says
+    where the chunks will run (their kernels then compile on the workers).
+    """
+    k, run = check_study_args(params, n_trajectories, seq_len, n_layers, **kwargs)
+    return _prepare(params, k, run, n_layers, client, None)
+
+
+def check_study_args(
+    params,
+    n_trajectories,
+    seq_len,
+    n_layers,
+    *,
+    method="euler",
+    t_final=1.0,
+    alpha=None,
+    c=1.0,
+    noise=0.0,
+    eps=None,
+    mode="pair",
+    seed=0,
+    chunk_size=None,
+    lambda_samples=64,
+    bound_rtol=None,
+    x0="normal",
+):
+    """Validate the study arguments of :func:`perturbation_decay` (those of
+    :func:`plan`); return ``(k, run)``: the normalized arguments and the update."""
+    k = _check_args(
+        params,
+        n_trajectories,
+        seq_len,
+        n_layers,
+        method,
+        t_final,
+        alpha,
+        c,
+        noise,
+        eps,
+        mode,
+        seed,
+        chunk_size,
+        None,
+        False,
+        lambda_samples,
+        bound_rtol,
+        None,
+        None,
+        x0,
+    )
+    return k, dict(method=method, t_final=t_final, alpha=alpha, c=c, noise=noise)
+
+
+def _prepare(params, k, run, n_layers, client, info):
+    """Compile the kernels, estimate λ̂ and return the study's :class:`~.plans.Plan`
+    (``k`` from :func:`_check_args`, ``info`` the checkpoint's configuration or None)."""
+    packed = kernels.pack_params(params)
+    compiled = _compile_kernels(params, packed, k, run, n_layers, client)
+    lam, lip, linfo = estimate_lipschitz(
+        params,
+        k["seq_len"],
+        n_layers,
+        n_samples=k["lambda_samples"],
+        seed=k["seed"],
+        run=run,
+        x0=_lipschitz_x0(params, k, n_layers),
+    )
+    cfg = _chunk_config(params, k, lam)
+
+    def finish(chunks, env, wall):
+        env["compile"] = compiled
+        return _make_result(params, k, run, n_layers, chunks, cfg, (lam, lip, linfo), env, wall)
+
+    return plans.Plan(
+        chunk_fn=decay_chunk,
+        shared=(packed, cfg) if k["x0"] is None else (packed, cfg, k["x0"]),
+        n_trajectories=k["n_trajectories"],
+        chunk_size=k["chunk_size"],
+        finish=finish,
+        name="perturbation_decay",
+        checkpoint_info=info,
+        desc="decay",
+    )
 
 
 def _lipschitz_x0(params, k, n_layers):

@@ -38,8 +38,8 @@ import numpy as np
 from .. import _validate as v
 from .. import api, config, kernels, threads
 from . import checkpoint as ckpt
-from . import initial, output, runner
-from .environment import environment, params_summary
+from . import initial, output, plans, runner
+from .environment import params_summary
 from .serialize import jsonable
 from .stats import N_BAD_KEPT
 
@@ -520,20 +520,6 @@ class GeometryResult:
 
 
 # ============================================================================ API
-@dataclasses.dataclass
-class Plan:
-    """A study ready to run on the runner: ``run_chunks(chunk_fn, n_trajectories,
-    chunk_size, shared=shared)``, then ``finish(run_result, env, wall)`` → the result.
-    (:func:`tfkernels.studies.sweep.sweep` runs the plans of its grid as one run.)"""
-
-    chunk_fn: object
-    shared: tuple
-    n_trajectories: int
-    chunk_size: int
-    finish: object
-    checkpoint_info: dict = None
-
-
 def default_chunk_size(n_layers, save_every, seq_len, d):
     """The default chunk size: about ``16·BLOCK_ELEMENTS`` snapshot elements per chunk
     (at most ``config.CHUNK_SIZE`` trajectories)."""
@@ -560,8 +546,8 @@ def plan(
     energy_beta=None,
     chunk_size=None,
 ):
-    """Validate the arguments of :func:`token_geometry` and return its :class:`Plan`
-    (nothing runs)."""
+    """Validate the arguments of :func:`token_geometry` and return its
+    :class:`~.plans.Plan` (nothing runs)."""
     a, b, h, sigma = api.prepare_run(params, n_layers, method, t_final, alpha, c, noise)
     n_trajectories = v.check_int(
         "n_trajectories", n_trajectories, minimum=1, maximum=MAX_TRAJECTORIES
@@ -624,7 +610,16 @@ def plan(
     def finish(chunks, env, wall):
         return _make_result(chunks, t, save_every, conf, env, wall)
 
-    return Plan(geometry_chunk, shared, n_trajectories, chunk_size, finish, jsonable(info))
+    return plans.Plan(
+        chunk_fn=geometry_chunk,
+        shared=shared,
+        n_trajectories=n_trajectories,
+        chunk_size=chunk_size,
+        finish=finish,
+        name="token_geometry",
+        checkpoint_info=jsonable(info),
+        desc="geometry",
+    )
 
 
 def token_geometry(
@@ -737,39 +732,9 @@ def token_geometry(
     runner.check_client(client)
     if checkpoint is not None:
         checkpoint = ckpt.check_path(checkpoint, "checkpoint")
-    return run_plan(pl, n_threads, progress, client, checkpoint, "token_geometry")
-
-
-def run_plan(pl, n_threads, progress, client, checkpoint, name):
-    """Run a :class:`Plan` on the runner and finish it (a partial result is raised
-    with :class:`~.runner.StudyInterrupted`)."""
-    t_begin = time.perf_counter()
-    with threads.threads(n_threads):
-        try:
-            chunks = runner.run_chunks(
-                pl.chunk_fn,
-                pl.n_trajectories,
-                pl.chunk_size,
-                shared=pl.shared,
-                client=client,
-                n_threads=n_threads,
-                progress=progress,
-                desc=name,
-                checkpoint=checkpoint,
-                checkpoint_info=pl.checkpoint_info if checkpoint is not None else None,
-            )
-            interrupted = False
-        except runner.StudyInterrupted as stop:
-            chunks, interrupted = stop.result, True
-        env = environment()
-    if chunks.cluster is not None:
-        env["cluster"] = chunks.cluster
-    res = pl.finish(chunks, env, time.perf_counter() - t_begin) if chunks.next_chunk else None
-    if interrupted:
-        raise runner.StudyInterrupted(
-            res, f"{name} interrupted after {chunks.n_done:,} of {pl.n_trajectories:,} trajectories"
-        ) from None
-    return res
+    return plans.run_plan(
+        pl, n_threads=n_threads, progress=progress, client=client, checkpoint=checkpoint
+    )
 
 
 def _make_result(chunks, t, save_every, conf, env, wall):

@@ -25,10 +25,12 @@ _PUBLIC = {
     "GeometryResult": ".studies.geometry",
     "METHODS": ".methods",
     "StudyInterrupted": ".studies.runner",
+    "SweepResult": ".studies.sweep",
     "TransformerParams": ".params",
     "integrate": ".api",
     "perturbation_decay": ".studies.decay",
     "random_states": ".api",
+    "sweep": ".studies.sweep",
     "token_geometry": ".studies.geometry",
     "vector_field": ".api",
 }

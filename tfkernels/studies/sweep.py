@@ -208,6 +208,25 @@ class SweepResult:
         col = self.table["rate" if self.metric is None else self.metric]
         return np.asarray(col).reshape(shape + ((-1,) if self.metric is not None else ()))
 
+    def summary(self):
+        """A short human-readable table: one line per grid point (decay: the rate and
+        its CI; geometry: the metric's mean at the first and the last saved time)."""
+        names = list(self.grid)
+        shape = tuple(len(x) for x in self.grid.values())
+        lines = [f"{self.study} over {' × '.join(names)} ({int(np.prod(shape))} points)"]
+        for k, res in enumerate(self.results):
+            idx = np.unravel_index(k, shape)
+            where = ", ".join(f"{n}={self.grid[n][i]:g}" for n, i in zip(names, idx))
+            if self.metric is None:
+                lo, hi = res.rate_ci
+                val = f"rate {res.rate:.5g} [{lo:.4g}, {hi:.4g}]"
+            else:
+                col = res.metric(self.metric)
+                val = f"{self.metric} {col[0]:.4g} -> {col[-1]:.4g}"
+            lines.append(f"  {where}: {val} ({res.n_valid:,} valid)")
+        lines.append(f"wall time {self.meta['wall_time_s']:.1f} s")
+        return "\n".join(lines)
+
     def to_dict(self):
         """All fields as JSON-ready values (the per-point results as their dicts)."""
         d = {

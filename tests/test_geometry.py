@@ -295,3 +295,18 @@ def test_equiangular_mean_cosine_follows_the_exact_ode():
     want_e = (1 + (n - 1) * np.exp(beta * (rho - 1))) / n
     np.testing.assert_allclose(geo.metric("energy"), want_e, rtol=0, atol=1e-7)
     assert rho[-1] - rho0 > 0.3  # the tokens do cluster: the test bites
+
+
+def test_checkpoint_resumes_to_the_same_bits(tmp_path):
+    p = small()
+    kw = dict(save_every=2, x0="sphere", chunk_size=4, seed=2)
+    whole = tfk.token_geometry(p, 14, 3, 4, **kw)
+    ck = tmp_path / "geo.ckpt"
+    first = tfk.token_geometry(p, 14, 3, 4, checkpoint=ck, **kw)
+    again = tfk.token_geometry(p, 14, 3, 4, checkpoint=ck, **kw)  # finished: no chunk runs
+    assert again.meta["resumed_chunks"] == again.meta["n_chunks"] == 4
+    for res in (first, again):
+        for key in whole.stats:
+            np.testing.assert_array_equal(res.stats[key], whole.stats[key], err_msg=key)
+    with pytest.raises(ValueError, match="`checkpoint`"):
+        tfk.token_geometry(p, 14, 3, 4, checkpoint=ck, **dict(kw, seed=3))

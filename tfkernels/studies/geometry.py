@@ -438,11 +438,7 @@ class GeometryResult:
 
     def to_csv(self, path):
         """Write the per-layer table as CSV (one row per saved layer), atomically."""
-        cols = list(self.stats)
-        rows = np.column_stack([np.asarray(self.stats[c], dtype=np.float64) for c in cols])
-        fmt = ["%d" if c in ("layer", "count") else "%.10g" for c in cols]
-        with output.atomic_path(path) as tmp:
-            np.savetxt(tmp, rows, delimiter=",", header=",".join(cols), comments="", fmt=fmt)
+        output.write_csv(path, self.stats, int_columns=("layer", "count"))
 
     def save(self, out_dir="results/geometry", stem="geometry", plot=True):
         """Write ``<stem>.csv``, ``<stem>.png`` and ``<stem>.json`` into ``out_dir`` as
@@ -453,12 +449,7 @@ class GeometryResult:
         list of str
             The paths written, the JSON last.
         """
-        with output.ResultSet(out_dir, name="out_dir") as rs:
-            self.to_csv(rs.path(f"{stem}.csv"))
-            if plot:
-                self.plot(rs.path(f"{stem}.png"))
-            self.to_json(rs.path(f"{stem}.json"))
-        return rs.paths
+        return output.save_result(self, out_dir, stem, plot)
 
     def plot(self, path):
         """A figure of every metric against t (mean with a ±1 std band; the cluster
@@ -492,11 +483,7 @@ class GeometryResult:
             f"token geometry: {self.n_valid:,} trajectories, T = {self.config['seq_len']}",
             fontsize=10,
         )
-        try:
-            with output.atomic_path(path) as tmp:
-                fig.savefig(tmp, dpi=110)
-        finally:
-            plt.close(fig)
+        output.save_figure(fig, path, dpi=110)
 
     def summary(self):
         """A short human-readable table (the metrics at the first and last saved time)."""

@@ -245,11 +245,7 @@ class SweepResult:
 
     def to_csv(self, path):
         """Write the tidy table as CSV (one row per grid point, or point and time)."""
-        cols = list(self.table)
-        rows = np.column_stack([np.asarray(self.table[c], dtype=np.float64) for c in cols])
-        fmt = ["%d" if c == "n_valid" else "%.10g" for c in cols]
-        with output.atomic_path(path) as tmp:
-            np.savetxt(tmp, rows, delimiter=",", header=",".join(cols), comments="", fmt=fmt)
+        output.write_csv(path, self.table, int_columns=("n_valid",))
 
     def to_xarray(self):
         """The table as an ``xarray.Dataset`` with the settings (and ``t``) as dimensions.
@@ -279,12 +275,7 @@ class SweepResult:
     def save(self, out_dir="results/sweep", stem="sweep", plot=True):
         """Write ``<stem>.csv``, ``<stem>.png`` and ``<stem>.json`` into ``out_dir`` as
         one set (the JSON last). Returns the paths written."""
-        with output.ResultSet(out_dir, name="out_dir") as rs:
-            self.to_csv(rs.path(f"{stem}.csv"))
-            if plot:
-                self.plot(rs.path(f"{stem}.png"))
-            self.to_json(rs.path(f"{stem}.json"))
-        return rs.paths
+        return output.save_result(self, out_dir, stem, plot)
 
     def plot(self, path):
         """A heat map (two settings; geometry with one setting: setting × t, the phase
@@ -328,11 +319,7 @@ class SweepResult:
             ax.set_xlabel(xlab)
             ax.set_ylabel(ylab)
         ax.set_title(f"{self.study} sweep over {' × '.join(names)}", fontsize=10)
-        try:
-            with output.atomic_path(path) as tmp:
-                fig.savefig(tmp, dpi=120)
-        finally:
-            plt.close(fig)
+        output.save_figure(fig, path, dpi=120)
 
 
 def _edges(c):

@@ -9,21 +9,11 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
+from test_cli import main  # (exit status, stdout, stderr) of `tfkernels argv`
 from tfkernels import cli
 from tfkernels.cli import grids
 from tfkernels.studies import geometry as geometry_study
 from tfkernels.studies import sweep as sweep_study
-
-
-def main(argv, capsys):
-    """``tfkernels argv``: (exit status, stdout, stderr); a parser error's SystemExit too."""
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 SMALL = ["--trajectories", "24", "--seq-len", "4", "--d", "4", "--no-progress"]
 

@@ -101,7 +101,8 @@ BAD = [
     (["geometry", "--model", "sphere", "--heads", "2"], "`--model sphere` has one head"),
     (["geometry", "--x0", "cube"], "argument --x0: invalid choice: 'cube'"),
     (["geometry", "--metric", "cos"], "argument --metric: invalid choice: 'cos'"),
-    (["sweep"], "the following arguments are required: --grid"),
+    (["sweep", "--grid", "temp=1"], "`--grid` setting 'temp' is unknown"),
+    (["sweep", "--study", "decay", "--grid", "energy_beta=1"], "setting 'energy_beta'"),
     (["sweep", "--grid", "beta"], "argument --grid: must be NAME=VALUES"),
     (["sweep", "--grid", "beta=x"], "argument --grid: not a list of numbers"),
     (["sweep", "--grid", "beta=1", "--grid", "beta=2"], "`--grid` names a setting twice"),
@@ -124,9 +125,6 @@ def test_bad_options_are_one_line_before_any_work(argv, message, capsys, no_work
 
 def test_errors_of_the_study_are_one_line(tmp_path, capsys):
     out = tmp_path / "never"
-    code, _, err = main(["sweep", *SMALL, "--grid", "temp=1,2", "--out", str(out)], capsys)
-    assert code == 2 and "`grid` setting 'temp' is unknown" in err
-    assert len(err.strip().splitlines()) == 1 and not out.exists()
     code, _, err = main(["sweep", *SMALL, "--grid", "eps=1e-40", "--out", str(out)], capsys)
     assert code == 2 and "`grid` point {'eps': 1e-40}: `eps`" in err
     # a model the kernels cannot run yet is an expected error, not a crash
@@ -146,6 +144,14 @@ def test_errors_of_the_study_are_one_line(tmp_path, capsys):
     else:
         assert code == 2 and "do not run" in err and len(err.strip().splitlines()) == 1
         assert not out.exists()
+
+
+def test_sweep_without_grid_runs_the_default(tmp_path, capsys):
+    code, stdout, err = main(
+        ["sweep", *SMALL, "--layers", "2", "--d-ff", "4", "--out", str(tmp_path / "d")], capsys
+    )
+    assert code == 0, err
+    assert "perturbation_decay over damping (4 points)" in stdout
 
 
 def test_help_explains(capsys):

@@ -16,10 +16,21 @@ versions and machine) into ``--out`` as one set, the JSON last.
 Exit status: 0 done, 2 a bad option or an expected error (one line), 130 Ctrl-C.
 """
 
+import argparse
 import os
 
 from ..methods import METHODS, MODES
 from . import common, geometry, grids
+
+#: The grid of ``tfkernels sweep`` without ``--grid``: the decay rate against damping.
+DEFAULT_GRID = (("damping", (0.5, 1.0, 2.0, 4.0)),)
+
+
+class _AppendSetting(argparse.Action):
+    """``--grid`` given again adds a setting: the value is a tuple of pairs."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, (getattr(namespace, self.dest) or ()) + (values,))
 
 
 def configure_parser(parser):
@@ -31,11 +42,11 @@ def configure_parser(parser):
     g.add_argument(
         "--grid",
         type=grids.setting("--grid"),
-        action="append",
-        required=True,
+        action=_AppendSetting,
+        default=None,
         metavar="NAME=VALUES",
         help="a setting and its values (one, a comma list, or A:B:N); once or twice, "
-        "e.g. --grid beta=0.5:4:8 --grid damping=1,2,4",
+        "e.g. --grid beta=0.5:4:8 --grid damping=1,2,4 (None: damping=0.5,1,2,4)",
     )
     g.add_argument(
         "--metric",
@@ -85,12 +96,21 @@ def configure_parser(parser):
 
 def check_args(args):
     """Check the combinations of ``tfkernels sweep`` options, before any work."""
+    from ..studies import sweep
+
     geometry.check_model_args(args)
+    if args.grid is None:
+        args.grid = DEFAULT_GRID
     if len(args.grid) > 2:
         raise ValueError(f"`--grid` may be given once or twice, got {len(args.grid)} settings")
     names = [name for name, _ in args.grid]
     if len(set(names)) != len(names):
         raise ValueError(f"`--grid` names a setting twice: {names}")
+    kind = sweep.STUDIES[args.study]
+    valid = sweep.PARAM_SETTINGS + sweep.STUDY_SETTINGS[kind]
+    for name in names:
+        if name not in valid:
+            raise ValueError(f"`--grid` setting {name!r} is unknown; choose from {list(valid)}")
     if args.t_final is not None and {"t_final", "dt"} & set(names):
         raise ValueError("`--t-final` cannot be given with `--grid t_final` or `--grid dt`")
     if args.study == "geometry" and args.layers % args.save_every:
@@ -116,7 +136,7 @@ def run_cli(args):
         kw.update(save_every=args.save_every, metric=args.metric)
     else:
         kw.update(mode=args.mode)
-    grid = {name: list(vals) for name, vals in args.grid}
+    grid = {name: list(vals) for name, vals in args.grid or DEFAULT_GRID}
 
     def run(client):
         p = geometry.model_from_args(args, args.beta)

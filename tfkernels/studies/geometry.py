@@ -146,7 +146,7 @@ class GeometryStats:
         Trajectories seen, kept and excluded (non-finite).
     bad_index, bad_layer : list of int
         The first ``N_BAD_KEPT`` excluded trajectories (in trajectory order) and the
-        first layer where each was not finite.
+        first saved layer where each was not finite (or had a zero token).
     hi, lo, hi2, lo2 : ndarray of int64, shape (len(REAL_METRICS), S)
         The fixed-point sums of each real metric and of its square (:func:`_fixed`).
     vmin, vmax : ndarray of float64, shape (len(REAL_METRICS), S)
@@ -169,21 +169,19 @@ class GeometryStats:
     cluster_hist: np.ndarray
 
     @classmethod
-    def from_metrics(cls, values, status, chunk_start, save_every, n_tokens):
+    def from_metrics(cls, values, chunk_start, save_every, n_tokens):
         """The statistics of one chunk.
 
         Parameters
         ----------
         values : dict of ndarray, shape (B, S)
-            :func:`geometry_metrics` of the chunk's snapshots.
-        status : ndarray of int64, shape (B,)
-            The flow's status per trajectory (``kernels.STATUS_OK`` or the first
-            non-finite layer).
+            :func:`geometry_metrics` of the chunk's snapshots (NaN where a state is
+            not finite or has a zero token).
         chunk_start : int
             Global index of the first trajectory.
         save_every : int
-            Layers between two snapshots (to name the first layer of an undefined
-            metric).
+            Layers between two snapshots (to name the first saved layer where a
+            trajectory was not finite).
         n_tokens : int
             Tokens T per state (the cluster count lies in 0 … T).
         """
@@ -191,10 +189,9 @@ class GeometryStats:
         clusters = values["clusters"]
         B, S = clusters.shape
         finite = np.isfinite(reals).all(axis=0) & np.isfinite(clusters)  # (B, S)
-        ok = finite.all(axis=1) & (status == kernels.STATUS_OK)
+        ok = finite.all(axis=1)
         bad = np.flatnonzero(~ok)
-        first_nan = np.argmin(finite, axis=1) * save_every
-        layer = np.where(status != kernels.STATUS_OK, status, first_nan)
+        layer = np.argmin(finite, axis=1) * save_every
         kept = reals[:, ok]  # (M, count, S)
         if np.any(np.abs(kept) > 2.0):
             raise RuntimeError("a geometry metric left [-2, 2]; this is a bug in tfkernels")
@@ -302,7 +299,7 @@ class GeometryStats:
 # ========================================================================= chunks
 @dataclasses.dataclass(frozen=True)
 class ChunkConfig:
-    """Everything a chunk needs besides the packed parameters (small, picklable).
+    """Everything a chunk needs besides the parameters (small, picklable).
 
     Attributes
     ----------
@@ -318,8 +315,11 @@ class ChunkConfig:
         Layers between two snapshots.
     energy_beta : float
         The β of the interaction energy.
-    a, b, h, sigma : ndarray
-        Tableau, step sizes and noise scales (``api.prepare_run``).
+    n_layers : int
+        Layers N.
+    run : dict
+        The update: ``method``, ``t_final``, ``alpha``, ``c``, ``noise`` of
+        :func:`tfkernels.integrate`.
     """
 
     init: str
@@ -329,13 +329,11 @@ class ChunkConfig:
     dtype: str
     save_every: int
     energy_beta: float
-    a: np.ndarray
-    b: np.ndarray
-    h: np.ndarray
-    sigma: np.ndarray
+    n_layers: int
+    run: dict
 
 
-def geometry_chunk(chunk_start, chunk_len, packed, cfg, x0=None):
+def geometry_chunk(chunk_start, chunk_len, params, cfg, x0=None):
     """The study's chunk function (pure: a function of its arguments only).
 
     Runs trajectories ``chunk_start … chunk_start + chunk_len − 1`` through the fused
@@ -346,8 +344,7 @@ def geometry_chunk(chunk_start, chunk_len, packed, cfg, x0=None):
     ----------
     chunk_start, chunk_len : int
         Global index of the first trajectory and number of trajectories.
-    packed
-        ``kernels.pack_params(params)``.
+    params : TransformerParams
     cfg : ChunkConfig
     x0 : ndarray, optional
         The study's array of initial states (``cfg.init == "array"``).
@@ -360,18 +357,23 @@ def geometry_chunk(chunk_start, chunk_len, packed, cfg, x0=None):
     states = initial.chunk_states(
         cfg.init, x0, chunk_start, chunk_len, T, d, np.dtype(cfg.dtype), cfg.seed
     )
-    n_layers = cfg.h.shape[0]
-    S = n_layers // cfg.save_every + 1
-    out = np.empty((chunk_len, S, T, d), dtype=cfg.dtype)
-    status = np.empty(chunk_len, dtype=np.int64)
-    sched = kernels.Schedule(cfg.a, cfg.b, cfg.h, cfg.sigma)
-    kernels.integrate(packed, states, sched, cfg.seed, chunk_start, cfg.save_every, 0, out, status)
+    out = api.integrate(
+        params,
+        states,
+        cfg.n_layers,
+        save_every=cfg.save_every,
+        seed=cfg.seed,
+        start=chunk_start,
+        throw=False,
+        **cfg.run,
+    )  # (chunk_len, S, T, d); NaN from the first non-finite layer on
+    S = out.shape[1]
     block = max(1, BLOCK_ELEMENTS // (S * T * max(T, d)))
     parts = [
         geometry_metrics(out[lo : lo + block], cfg.energy_beta) for lo in range(0, chunk_len, block)
     ]
     values = {m: np.concatenate([p[m] for p in parts]) for m in METRICS}
-    return GeometryStats.from_metrics(values, status, chunk_start, cfg.save_every, T)
+    return GeometryStats.from_metrics(values, chunk_start, cfg.save_every, T)
 
 
 # ========================================================================= result
@@ -390,7 +392,8 @@ class GeometryResult:
     n_trajectories, n_valid, n_nonfinite : int
         Trajectories run, kept and excluded (non-finite, or a zero token).
     nonfinite_indices, nonfinite_layers : list of int
-        The first excluded trajectories and their first non-finite layer.
+        The first excluded trajectories and the first saved layer at which each was
+        not finite (or had a zero token).
     config : dict
         The study's settings and a summary of the parameters.
     meta : dict
@@ -535,7 +538,7 @@ def plan(
 ):
     """Validate the arguments of :func:`token_geometry` and return its
     :class:`~.plans.Plan` (nothing runs)."""
-    a, b, h, sigma = api.prepare_run(params, n_layers, method, t_final, alpha, c, noise)
+    h = api.prepare_run(params, n_layers, method, t_final, alpha, c, noise)[2]
     n_trajectories = v.check_int(
         "n_trajectories", n_trajectories, minimum=1, maximum=MAX_TRAJECTORIES
     )
@@ -567,13 +570,11 @@ def plan(
         dtype=params.dtype.name,
         save_every=save_every,
         energy_beta=energy_beta,
-        a=a,
-        b=b,
-        h=h,
-        sigma=sigma,
+        n_layers=n_layers,
+        run=dict(method=method, t_final=t_final, alpha=alpha, c=c, noise=noise),
     )
-    packed = kernels.pack_params(params)
-    shared = (packed, cfg) if states is None else (packed, cfg, states)
+    kernels.pack_params(params)  # a model the kernels do not run is refused here
+    shared = (params, cfg) if states is None else (params, cfg, states)
     t = np.concatenate([[0.0], np.cumsum(h.astype(np.float64))])[::save_every]
     conf = {
         "n_trajectories": n_trajectories,

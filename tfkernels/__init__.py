@@ -22,12 +22,16 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that was n
 _PUBLIC = {
     "ACTIVATIONS": ".methods",
     "DecayResult": ".studies.decay",
+    "GeometryResult": ".studies.geometry",
     "METHODS": ".methods",
     "StudyInterrupted": ".studies.runner",
+    "SweepResult": ".studies.sweep",
     "TransformerParams": ".params",
     "integrate": ".api",
     "perturbation_decay": ".studies.decay",
     "random_states": ".api",
+    "sweep": ".studies.sweep",
+    "token_geometry": ".studies.geometry",
     "vector_field": ".api",
 }
 

@@ -1,4 +1,5 @@
-"""The ``tfkernels`` command: ``decay``, ``bench`` and ``paper`` subcommands.
+"""The ``tfkernels`` command: ``decay``, ``bench``, ``paper``, ``geometry`` and ``sweep``
+subcommands.
 
 Each subcommand lives in its own module, which provides ``configure_parser(parser)``,
 ``check_args(args)`` (the checks of flags that the parser cannot make one flag at a
@@ -26,6 +27,12 @@ SUBCOMMANDS = {
         "throughput and error-scaling sweeps against NumPy/PyTorch/JAX",
     ),
     "paper": ("tfkernels.cli.paper", "reproduce the paper's Figures 1-3 with fitted slopes"),
+    "geometry": (
+        "tfkernels.cli.geometry",
+        "token geometry along the flow (clustering, rank collapse); --beta A:B:N: a "
+        "beta x t phase diagram",
+    ),
+    "sweep": ("tfkernels.cli.sweep", "a study over a grid of one or two settings"),
 }
 
 

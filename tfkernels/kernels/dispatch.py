@@ -118,14 +118,21 @@ def vector_field(model, X, layer, out):
     run(body, B)
 
 
-def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr, status):
+def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr, status, x0=None):
     """``log r_n`` of trajectories ``start … start + B − 1`` (``drivers.decay_rows`` for
     the arguments; ``a, b, h, sigma`` the schedule, ``dtype_like`` a ``(T, d)`` array of
-    the state dtype). Both modes run in the lane layout where the flow does."""
+    the state dtype; ``x0`` the B initial states, or None: drawn in the kernel). Both
+    modes run in the lane layout where the flow does."""
     T, d = dtype_like.shape
     dt = dtype_like.dtype
     sched = structs.Schedule(a, b, h, sigma)
     S = b.shape[0]
+    if x0 is None:
+        x0 = np.empty((0, T, d), dtype=dt)
+
+    def x0_of(lo, hi):
+        return x0[lo:hi] if x0.shape[0] else x0
+
     if structs.use_lanes(T, d):
         L = structs.group_width(dt)
         lm = structs.for_lanes(model)
@@ -140,6 +147,7 @@ def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr
                     seed,
                     start + lo,
                     eps,
+                    x0_of(lo, hi),
                     logr[lo:hi],
                     status[lo:hi],
                     u,
@@ -156,6 +164,7 @@ def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr
                     sched,
                     seed,
                     start + lo,
+                    x0_of(lo, hi),
                     logr[lo:hi],
                     status[lo:hi],
                     u,
@@ -173,7 +182,19 @@ def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr
             ss = structs.step_scratch(ROWS, model, T, d, S, dt)
             ts = structs.tangent_scratch(ROWS, model, T, d, S, dt)
             drivers.decay_rows(
-                mode, model, sched, seed, start + lo, eps, logr[lo:hi], status[lo:hi], X, Y, ss, ts
+                mode,
+                model,
+                sched,
+                seed,
+                start + lo,
+                eps,
+                x0_of(lo, hi),
+                logr[lo:hi],
+                status[lo:hi],
+                X,
+                Y,
+                ss,
+                ts,
             )
 
     run(body, logr.shape[0])

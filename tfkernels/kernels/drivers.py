@@ -229,14 +229,24 @@ def norm_batch(X, kind, gain, bias, eps, red):
 
 # ------------------------------------------------------- the perturbation study
 @_jit
-def initial_pair(X, Y, seed, g, eps):
+def initial_state(X, seed, g, x0, k):
+    """``X = X_0`` of trajectory ``g``: ``x0[k]`` when ``x0`` holds states, else (``x0``
+    of length 0) the standard normal state of ``tfk.random_states`` (stream
+    ``STREAM_STATE``), drawn here."""
+    if x0.shape[0] > 0:
+        copy_state(x0[k], X)
+    else:
+        rng.fill_normal(rng.key(seed, rng.STREAM_STATE, g), 0, 1.0, X)
+
+
+@_jit
+def initial_pair(X, Y, seed, g, eps, x0, k):
     """``X = X_0``, ``Y = X_0 + ε·U`` of trajectory ``g``; returns ``log ‖X_0 − Y_0‖``.
 
-    ``X_0`` is the standard normal state of ``tfk.random_states`` (stream
-    ``STREAM_STATE``), U a unit-Frobenius direction from ``STREAM_DIRECTION``;
-    ``Y`` is used as scratch for U first.
+    ``X_0`` is :func:`initial_state` (``x0[k]``, or drawn), U a unit-Frobenius
+    direction from ``STREAM_DIRECTION``; ``Y`` is used as scratch for U first.
     """
-    rng.fill_normal(rng.key(seed, rng.STREAM_STATE, g), 0, 1.0, X)
+    initial_state(X, seed, g, x0, k)
     rng.fill_normal(rng.key(seed, rng.STREAM_DIRECTION, g), 0, 1.0, Y)
     scale = eps / math.sqrt(sq_norm(Y))
     for i in range(X.size):
@@ -245,9 +255,10 @@ def initial_pair(X, Y, seed, g, eps):
 
 
 @_jit
-def initial_tangent(X, D, seed, g):
-    """``X = X_0``, ``D = U`` (unit direction) of trajectory ``g``; returns ``log ‖D‖``."""
-    rng.fill_normal(rng.key(seed, rng.STREAM_STATE, g), 0, 1.0, X)
+def initial_tangent(X, D, seed, g, x0, k):
+    """``X = X_0`` (:func:`initial_state`), ``D = U`` (unit direction) of trajectory
+    ``g``; returns ``log ‖D‖``."""
+    initial_state(X, seed, g, x0, k)
     rng.fill_normal(rng.key(seed, rng.STREAM_DIRECTION, g), 0, 1.0, D)
     inv = 1.0 / math.sqrt(sq_norm(D))
     for i in range(D.size):
@@ -399,7 +410,7 @@ def run_tangent(X, D, model, sched, noise_key, log0, ss, ts, logr):
 
 
 @_djit
-def decay_rows(mode, model, sched, seed, start, eps, logr, status, X, Y, ss, ts):
+def decay_rows(mode, model, sched, seed, start, eps, x0, logr, status, X, Y, ss, ts):
     """Log growth ``log r_n`` of trajectories ``start … start + B − 1``, n = 0 … N
     (row layout).
 
@@ -414,6 +425,9 @@ def decay_rows(mode, model, sched, seed, start, eps, logr, status, X, Y, ss, ts)
         ``(seed, STREAM_*, g)``; the noise is shared by X and Y.
     eps : float
         ε of the pair mode.
+    x0 : ndarray, shape (B, T, d) or (0, T, d)
+        The initial states X_0 of the trajectories, or none (length 0): then X_0 is
+        drawn from ``(seed, STREAM_STATE, g)`` (:func:`initial_state`).
     logr : ndarray of float64, shape (B, N + 1)
         Output; NaN from the first non-finite layer on. The pair is renormalized as it
         leaves its band (:func:`run_pair`), δ every layer (:func:`run_tangent`).
@@ -429,15 +443,15 @@ def decay_rows(mode, model, sched, seed, start, eps, logr, status, X, Y, ss, ts)
         g = start + k
         noise_key = rng.key(seed, rng.STREAM_NOISE, g)
         if mode == MODE_PAIR:
-            log0 = initial_pair(X, Y, seed, g, eps)
+            log0 = initial_pair(X, Y, seed, g, eps, x0, k)
             status[k] = run_pair(X, Y, model, sched, noise_key, log0, ss, logr[k])
         else:
-            log0 = initial_tangent(X, Y, seed, g)
+            log0 = initial_tangent(X, Y, seed, g, x0, k)
             status[k] = run_tangent(X, Y, model, sched, noise_key, log0, ss, ts, logr[k])
 
 
 @_djit
-def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, pl, X, Y, ss):
+def pair_lanes(model, sched, seed, start, eps, x0, logr, status, u, v, pl, X, Y, ss):
     """Pair mode of :func:`decay_rows` with the trajectories in groups of L across the
     vector lanes: the states ``X``, ``Y`` of L pairs are two groups ``(T, d·L)``, each
     layer :func:`advance_group` on both (the noise of trajectory g on both of its
@@ -460,7 +474,7 @@ def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, pl, X, Y, ss)
         live = 0
         for l in range(L):
             if l < nl:
-                lg = initial_pair(u, v, seed, start + g0 + l, eps)
+                lg = initial_pair(u, v, seed, start + g0 + l, eps, x0, g0 + l)
                 pl[0, l] = lg
                 pl[1, l] = 0.0
                 logr[g0 + l, 0] = 0.0
@@ -503,7 +517,7 @@ def pair_lanes(model, sched, seed, start, eps, logr, status, u, v, pl, X, Y, ss)
 
 
 @_djit
-def tangent_lanes(model, sched, seed, start, logr, status, u, v, acc, X, D, ss, ts):
+def tangent_lanes(model, sched, seed, start, x0, logr, status, u, v, acc, X, D, ss, ts):
     """Tangent mode of :func:`decay_rows` (:func:`run_tangent`) with the trajectories in
     groups of L across the vector lanes. The states and tangents are bit-identical to
     :func:`run_tangent`'s; the norms are summed lane by lane in the same order (LLVM
@@ -516,7 +530,7 @@ def tangent_lanes(model, sched, seed, start, logr, status, u, v, acc, X, D, ss, 
         nl = min(L, B - g0)
         for l in range(L):
             if l < nl:
-                acc[l] = -initial_tangent(u, v, seed, start + g0 + l)
+                acc[l] = -initial_tangent(u, v, seed, start + g0 + l, x0, g0 + l)
                 logr[g0 + l, 0] = 0.0
                 status[g0 + l] = STATUS_OK
                 load_lane(u, l, X)

@@ -32,8 +32,8 @@ from .. import _validate as v
 from .. import api, compiling, config, kernels, threads
 from ..methods import MODES
 from . import checkpoint as ckpt
-from . import output, runner
-from .environment import environment, params_summary
+from . import initial, lipschitz, output, plans, runner
+from .environment import params_summary
 from .lipschitz import compile_jacobian, compile_sampling, estimate_lipschitz, jacobian_object
 from .serialize import float_or_nan, jsonable, read_json_entries
 from .stats import (
@@ -129,6 +129,9 @@ class ChunkConfig:
         Time of layer n: ``t_n = Σ_{k<n} h_k``.
     log_bound : ndarray of float64, shape (N + 1,)
         A trajectory is above the bound when ``log r_n > log_bound[n]`` for some n.
+    init : str
+        ``"normal"`` (X_0 drawn in the kernel), ``"sphere"`` or ``"array"`` (the
+        states of :func:`.initial.chunk_states`, passed to the kernel).
     """
 
     mode: int
@@ -143,9 +146,10 @@ class ChunkConfig:
     sigma: np.ndarray
     t: np.ndarray
     log_bound: np.ndarray
+    init: str = "normal"
 
 
-def chunk_log_ratios(packed, chunk_start, chunk_len, cfg):
+def chunk_log_ratios(packed, chunk_start, chunk_len, cfg, x0=None):
     """Run one chunk through the fused kernel.
 
     Parameters
@@ -155,6 +159,8 @@ def chunk_log_ratios(packed, chunk_start, chunk_len, cfg):
     chunk_start, chunk_len : int
         Global index of the first trajectory and number of trajectories.
     cfg : ChunkConfig
+    x0 : ndarray, optional
+        The study's array of initial states (``cfg.init == "array"``).
 
     Returns
     -------
@@ -163,6 +169,17 @@ def chunk_log_ratios(packed, chunk_start, chunk_len, cfg):
     status : ndarray of int64, shape (chunk_len,)
         ``kernels.STATUS_OK`` or the first non-finite layer.
     """
+    states = None
+    if cfg.init != "normal":  # "normal": drawn in the kernel, as before x0 existed
+        states = initial.chunk_states(
+            cfg.init, x0, chunk_start, chunk_len, cfg.seq_len, cfg.d, np.dtype(cfg.dtype), cfg.seed
+        )
+    return _run_kernel(packed, chunk_start, chunk_len, cfg, states)
+
+
+def _run_kernel(packed, chunk_start, chunk_len, cfg, states):
+    """:func:`chunk_log_ratios` once the chunk's initial states are known (``states``
+    ``(chunk_len, T, d)``, or None: drawn in the kernel)."""
     logr = np.empty((chunk_len, cfg.h.shape[0] + 1), dtype=np.float64)
     status = np.empty(chunk_len, dtype=np.int64)
     like = np.empty((cfg.seq_len, cfg.d), dtype=cfg.dtype)
@@ -179,11 +196,12 @@ def chunk_log_ratios(packed, chunk_start, chunk_len, cfg):
         like,
         logr,
         status,
+        states,
     )
     return logr, status
 
 
-def decay_chunk(chunk_start, chunk_len, packed, cfg):
+def decay_chunk(chunk_start, chunk_len, packed, cfg, x0=None):
     """The study's chunk function: a pure function from its inputs to its statistics.
 
     This is the unit of work the runner (:func:`.runner.run_chunks`, ``shared=(packed,
@@ -198,12 +216,14 @@ def decay_chunk(chunk_start, chunk_len, packed, cfg):
     packed
         ``kernels.pack_params(params)``.
     cfg : ChunkConfig
+    x0 : ndarray, optional
+        The study's array of initial states (``shared=(packed, cfg, x0)``).
 
     Returns
     -------
     DecayStats
     """
-    logr, status = chunk_log_ratios(packed, chunk_start, chunk_len, cfg)
+    logr, status = chunk_log_ratios(packed, chunk_start, chunk_len, cfg, x0)
     return DecayStats.from_chunk(logr, status, chunk_start, cfg.t, cfg.log_bound)
 
 
@@ -554,6 +574,7 @@ def _check_args(
     bound_rtol,
     client,
     checkpoint=None,
+    x0="normal",
 ):
     """Validate every argument of :func:`perturbation_decay`; return the normalized ones."""
     a, b, h, sigma = api.prepare_run(params, n_layers, method, t_final, alpha, c, noise)
@@ -594,7 +615,10 @@ def _check_args(
     runner.check_client(client)
     if checkpoint is not None:
         checkpoint = ckpt.check_path(checkpoint, "checkpoint")
+    init, x0_states = initial.check_x0(x0, params, n_trajectories, seq_len)
     return dict(
+        init=init,
+        x0=x0_states,
         a=a,
         b=b,
         h=h,
@@ -627,6 +651,7 @@ def log_ratios(
     mode="pair",
     seed=0,
     n_threads=None,
+    x0="normal",
 ):
     """Per-trajectory ``log r_n`` of trajectories ``start … start + n_trajectories − 1``.
 
@@ -642,6 +667,9 @@ def log_ratios(
         Global index of the first trajectory.
     method, t_final, alpha, c, noise, eps, mode, seed, n_threads
         As for :func:`perturbation_decay`.
+    x0 : {"normal", "sphere"} or ndarray, shape (n_trajectories, seq_len, d)
+        As for :func:`perturbation_decay`; an array holds these trajectories' states
+        (row i is trajectory ``start + i``).
 
     Returns
     -------
@@ -668,11 +696,15 @@ def log_ratios(
         1,
         None,
         None,
+        x0=x0,
     )
     start = v.check_int("start", start, minimum=0)
     cfg = _chunk_config(params, k, 0.0)
+    packed = kernels.pack_params(params)
     with threads.threads(n_threads):
-        return chunk_log_ratios(kernels.pack_params(params), start, k["n_trajectories"], cfg)
+        if k["init"] == "array":  # row i of x0 is trajectory start + i
+            return _run_kernel(packed, start, k["n_trajectories"], cfg, k["x0"])
+        return chunk_log_ratios(packed, start, k["n_trajectories"], cfg)
 
 
 def _chunk_config(params, k, lambda_hat):
@@ -697,6 +729,7 @@ def _chunk_config(params, k, lambda_hat):
         sigma=k["sigma"],
         t=t,
         log_bound=log_bound,
+        init=k["init"],
     )
 
 
@@ -721,6 +754,7 @@ def perturbation_decay(
     bound_rtol=None,
     client=None,
     checkpoint=None,
+    x0="normal",
 ):
     """Monte Carlo study of how perturbations grow or decay across the layers.
 
@@ -780,6 +814,13 @@ def perturbation_decay(
         cluster). A file written with other arguments (model, trajectories, layers,
         method, mode, seed, chunk size, dtype, ...) is refused. The file is kept: the
         same call again returns the same statistics without running a chunk.
+    x0 : {"normal", "sphere"} or ndarray, shape (n_trajectories, seq_len, d)
+        The initial states X_0 (:mod:`tfkernels.studies.initial`): ``"normal"`` (the
+        default, drawn in the kernel from ``(seed, trajectory)``), ``"sphere"`` (the
+        same draws, each token divided by its norm) or an array of the parameters'
+        dtype, trajectory g starting at ``x0[g]`` (chunked like the rest; on Dask it
+        is scattered to the workers). The λ̂ estimate samples states along
+        trajectories started from the same X_0.
 
     Returns
     -------
@@ -861,6 +902,7 @@ def perturbation_decay(
         bound_rtol,
         client,
         checkpoint,
+        x0,
     )
     run = dict(method=method, t_final=t_final, alpha=alpha, c=c, noise=noise)
     info = None
@@ -868,44 +910,118 @@ def perturbation_decay(
         info = _checkpoint_info(params, k, run, n_layers)
         _check_checkpoint(k, info)  # before anything compiles
     t_begin = time.perf_counter()
-    packed = kernels.pack_params(params)
     with threads.threads(n_threads), _notice(progress, k, client, params):
-        compiled = _compile_kernels(params, packed, k, run, n_layers, client)
-        lam, lip, linfo = estimate_lipschitz(
-            params, k["seq_len"], n_layers, n_samples=k["lambda_samples"], seed=k["seed"], run=run
+        pl = _prepare(params, k, run, n_layers, client, info)
+        return plans.run_plan(
+            pl,
+            n_threads=n_threads,
+            progress=progress,
+            client=client,
+            checkpoint=k["checkpoint"],
+            t_begin=t_begin,
         )
-        cfg = _chunk_config(params, k, lam)
-        try:
-            chunks = runner.run_chunks(
-                decay_chunk,
-                k["n_trajectories"],
-                k["chunk_size"],
-                shared=(packed, cfg),
-                client=client,
-                n_threads=n_threads,
-                progress=progress,
-                desc="decay",
-                checkpoint=k["checkpoint"],
-                checkpoint_info=info,
-            )
-            interrupted = False
-        except runner.StudyInterrupted as stop:
-            chunks, interrupted = stop.result, True
-        env = environment()  # inside: records the thread count used
-    env["compile"] = compiled
-    if chunks.cluster is not None:
-        env["cluster"] = chunks.cluster
-    wall = time.perf_counter() - t_begin
-    res = None
-    if chunks.next_chunk > 0:
-        res = _make_result(params, k, run, n_layers, chunks, cfg, (lam, lip, linfo), env, wall)
-    if interrupted:  # also when the last chunk was running: the interrupt is not dropped
-        raise runner.StudyInterrupted(
-            res,
-            f"perturbation_decay interrupted after {chunks.n_done:,} of "
-            f"{k['n_trajectories']:,} trajectories",
-        ) from None
-    return res
+
+
+def plan(params, n_trajectories, seq_len, n_layers, *, client=None, **kwargs):
+    """The :class:`~.plans.Plan` of :func:`perturbation_decay` with these arguments:
+    validated, its kernels compiled and λ̂ estimated (the chunks have not run).
+
+    ``kwargs`` are :func:`perturbation_decay`'s study arguments (``method``,
+    ``t_final``, ``alpha``, ``c``, ``noise``, ``eps``, ``mode``, ``seed``,
+    ``chunk_size``, ``lambda_samples``, ``bound_rtol``, ``x0``); ``client`` only says
+    where the chunks will run (their kernels then compile on the workers).
+    """
+    k, run = check_study_args(params, n_trajectories, seq_len, n_layers, **kwargs)
+    return _prepare(params, k, run, n_layers, client, None)
+
+
+def check_study_args(
+    params,
+    n_trajectories,
+    seq_len,
+    n_layers,
+    *,
+    method="euler",
+    t_final=1.0,
+    alpha=None,
+    c=1.0,
+    noise=0.0,
+    eps=None,
+    mode="pair",
+    seed=0,
+    chunk_size=None,
+    lambda_samples=64,
+    bound_rtol=None,
+    x0="normal",
+):
+    """Validate the study arguments of :func:`perturbation_decay` (those of
+    :func:`plan`); return ``(k, run)``: the normalized arguments and the update."""
+    k = _check_args(
+        params,
+        n_trajectories,
+        seq_len,
+        n_layers,
+        method,
+        t_final,
+        alpha,
+        c,
+        noise,
+        eps,
+        mode,
+        seed,
+        chunk_size,
+        None,
+        False,
+        lambda_samples,
+        bound_rtol,
+        None,
+        None,
+        x0,
+    )
+    return k, dict(method=method, t_final=t_final, alpha=alpha, c=c, noise=noise)
+
+
+def _prepare(params, k, run, n_layers, client, info):
+    """Compile the kernels, estimate λ̂ and return the study's :class:`~.plans.Plan`
+    (``k`` from :func:`_check_args`, ``info`` the checkpoint's configuration or None)."""
+    packed = kernels.pack_params(params)
+    compiled = _compile_kernels(params, packed, k, run, n_layers, client)
+    lam, lip, linfo = estimate_lipschitz(
+        params,
+        k["seq_len"],
+        n_layers,
+        n_samples=k["lambda_samples"],
+        seed=k["seed"],
+        run=run,
+        x0=_lipschitz_x0(params, k, n_layers),
+    )
+    cfg = _chunk_config(params, k, lam)
+
+    def finish(chunks, env, wall):
+        env["compile"] = compiled
+        return _make_result(params, k, run, n_layers, chunks, cfg, (lam, lip, linfo), env, wall)
+
+    return plans.Plan(
+        chunk_fn=decay_chunk,
+        shared=(packed, cfg) if k["x0"] is None else (packed, cfg, k["x0"]),
+        n_trajectories=k["n_trajectories"],
+        chunk_size=k["chunk_size"],
+        finish=finish,
+        name="perturbation_decay",
+        checkpoint_info=info,
+        desc="decay",
+    )
+
+
+def _lipschitz_x0(params, k, n_layers):
+    """The initial states of the trajectories the λ̂ estimate samples along (None:
+    ``"normal"``, which it draws itself)."""
+    if k["init"] == "normal":
+        return None
+    n = min(k["n_trajectories"], lipschitz.n_sampled_trajectories(n_layers, k["lambda_samples"]))
+    return initial.chunk_states(
+        k["init"], k["x0"], 0, n, k["seq_len"], params.d, params.dtype, k["seed"]
+    )
 
 
 def _compile_kernels(params, packed, k, run, n_layers, client):
@@ -918,7 +1034,9 @@ def _compile_kernels(params, packed, k, run, n_layers, client):
     p64 = params if params.dtype == np.float64 else params.astype(np.float64)
     here = [(compile_sampling, (params, k["seq_len"], n_layers, run, k["seed"]))]
     if client is None:
-        here.append((decay_chunk, (0, 1, packed, _chunk_config(params, k, math.nan))))
+        cfg = _chunk_config(params, k, math.nan)
+        shared = (packed, cfg) if k["x0"] is None else (packed, cfg, k["x0"])
+        here.append((decay_chunk, (0, 1, *shared)))
     there = []
     if jacobian_object(params) == "vector field":  # a layer map's compiles when used
         there = [(compile_jacobian, (kernels.pack_params(p64), k["seq_len"], params.d))]
@@ -969,6 +1087,7 @@ def _study_config(params, k, run, n_layers):
         "noise": np.asarray(run["noise"]),
         "eps": k["eps"],
         "mode": mode_name,
+        "x0": initial.describe(k["init"], k["x0"]),
         "seed": k["seed"],
         "chunk_size": k["chunk_size"],
         "lambda_samples": k["lambda_samples"],

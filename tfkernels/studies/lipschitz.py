@@ -148,18 +148,31 @@ def _lognorm_lanczos(packed, X, layer):
     return float(lam) / c, float(math.sqrt(max(s2, 0.0))) / c
 
 
-def _sample_states(params, seq_len, n_layers, n_samples, run, seed):
+def _sample_every(n_layers):
+    """Layers between two sampled states: up to ``min(N, 8)`` evenly spaced layers."""
+    want = min(n_layers, 8)
+    return max(k for k in range(1, n_layers + 1) if n_layers % k == 0 and n_layers // k >= want)
+
+
+def n_sampled_trajectories(n_layers, n_samples):
+    """How many of the study's first trajectories :func:`estimate_lipschitz` samples."""
+    return max(1, -(-n_samples // (n_layers // _sample_every(n_layers) + 1)))
+
+
+def _sample_states(params, seq_len, n_layers, n_samples, run, seed, x0=None):
     """States ``(X, layer)`` along the first trajectories of the study.
 
     Up to ``min(N, 8)`` evenly spaced layers (0 and N included) of the first
-    ``ceil(n_samples / layers)`` trajectories, run with the study's update and noise;
-    non-finite states are dropped. Layer n's state is paired with weight set
+    ``ceil(n_samples / layers)`` trajectories (:func:`n_sampled_trajectories`; those
+    of ``x0`` when given, else standard normal ones), run with the study's update and
+    noise; non-finite states are dropped. Layer n's state is paired with weight set
     ``min(n, N − 1)``.
     """
-    want = min(n_layers, 8)
-    every = max(k for k in range(1, n_layers + 1) if n_layers % k == 0 and n_layers // k >= want)
-    n_traj = max(1, -(-n_samples // (n_layers // every + 1)))
-    x0 = api.random_states(n_traj, seq_len, params.d, seed=seed, dtype=params.dtype)
+    every = _sample_every(n_layers)
+    if x0 is None:
+        n_traj = n_sampled_trajectories(n_layers, n_samples)
+        x0 = api.random_states(n_traj, seq_len, params.d, seed=seed, dtype=params.dtype)
+    n_traj = x0.shape[0]
     states = api.integrate(params, x0, n_layers, save_every=every, throw=False, seed=seed, **run)
     layers = np.minimum(np.arange(states.shape[1]) * every, n_layers - 1)
     picked = []
@@ -211,7 +224,7 @@ def _largest_eigenvalue(S):
 
 
 def estimate_lipschitz(
-    params, seq_len, n_layers, *, n_samples=64, seed=0, run=None, dense_max=DENSE_MAX
+    params, seq_len, n_layers, *, n_samples=64, seed=0, run=None, dense_max=DENSE_MAX, x0=None
 ):
     """Estimate the one-sided Lipschitz constant λ̂ and the Lipschitz constant L̂ of f.
 
@@ -241,6 +254,9 @@ def estimate_lipschitz(
         :func:`tfkernels.integrate` (their defaults when omitted).
     dense_max : int
         Largest T·d for which J is formed densely.
+    x0 : ndarray, shape (n, seq_len, d), optional
+        The initial states of the sampled trajectories (the study's first ones, at
+        most :func:`n_sampled_trajectories`); None draws them standard normal.
 
     A Jacobian with huge or tiny finite entries is scaled by a power of two first
     (:data:`SAFE_EXP`), so that ``JᵀJ`` does not overflow; one that is not finite (the
@@ -262,7 +278,7 @@ def estimate_lipschitz(
     if why is not None:
         info = {"n_samples": 0, "method": None, "note": why, "object": obj}
         return math.nan, math.nan, info
-    samples = _sample_states(params, seq_len, n_layers, n_samples, run, seed)
+    samples = _sample_states(params, seq_len, n_layers, n_samples, run, seed, x0)
     p64 = params if params.dtype == np.float64 else params.astype(np.float64)
     packed = kernels.pack_params(p64)
     dense = seq_len * params.d <= dense_max or params.norm is not None

@@ -169,3 +169,38 @@ def write_text(path, text):
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
+
+
+def save_result(result, out_dir, stem, plot=True):
+    """Write ``result``'s ``<stem>.csv``, ``<stem>.png`` (when ``plot``) and
+    ``<stem>.json`` into ``out_dir`` as one :class:`ResultSet` (the JSON last), with its
+    ``to_csv``, ``plot`` and ``to_json``; returns the paths written."""
+    with ResultSet(out_dir, name="out_dir") as rs:
+        result.to_csv(rs.path(f"{stem}.csv"))
+        if plot:
+            result.plot(rs.path(f"{stem}.png"))
+        result.to_json(rs.path(f"{stem}.json"))
+    return rs.paths
+
+
+def write_csv(path, table, int_columns=()):
+    """Write ``table`` (a dict of equally long columns) as CSV with a header row,
+    atomically; ``int_columns`` are written as integers, the others with 10 digits."""
+    import numpy as np
+
+    cols = list(table)
+    rows = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in cols])
+    fmt = ["%d" if c in int_columns else "%.10g" for c in cols]
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, rows, delimiter=",", header=",".join(cols), comments="", fmt=fmt)
+
+
+def save_figure(fig, path, dpi=120):
+    """Save the matplotlib ``fig`` to ``path`` atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)

@@ -275,6 +275,46 @@ def gelu_bias(H, b, dt, short):
 
 
 @_ijit
+def tanh_gate(z, dt, lo, short):
+    """``s = (1 + tanh u)/2 = 1/(1 + e^{−2u})`` for GELU's tanh form,
+    ``u = √(2/π)(z + 0.044715 z³)``, so that ``gelu_tanh(z) = z·s``: branch-free from
+    ``e = e^{−2|u|}`` (:func:`exp_neg`), ``1/(1 + e)`` for u ≥ 0 and ``e/(1 + e)``
+    below (no cancellation either way; a select, so the loop vectorizes, where
+    ``math.tanh`` is a scalar libm call). Returns ``(s, u)``."""
+    u = dt(_SQRT_2_OVER_PI) * (z + dt(_GELU_C) * z * z * z)
+    e = exp_neg(dt(-2.0) * abs(u), dt, lo, short)
+    r = dt(1.0) / (dt(1.0) + e)
+    return (r if u >= dt(0.0) else e * r), u
+
+
+@_ijit
+def gelu_tanh_bias(H, b, dt, short):
+    """``H[i, j] = gelu_tanh(H[i, j] + b[j])`` in place (:func:`tanh_gate`)."""
+    T, m = H.shape
+    lo = dt(EXP_LO)
+    for i in range(T):
+        for j in range(m):
+            z = H[i, j] + b[j]
+            H[i, j] = z * tanh_gate(z, dt, lo, short)[0]
+
+
+@_ijit
+def gelu_tanh_bias_prime(H, b, S, dt, short):
+    """``H[i, j] = gelu_tanh(z)`` (the bits of :func:`gelu_tanh_bias`) and
+    ``S[i, j] = s + 2z·s(1 − s)·u'(z)``, its derivative (``1 − tanh² u = 4s(1 − s)``),
+    for ``z = H[i, j] + b[j]``."""
+    T, m = H.shape
+    lo = dt(EXP_LO)
+    for i in range(T):
+        for j in range(m):
+            z = H[i, j] + b[j]
+            s = tanh_gate(z, dt, lo, short)[0]
+            H[i, j] = z * s
+            du = dt(_SQRT_2_OVER_PI) * (dt(1.0) + dt(3.0 * _GELU_C) * z * z)
+            S[i, j] = s + dt(2.0) * z * s * (dt(1.0) - s) * du
+
+
+@_ijit
 def add_bias(out, b):
     """``out[i, j] += b[j]`` along whole rows (a bias repeated per lane in lanes); an
     empty ``b`` (a model without this bias) adds nothing."""
@@ -294,7 +334,8 @@ def bias_activate(H, b, act):
     float32 takes the short polynomials. The dtype test sits outside the loop and
     each branch inlines :func:`gelu_bias` with a literal flag, which LLVM folds
     (``itemsize`` is read at run time, so a test inside the loop would stop
-    vectorization). Other activations use :func:`activate`.
+    vectorization). GELU's tanh form takes :func:`gelu_tanh_bias` the same way; other
+    activations use :func:`activate`.
     """
     dt = H.dtype.type
     if act == GELU:
@@ -302,6 +343,11 @@ def bias_activate(H, b, act):
             gelu_bias(H, b, dt, True)
         else:
             gelu_bias(H, b, dt, False)
+    elif act == GELU_TANH:
+        if H.itemsize == 4:
+            gelu_tanh_bias(H, b, dt, True)
+        else:
+            gelu_tanh_bias(H, b, dt, False)
     else:
         T, m = H.shape
         for i in range(T):
@@ -354,8 +400,9 @@ def bias_activate_prime(H, b, act, S):
     state follows the plain flow's) and ``S[i, j] = σ'(z)``, ``z = H[i, j] + b[j]``.
 
     GELU takes the fused, vectorized :func:`gelu_bias_prime` (float32 with the short
-    polynomials, the dtype test outside the loop as in ``bias_activate``); the other
-    activations :func:`bias_activate` and :func:`activate_prime`.
+    polynomials, the dtype test outside the loop as in ``bias_activate``), its tanh form
+    :func:`gelu_tanh_bias_prime`; the other activations :func:`bias_activate` and
+    :func:`activate_prime`.
     """
     dt = H.dtype.type
     T, m = H.shape
@@ -364,6 +411,12 @@ def bias_activate_prime(H, b, act, S):
             gelu_bias_prime(H, b, S, dt, True)
         else:
             gelu_bias_prime(H, b, S, dt, False)
+        return
+    if act == GELU_TANH:
+        if H.itemsize == 4:
+            gelu_tanh_bias_prime(H, b, S, dt, True)
+        else:
+            gelu_tanh_bias_prime(H, b, S, dt, False)
         return
     for i in range(T):
         for j in range(m):

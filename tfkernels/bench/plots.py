@@ -50,9 +50,20 @@ def _save(plt, fig, path):
 
 
 def _by_dtype(doc):
-    """``[(dtype, points at the largest N)]`` of the throughput sweep, one per dtype."""
+    """``[(title, points at the largest N)]`` of the throughput sweep, one per dtype, and
+    per model when the sweep has more than one (the ``blocks`` preset's GPT-2 and BERT
+    layers at the same widths)."""
     dtypes = sorted({p["dtype"] for p in doc["throughput"]})
-    return [(dt, _at_largest_n(doc["throughput"], dt)) for dt in dtypes]
+    models = list(dict.fromkeys(p.get("model", "paper") for p in doc["throughput"]))
+    panels = []
+    for dt in dtypes:
+        pts = _at_largest_n(doc["throughput"], dt)
+        if len(models) == 1:
+            panels.append((dt, pts))
+            continue
+        for m in models:
+            panels.append((f"{dt} {m}", [p for p in pts if p.get("model", "paper") == m]))
+    return panels
 
 
 def _finish_width_panel(ax, pts):
@@ -110,7 +121,8 @@ def plot_speedup(doc, path):
             ax.plot(ds, best, "k^-", lw=2, label="vs best peer")
         need = [(p.get("goal") or {}).get("speedup_need", np.nan) for p in pts]
         if np.any(np.isfinite(need)):
-            ax.plot(ds, need, "r_", ms=18, mew=2, label="goal (issue 18)")
+            issue = "17" if doc.get("preset") == "blocks" else "18"
+            ax.plot(ds, need, "r_", ms=18, mew=2, label=f"goal (issue {issue})")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set(
             xscale="log",

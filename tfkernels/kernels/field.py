@@ -89,6 +89,18 @@ def sub_input(layout, X, model, layer, which, fs):
 
 
 @_ijit
+def attention_sub(layout, X, model, layer, fs, out):
+    """``out += g(N_a(X)) + b_o``: the attention sub-field with its biases, on the
+    normed tokens with a pre norm (the activations left in ``fs`` for the JVP)."""
+    w, s, k = model.weights, model.settings, model.block
+    Xa = sub_input(layout, X, model, layer, 0, fs)
+    attention(
+        layout, Xa, w.wqkv[layer], k.bqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs, out
+    )
+    add_bias(out, k.bo[layer])
+
+
+@_ijit
 def _rhs(layout, X, model, layer, subs, out, fs):
     """``out`` = the field of the sub-layers ``subs`` (bits ``structs.SUB_ATTN``,
     ``SUB_FFN``) at ``X`` with weight set ``layer`` of ``model`` (a ``structs.Model``):
@@ -103,20 +115,7 @@ def _rhs(layout, X, model, layer, subs, out, fs):
     else:
         fill_zero(out)
     if s.attention and subs & SUB_ATTN:
-        Xa = sub_input(layout, X, model, layer, 0, fs)
-        attention(
-            layout,
-            Xa,
-            w.wqkv[layer],
-            k.bqkv[layer],
-            w.wo[layer],
-            s.n_heads,
-            s.beta,
-            s.causal,
-            fs,
-            out,
-        )
-        add_bias(out, k.bo[layer])
+        attention_sub(layout, X, model, layer, fs, out)
     if s.ffn and subs & SUB_FFN:
         Xf = sub_input(layout, X, model, layer, 1, fs)
         ffn(
@@ -178,20 +177,7 @@ def _rhs_and_jvp(layout, X, V, model, layer, subs, out, dout, fs, ts):
         fill_zero(out)
         fill_zero(dout)
     if attn:
-        Xa = sub_input(layout, X, model, layer, 0, fs)
-        attention(
-            layout,
-            Xa,
-            w.wqkv[layer],
-            k.bqkv[layer],
-            w.wo[layer],
-            s.n_heads,
-            s.beta,
-            s.causal,
-            fs,
-            out,
-        )
-        add_bias(out, k.bo[layer])
+        attention_sub(layout, X, model, layer, fs, out)
     if ff:
         Xf = sub_input(layout, X, model, layer, 1, fs)
         product(layout, Xf, w1, fs.hidden, False)

@@ -25,7 +25,6 @@ per renormalization.
 """
 
 import dataclasses
-import json
 import math
 import time
 
@@ -128,7 +127,7 @@ def lyapunov_chunk(chunk_start, chunk_len, packed, cfg, x0=None):
 
 # ========================================================================= result
 @dataclasses.dataclass
-class LyapunovResult:
+class LyapunovResult(output.TableResult):
     """Outcome of :func:`lyapunov_spectrum`.
 
     Attributes
@@ -159,25 +158,14 @@ class LyapunovResult:
     config: dict
     meta: dict
 
+    CSV_INT_COLUMNS = ("index", "count")
+
     @property
     def quantiles(self):
         """``(len(QUANTILES), k)``: the quantiles of each exponent over trajectories."""
         return np.stack([self.stats[q] for q in QUANTILE_NAMES])
 
-    def to_dict(self):
-        """All fields as JSON-ready Python values."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["stats"] = {key: np.asarray(val) for key, val in self.stats.items()}
-        return jsonable(d)
-
-    def to_json(self, path):
-        """Write the result as JSON, atomically."""
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        output.write_text(path, text)
-
-    def to_csv(self, path):
-        """Write the per-exponent table as CSV (one row per exponent), atomically."""
-        output.write_csv(path, self.stats, int_columns=("index", "count"))
+    # to_dict, to_json, to_csv (one row per exponent): output.TableResult
 
     def save(self, out_dir="results/lyapunov", stem="lyapunov", plot=True):
         """Write ``<stem>.csv``, ``<stem>.png`` and ``<stem>.json`` into ``out_dir`` as
@@ -454,20 +442,12 @@ def _make_result(chunks, conf, env, wall):
         "index": np.arange(1, k + 1),
         **{key: val for key, val in table.items() if key != "layer"},
     }
-    n_run = chunks.n_done - chunks.n_resumed
     layers = conf["n_layers"]
     meta = dict(env)
+    meta.update(plans.run_meta(chunks, layers, wall))
+    n_run = chunks.n_done - chunks.n_resumed
     meta.update(
         {
-            "partial": chunks.partial,
-            "n_trajectories_done": chunks.n_done,
-            "n_chunks_done": chunks.next_chunk,
-            "n_chunks": chunks.n_chunks,
-            "resumed_chunks": chunks.next_chunk - chunks.n_run,
-            "checkpoint": chunks.checkpoint,
-            "wall_time_s": wall,
-            "loop_time_s": chunks.loop_time,
-            "throughput": n_run * layers / chunks.loop_time if n_run else math.nan,
             "throughput_unit": "trajectory-layers per second over the chunk loop (each "
             "layer advances k tangents)",
             "tangent_steps_per_s": n_run * layers * k / chunks.loop_time if n_run else math.nan,

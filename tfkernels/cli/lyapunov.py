@@ -11,30 +11,20 @@ Exit status: 0 done, 2 a bad option or an expected error (one line), 130 Ctrl-C.
 
 import os
 
-from ..methods import METHODS
 from . import common
-from .geometry import add_model_options, add_run_options, check_model_args, model_from_args
+from .geometry import (
+    add_flow_options,
+    add_model_options,
+    add_run_options,
+    check_model_args,
+    model_from_args,
+)
 
 
 def configure_parser(parser):
     """Add the options of ``tfkernels lyapunov`` to ``parser``."""
     g = parser.add_argument_group("study")
-    g.add_argument(
-        "--trajectories",
-        type=common.integer("--trajectories", 1, 2**63),
-        default=1024,
-        help="number of trajectories; accepts 1e3",
-    )
-    g.add_argument(
-        "--layers", type=common.integer("--layers"), default=200, help="number of layers N"
-    )
-    g.add_argument(
-        "--t-final",
-        type=common.real("--t-final", 0.0, strict=True),
-        default=10.0,
-        help="final time (dt = t_final / layers)",
-    )
-    g.add_argument("--method", default="euler", choices=list(METHODS), help="update rule")
+    add_flow_options(g, 1024, 2**63, 200, 10.0)
     g.add_argument(
         "--k",
         type=common.integer("--k"),

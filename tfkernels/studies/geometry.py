@@ -35,8 +35,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import _validate as v
-from .. import api, config, kernels, threads
-from . import checkpoint as ckpt
+from .. import api, config, kernels
 from . import initial, output, plans, runner
 from .environment import params_summary
 from .serialize import jsonable
@@ -702,12 +701,7 @@ def token_geometry(
         energy_beta=energy_beta,
         chunk_size=chunk_size,
     )
-    threads.check_n_threads(n_threads)
-    v.check_bool("progress", progress)
-    runner.check_client(client)
-    if checkpoint is not None:
-        checkpoint = ckpt.check_path(checkpoint, "checkpoint")
-    return plans.run_plan(
+    return plans.check_and_run(
         pl, n_threads=n_threads, progress=progress, client=client, checkpoint=checkpoint
     )
 

@@ -31,8 +31,7 @@ import time
 import numpy as np
 
 from .. import _validate as v
-from .. import api, kernels, threads
-from . import checkpoint as ckpt
+from .. import api, kernels
 from . import initial, output, plans, runner
 from .environment import params_summary
 from .serialize import jsonable
@@ -410,12 +409,7 @@ def lyapunov_spectrum(
         x0=x0,
         chunk_size=chunk_size,
     )
-    threads.check_n_threads(n_threads)
-    v.check_bool("progress", progress)
-    runner.check_client(client)
-    if checkpoint is not None:
-        checkpoint = ckpt.check_path(checkpoint, "checkpoint")
-    return plans.run_plan(
+    return plans.check_and_run(
         pl, n_threads=n_threads, progress=progress, client=client, checkpoint=checkpoint
     )
 

@@ -119,3 +119,19 @@ def run_meta(chunks, n_layers, wall):
         "throughput": n_run * n_layers / chunks.loop_time if n_run else math.nan,
         "throughput_unit": "trajectory-layers per second over the chunk loop",
     }
+
+
+def check_and_run(pl, *, n_threads=None, progress=False, client=None, checkpoint=None):
+    """Validate the run arguments of a study (``n_threads``, ``progress``, ``client``,
+    ``checkpoint``: errors name them) and :func:`run_plan` the :class:`Plan` ``pl``."""
+    from .. import _validate as v
+    from . import checkpoint as ckpt
+
+    threads.check_n_threads(n_threads)
+    v.check_bool("progress", progress)
+    runner.check_client(client)
+    if checkpoint is not None:
+        checkpoint = ckpt.check_path(checkpoint, "checkpoint")
+    return run_plan(
+        pl, n_threads=n_threads, progress=progress, client=client, checkpoint=checkpoint
+    )

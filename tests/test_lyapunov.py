@@ -185,3 +185,27 @@ def test_outputs(tmp_path):
     rows = (tmp_path / "lyapunov.csv").read_text().splitlines()
     assert rows[0].startswith("index,count,mean") and len(rows) == 4
     assert "lambda_1" in ly.summary()
+
+
+def test_checkpoint_resumes_and_dask_gives_the_same_bits(tmp_path):
+    p = tfk.TransformerParams.random(**SMALL)
+    kw = dict(t_final=2.0, k=3, transient=2, chunk_size=5, seed=4)
+    local = tfk.lyapunov_spectrum(p, 17, 3, 20, **kw)
+    path = tmp_path / "ly.ckpt"
+    first = tfk.lyapunov_spectrum(p, 17, 3, 20, checkpoint=path, **kw)
+    again = tfk.lyapunov_spectrum(p, 17, 3, 20, checkpoint=path, **kw)  # nothing left to run
+    assert again.meta["resumed_chunks"] == again.meta["n_chunks"] == 4
+    with pytest.raises(ValueError, match="checkpoint"):  # another configuration is refused
+        tfk.lyapunov_spectrum(p, 17, 3, 20, checkpoint=path, **{**kw, "k": 2})
+    dd = pytest.importorskip("dask.distributed")
+    with (
+        dd.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        dd.Client(cluster) as client,
+    ):
+        remote = tfk.lyapunov_spectrum(p, 17, 3, 20, client=client, **kw)
+    for res in (first, again, remote):
+        for key in local.stats:
+            np.testing.assert_array_equal(res.stats[key], local.stats[key], err_msg=key)
+        np.testing.assert_array_equal(res.exponents_ci, local.exponents_ci)

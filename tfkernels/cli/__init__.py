@@ -1,5 +1,5 @@
-"""The ``tfkernels`` command: ``decay``, ``bench``, ``paper``, ``geometry`` and ``sweep``
-subcommands.
+"""The ``tfkernels`` command: ``decay``, ``bench``, ``paper``, ``geometry``, ``sweep`` and
+``lyapunov`` subcommands.
 
 Each subcommand lives in its own module, which provides ``configure_parser(parser)``,
 ``check_args(args)`` (the checks of flags that the parser cannot make one flag at a
@@ -33,6 +33,10 @@ SUBCOMMANDS = {
         "beta x t phase diagram",
     ),
     "sweep": ("tfkernels.cli.sweep", "a study over a grid of one or two settings"),
+    "lyapunov": (
+        "tfkernels.cli.lyapunov",
+        "the k leading Lyapunov exponents (tangents re-orthonormalized by QR)",
+    ),
 }
 
 

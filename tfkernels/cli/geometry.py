@@ -93,25 +93,31 @@ def add_run_options(parser, out_default):
     )
 
 
-def configure_parser(parser):
-    """Add the options of ``tfkernels geometry`` to ``parser``."""
-    g = parser.add_argument_group("study")
+def add_flow_options(g, trajectories, max_trajectories, layers, t_final):
+    """``--trajectories``, ``--layers``, ``--t-final`` and ``--method`` in the argument
+    group ``g``, with these defaults (and at most ``max_trajectories``)."""
     g.add_argument(
         "--trajectories",
-        type=common.integer("--trajectories", 1, 2**34),
-        default=2048,
-        help="number of trajectories; accepts 2e3",
+        type=common.integer("--trajectories", 1, max_trajectories),
+        default=trajectories,
+        help=f"number of trajectories; accepts {trajectories:.0e}".replace("e+0", "e"),
     )
     g.add_argument(
-        "--layers", type=common.integer("--layers"), default=100, help="number of layers N"
+        "--layers", type=common.integer("--layers"), default=layers, help="number of layers N"
     )
     g.add_argument(
         "--t-final",
         type=common.real("--t-final", 0.0, strict=True),
-        default=10.0,
+        default=t_final,
         help="final time (dt = t_final / layers)",
     )
     g.add_argument("--method", default="euler", choices=list(METHODS), help="update rule")
+
+
+def configure_parser(parser):
+    """Add the options of ``tfkernels geometry`` to ``parser``."""
+    g = parser.add_argument_group("study")
+    add_flow_options(g, 2048, 2**34, 100, 10.0)
     g.add_argument(
         "--save-every",
         type=common.integer("--save-every"),

@@ -29,6 +29,7 @@ from .dispatch import (
     integrate,
     jvp_kernel,
     layer_jvp_kernel,
+    lyapunov_kernel,
     vector_field,
     vjp_kernel,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "integrate",
     "jvp_kernel",
     "layer_jvp_kernel",
+    "lyapunov_kernel",
     "pack_params",
     "use_lanes",
     "vector_field",

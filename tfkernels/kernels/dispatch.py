@@ -200,6 +200,46 @@ def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr
     run(body, logr.shape[0])
 
 
+def lyapunov_kernel(
+    model, a, b, h, seed, start, transient, renorm_every, dtype_like, expo, status, x0=None
+):
+    """``Σ log R_jj`` of the ``k = expo.shape[1]`` leading tangents of trajectories
+    ``start … start + B − 1`` into ``expo (B, k)`` (``drivers.lyapunov_rows`` for the
+    arguments; ``a, b, h`` the update, ``dtype_like`` a ``(T, d)`` array of the state
+    dtype, ``x0`` the B initial states or None: drawn in the kernel). Row layout only."""
+    T, d = dtype_like.shape
+    dt = dtype_like.dtype
+    k = expo.shape[1]
+    sched = structs.Schedule(a, b, h, np.zeros(h.shape[0], dtype=dt))
+    S = b.shape[0]
+    if x0 is None:
+        x0 = np.empty((0, T, d), dtype=dt)
+
+    def body(lo, hi):
+        X, Xc, Q = structs.aligned_buffers(((T, d), (T, d), (k, T, d)), dt)
+        ss = structs.step_scratch(ROWS, model, T, d, S, dt)
+        ts = structs.tangent_scratch(ROWS, model, T, d, S, dt)
+        drivers.lyapunov_rows(
+            model,
+            sched,
+            seed,
+            start + lo,
+            x0[lo:hi] if x0.shape[0] else x0,
+            transient,
+            renorm_every,
+            expo[lo:hi],
+            status[lo:hi],
+            X,
+            Xc,
+            Q,
+            np.empty(k),
+            ss,
+            ts,
+        )
+
+    run(body, expo.shape[0])
+
+
 def jvp_kernel(X, V, model, layers, out):
     """``out[k] = f'(X[k])·V[k]`` with weight set ``layers[k]``, parallel over k
     (C-contiguous arrays, validated by the caller)."""

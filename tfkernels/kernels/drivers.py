@@ -14,6 +14,8 @@ the same code in both, so a trajectory gets the same bits in either.
 * :func:`vector_field_rows`, :func:`vector_field_lanes` — ``f`` of every state;
 * :func:`decay_rows`, :func:`pair_lanes`, :func:`tangent_lanes` — the perturbation
   study: ``log r_n`` of a pair ``(X, X + εU)`` or of a tangent δ;
+* :func:`lyapunov_rows` — the ``k`` leading Lyapunov exponents: k tangents, QR by
+  MGS2 (:func:`orthonormalize`);
 * :func:`jvp_batch`, :func:`vjp_batch` — ``f'(X)·V`` and ``f'(X)ᵀ·G`` of many states.
 """
 
@@ -600,3 +602,125 @@ def vjp_batch(X, G, model, layers, out, vs):
     """``out[k] = f'(X[k])ᵀ·G[k]`` with weight set ``layers[k]``, serially over k."""
     for k in range(X.shape[0]):
         rhs_vjp(X[k], G[k], model, layers[k], out[k], vs)
+
+
+# ------------------------------------------------------------ the Lyapunov spectrum
+@_ijit
+def dot64(U, V):
+    """``⟨U, V⟩`` (Frobenius) of two arrays of the same shape, summed in float64."""
+    s = 0.0
+    for i in range(U.size):
+        s += np.float64(U.flat[i]) * np.float64(V.flat[i])
+    return s
+
+
+@_jit
+def orthonormalize(Q, logr):
+    """QR of the ``k`` tangents ``Q (k, T, d)`` in place: ``Q ← Q̃`` with orthonormal
+    columns, ``logr[j] = log R_jj`` (float64); returns whether every ``R_jj`` was
+    positive and finite (else the trajectory ends).
+
+    Modified Gram–Schmidt applied twice (MGS2): the second pass removes what the
+    rounding of the first left, so ``Q̃`` is orthonormal to a few ulps however
+    ill-conditioned ``Q`` was (Giraud, Langou & Rozložník 2005); ``R_jj`` is the norm
+    of column j after both passes. Loops only: ``np.linalg`` would allocate inside
+    compiled code. A column whose ``‖·‖²`` overflows (growth beyond about 1e154 between
+    two factorizations) ends the trajectory, where tangent mode would rescale it.
+    """
+    k = Q.shape[0]
+    for j in range(k):
+        qj = Q[j]
+        for _ in range(2):
+            for i in range(j):
+                qi = Q[i]
+                r = dot64(qi, qj)
+                for e in range(qj.size):
+                    qj.flat[e] = np.float64(qj.flat[e]) - r * np.float64(qi.flat[e])
+        nrm = math.sqrt(sq_norm(qj))  # as tangent mode's ‖δ‖: k = 1 gives its bits
+        if not (nrm > 0.0 and is_finite(nrm)):
+            return False
+        logr[j] = math.log(nrm)
+        inv = 1.0 / nrm
+        for e in range(qj.size):
+            qj.flat[e] = np.float64(qj.flat[e]) * inv
+    return True
+
+
+@_jit
+def run_lyapunov(X, Q, model, sched, transient, renorm_every, Xc, logr, acc, ss, ts):
+    """All layers of one trajectory and its ``k`` tangents ``Q (k, T, d)``; ``acc (k,)``
+    receives ``Σ log R_jj`` over the renormalizations after layer ``transient``;
+    returns the status.
+
+    Layer n advances tangent j by ``steps.step_tangent`` on a copy ``Xc`` of the state
+    (each copy gets the bits of the plain flow), and the state becomes the last copy:
+    k tangent steps per layer, k times the work of one tangent-mode trajectory. Up to
+    layer ``transient`` the tangents are orthonormalized after every layer and their
+    growth is dropped; after it, every ``renorm_every`` layers and after the last one,
+    with the logs of the diagonal of R added up (:func:`orthonormalize`).
+    """
+    k = Q.shape[0]
+    N = sched.h.shape[0]
+    for j in range(k):
+        acc[j] = 0.0
+    if not orthonormalize(Q, logr):
+        return 0
+    for n in range(N):
+        for j in range(k):
+            copy_state(X, Xc)
+            step_tangent(
+                ROWS, Xc, Q[j], model, layer_of(model, n), sched.a, sched.b, sched.h[n], ss, ts
+            )
+        copy_state(Xc, X)
+        if not all_finite(X):
+            return n + 1
+        after = n + 1 - transient
+        if after <= 0 or after % renorm_every == 0 or n + 1 == N:
+            if not orthonormalize(Q, logr):
+                return n + 1
+            if after > 0:
+                for j in range(k):
+                    acc[j] += logr[j]
+    return STATUS_OK
+
+
+@_djit
+def lyapunov_rows(
+    model, sched, seed, start, x0, transient, renorm_every, expo, status, X, Xc, Q, logr, ss, ts
+):
+    """Σ log R_jj of the ``k`` leading tangents of trajectories ``start … start + B − 1``
+    (row layout; the caller divides by the time after the transient).
+
+    Parameters
+    ----------
+    model : structs.Model
+    sched : structs.Schedule
+        The update (no noise: ``sched.sigma`` is not read).
+    seed, start : int
+        Trajectory ``g = start + b`` draws X_0 from ``(seed, STREAM_STATE, g)``
+        (:func:`initial_state`) and its k initial tangents from the first ``k·T·d``
+        normals of ``(seed, STREAM_DIRECTION, g)`` (the first tangent is tangent
+        mode's direction U), then orthonormalized.
+    x0 : ndarray, shape (B, T, d) or (0, T, d)
+        The initial states, or none (drawn).
+    transient, renorm_every : int
+        See :func:`run_lyapunov`.
+    expo : ndarray of float64, shape (B, k)
+        Output: ``Σ log R_jj`` per trajectory and tangent (NaN when not OK).
+    status : ndarray of int64, shape (B,)
+        ``STATUS_OK``, else the first layer (1-based) where the state or a tangent was
+        not finite or a tangent vanished (0: the initial tangents were dependent).
+    X, Xc, Q, logr, ss, ts
+        Buffers: two states ``(T, d)``, the tangents ``(k, T, d)``, ``logr (k,)``
+        float64, a ``structs.StepScratch`` and a ``structs.TangentScratch``.
+    """
+    for b in range(expo.shape[0]):
+        g = start + b
+        initial_state(X, seed, g, x0, b)
+        rng.fill_normal(rng.key(seed, rng.STREAM_DIRECTION, g), 0, 1.0, Q)
+        status[b] = run_lyapunov(
+            X, Q, model, sched, transient, renorm_every, Xc, logr, expo[b], ss, ts
+        )
+        if status[b] != STATUS_OK:
+            for j in range(expo.shape[1]):
+                expo[b, j] = np.nan

@@ -28,7 +28,6 @@ non-finite (or has a zero token, whose cosines are undefined) is excluded and co
 """
 
 import dataclasses
-import json
 import math
 import time
 from fractions import Fraction
@@ -36,8 +35,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import _validate as v
-from .. import api, config, kernels, threads
-from . import checkpoint as ckpt
+from .. import api, config, kernels
 from . import initial, output, plans, runner
 from .environment import params_summary
 from .serialize import jsonable
@@ -378,7 +376,7 @@ def geometry_chunk(chunk_start, chunk_len, params, cfg, x0=None):
 
 # ========================================================================= result
 @dataclasses.dataclass
-class GeometryResult:
+class GeometryResult(output.TableResult):
     """Outcome of :func:`token_geometry`.
 
     Attributes
@@ -410,6 +408,8 @@ class GeometryResult:
     config: dict
     meta: dict
 
+    CSV_INT_COLUMNS = ("layer", "count")
+
     def metric(self, name, stat="mean"):
         """Per saved layer, statistic ``stat`` (``"mean"``, ``"std"``, ``"min"``,
         ``"max"``; for ``"clusters"`` also ``"median"``, ``"q05"`` …) of metric
@@ -428,21 +428,7 @@ class GeometryResult:
         return self.stats[key]
 
     # ------------------------------------------------------------ storage
-    def to_dict(self):
-        """All fields as JSON-ready Python values."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["stats"] = {k: np.asarray(val) for k, val in self.stats.items()}
-        return jsonable(d)
-
-    def to_json(self, path):
-        """Write the result as JSON, atomically (a temporary file renamed over ``path``)."""
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        output.write_text(path, text)
-
-    def to_csv(self, path):
-        """Write the per-layer table as CSV (one row per saved layer), atomically."""
-        output.write_csv(path, self.stats, int_columns=("layer", "count"))
-
+    # to_dict, to_json, to_csv (one row per saved layer): output.TableResult
     def save(self, out_dir="results/geometry", stem="geometry", plot=True):
         """Write ``<stem>.csv``, ``<stem>.png`` and ``<stem>.json`` into ``out_dir`` as
         one set (all renamed into place once all were written, the JSON last).
@@ -715,12 +701,7 @@ def token_geometry(
         energy_beta=energy_beta,
         chunk_size=chunk_size,
     )
-    threads.check_n_threads(n_threads)
-    v.check_bool("progress", progress)
-    runner.check_client(client)
-    if checkpoint is not None:
-        checkpoint = ckpt.check_path(checkpoint, "checkpoint")
-    return plans.run_plan(
+    return plans.check_and_run(
         pl, n_threads=n_threads, progress=progress, client=client, checkpoint=checkpoint
     )
 
@@ -735,20 +716,10 @@ def _make_result(chunks, t, save_every, conf, env, wall):
         "count": np.full(S, stats.count),
     }
     table.update(stats.per_layer())
-    n_run = chunks.n_done - chunks.n_resumed
     meta = dict(env)
+    meta.update(plans.run_meta(chunks, conf["n_layers"], wall))
     meta.update(
         {
-            "partial": chunks.partial,
-            "n_trajectories_done": chunks.n_done,
-            "n_chunks_done": chunks.next_chunk,
-            "n_chunks": chunks.n_chunks,
-            "resumed_chunks": chunks.next_chunk - chunks.n_run,
-            "checkpoint": chunks.checkpoint,
-            "wall_time_s": wall,
-            "loop_time_s": chunks.loop_time,
-            "throughput": n_run * conf["n_layers"] / chunks.loop_time if n_run else math.nan,
-            "throughput_unit": "trajectory-layers per second over the chunk loop",
             "statistics": "exact integer sums of every value rounded to a multiple of "
             f"2^-{FIXED_BITS}; cluster quantiles exact (rank floor(q(n-1)))",
             "dens_threshold": DENS_THRESHOLD,

@@ -204,3 +204,33 @@ def save_figure(fig, path, dpi=120):
             fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
+
+
+class TableResult:
+    """Storage of a study's result dataclass with a per-row table ``stats`` (a dict of
+    equally long columns): :meth:`to_dict`, :meth:`to_json`, :meth:`to_csv`. A class
+    names the integer columns of its CSV in ``CSV_INT_COLUMNS``."""
+
+    CSV_INT_COLUMNS = ()
+
+    def to_dict(self):
+        """All fields as JSON-ready Python values."""
+        import dataclasses
+
+        import numpy as np
+
+        from .serialize import jsonable
+
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["stats"] = {k: np.asarray(val) for k, val in self.stats.items()}
+        return jsonable(d)
+
+    def to_json(self, path):
+        """Write the result as JSON, atomically (a temporary file renamed over ``path``)."""
+        import json
+
+        write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+
+    def to_csv(self, path):
+        """Write the table ``stats`` as CSV (one row per entry), atomically."""
+        write_csv(path, self.stats, int_columns=self.CSV_INT_COLUMNS)

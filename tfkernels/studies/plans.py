@@ -8,6 +8,7 @@ and finish each with the same code as the study alone.
 """
 
 import dataclasses
+import math
 import time
 
 from .. import threads
@@ -98,3 +99,39 @@ def run_plan(pl, *, n_threads=None, progress=False, client=None, checkpoint=None
             f"{pl.name} interrupted after {chunks.n_done:,} of {pl.n_trajectories:,} trajectories",
         ) from None
     return res
+
+
+def run_meta(chunks, n_layers, wall):
+    """The ``meta`` entries every study records about its run: progress (``partial``,
+    chunks and trajectories done, resumed, the checkpoint), the wall and chunk-loop
+    times and the throughput in trajectory-layers per second over the chunk loop
+    (``chunks`` a :class:`~.runner.RunResult`, ``wall`` seconds)."""
+    n_run = chunks.n_done - chunks.n_resumed
+    return {
+        "partial": chunks.partial,
+        "n_trajectories_done": chunks.n_done,
+        "n_chunks_done": chunks.next_chunk,
+        "n_chunks": chunks.n_chunks,
+        "resumed_chunks": chunks.next_chunk - chunks.n_run,
+        "checkpoint": chunks.checkpoint,
+        "wall_time_s": wall,
+        "loop_time_s": chunks.loop_time,
+        "throughput": n_run * n_layers / chunks.loop_time if n_run else math.nan,
+        "throughput_unit": "trajectory-layers per second over the chunk loop",
+    }
+
+
+def check_and_run(pl, *, n_threads=None, progress=False, client=None, checkpoint=None):
+    """Validate the run arguments of a study (``n_threads``, ``progress``, ``client``,
+    ``checkpoint``: errors name them) and :func:`run_plan` the :class:`Plan` ``pl``."""
+    from .. import _validate as v
+    from . import checkpoint as ckpt
+
+    threads.check_n_threads(n_threads)
+    v.check_bool("progress", progress)
+    runner.check_client(client)
+    if checkpoint is not None:
+        checkpoint = ckpt.check_path(checkpoint, "checkpoint")
+    return run_plan(
+        pl, n_threads=n_threads, progress=progress, client=client, checkpoint=checkpoint
+    )

@@ -255,3 +255,40 @@ def test_split_and_threads_give_the_same_bits():
         ]
     )
     assert np.array_equal(whole, parts)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(bias=True, causal=True), dict(attention=False, linear=True)]
+)
+def test_plain_block_kernels_give_the_bits_of_the_block_kernels(monkeypatch, dtype, kw):
+    """The paper's field (no norm, parallel) packs a ``PlainBlock``, whose kernels are
+    compiled without the block code (``jit.by_block``); packed as a ``Block`` instead,
+    the same model runs the block kernels. Both give the same bits: integrate in both
+    layouts, tangent-mode and pair-mode ``log r`` and λ̂."""
+    from tfkernels.kernels import structs
+
+    p = model(dict(damping=0.5, **kw), dtype)
+    assert isinstance(kernels.pack_params(p).block, structs.PlainBlock)
+    assert type(kernels.pack_params(model(dict(norm="rmsnorm"), dtype)).block) is structs.Block
+
+    def run():
+        small = tfk.random_states(9, 4, 8, seed=4, dtype=dtype)  # lanes
+        wide = model(dict(damping=0.5, **kw), dtype, d=72)  # T·d = 576: rows
+        big = tfk.random_states(3, 8, 72, seed=4, dtype=dtype)
+        out = [
+            tfk.integrate(p, small, 3, method="rk4"),
+            tfk.integrate(wide, big, 2, method="heun"),
+            tfk.vector_field(wide, big),
+        ]
+        for mode in ("pair", "tangent"):
+            r = tfk.perturbation_decay(p, 40, 4, 3, mode=mode, seed=2, lambda_samples=4)
+            out += [r.stats["mean"], np.array([r.lambda_hat, r.L_hat])]
+        return out
+
+    plain = run()
+    pack_block = structs.pack_block
+    monkeypatch.setattr(structs, "pack_block", lambda *a: structs.Block(*pack_block(*a)))
+    assert type(kernels.pack_params(p).block) is structs.Block
+    for got, want in zip(run(), plain):
+        assert np.array_equal(got, want, equal_nan=True)

@@ -23,6 +23,7 @@ so ``⟨G, J V⟩ = ⟨Jᵀ G, V⟩``.
 """
 
 from .attention import attention_vjp
+from .jit import by_block
 from .jit import ijit as _ijit
 from .jit import jit as _jit
 from .layout import attention, attention_tangent, product
@@ -68,24 +69,57 @@ def n_lanes(layout, X):
     return 1
 
 
+def _pre_norm_plain(layout, X, model, layer, which, fs):
+    pass
+
+
+@by_block(_pre_norm_plain)
+def pre_norm(layout, X, model, layer, which, fs):
+    """``fs.xn`` = ``X`` with its tokens normed by sub-layer ``which``'s norm (0
+    attention, 1 FFN); nothing for a plain block."""
+    k = model.block
+    norm_tokens(
+        X,
+        n_lanes(layout, X),
+        k.norm,
+        k.norm_gain[layer, which],
+        k.norm_bias[layer, which],
+        k.eps,
+        fs.xn,
+        fs.red,
+    )
+
+
 @_ijit
 def sub_input(layout, X, model, layer, which, fs):
     """The input of sub-layer ``which`` (0 attention, 1 FFN): ``X``, or its tokens
-    normed by that sub-layer's norm into ``fs.xn`` with a pre norm."""
-    k = model.block
-    if k.pre:
-        norm_tokens(
-            X,
-            n_lanes(layout, X),
-            k.norm,
-            k.norm_gain[layer, which],
-            k.norm_bias[layer, which],
-            k.eps,
-            fs.xn,
-            fs.red,
-        )
+    normed by that sub-layer's norm into ``fs.xn`` with a pre norm (:func:`pre_norm`)."""
+    if model.block.pre:
+        pre_norm(layout, X, model, layer, which, fs)
         return fs.xn
     return X
+
+
+def _project_plain(layout, X, model, out, fs):
+    pass
+
+
+@by_block(_project_plain)
+def project(layout, X, model, out, fs):
+    """``out ← P⊥ out`` on the sphere's tangent spaces at ``X``
+    (``norms.tangent_project``); nothing for a plain block."""
+    tangent_project(X, n_lanes(layout, X), out, fs.red)
+
+
+def _project_jvp_plain(layout, X, V, model, out, dout, ts):
+    pass
+
+
+@by_block(_project_jvp_plain)
+def project_jvp(layout, X, V, model, out, dout, ts):
+    """:func:`project` of ``out`` and its derivative along ``V`` into ``dout``
+    (``norms.tangent_project_jvp``); nothing for a plain block."""
+    tangent_project_jvp(X, V, n_lanes(layout, X), out, dout, ts.red)
 
 
 @_ijit
@@ -109,7 +143,7 @@ def _rhs(layout, X, model, layer, subs, out, fs):
     the tangent position. ``fs`` a ``structs.FieldScratch``. With both bits and no
     block, the paper's ``f = g + h − γX + X·A`` in its original order of operations.
     """
-    w, s, k = model.weights, model.settings, model.block
+    w, s = model.weights, model.settings
     if subs & SUB_FFN:
         damped_linear(layout, X, s.damping, w.A[layer], s.linear, out)
     else:
@@ -129,26 +163,37 @@ def _rhs(layout, X, model, layer, subs, out, fs):
             fs.hidden,
             out,
         )
-    if k.tangent:
-        tangent_project(X, n_lanes(layout, X), out, fs.red)
+    if model.block.tangent:
+        project(layout, X, model, out, fs)
+
+
+def _pre_norm_jvp_plain(layout, X, V, model, layer, which, ts):
+    pass
+
+
+@by_block(_pre_norm_jvp_plain)
+def pre_norm_jvp(layout, X, V, model, layer, which, ts):
+    """``ts.dxn`` = ``N'(X)·V`` of sub-layer ``which``'s norm; nothing for a plain
+    block."""
+    k = model.block
+    norm_tokens_jvp(
+        X,
+        V,
+        n_lanes(layout, X),
+        k.norm,
+        k.norm_gain[layer, which],
+        k.eps,
+        ts.dxn,
+        ts.red,
+    )
 
 
 @_ijit
 def sub_tangent(layout, X, V, model, layer, which, ts):
     """The tangent of :func:`sub_input`: ``V``, or ``N'(X)·V`` of sub-layer ``which``'s
-    norm into ``ts.dxn`` with a pre norm."""
-    k = model.block
-    if k.pre:
-        norm_tokens_jvp(
-            X,
-            V,
-            n_lanes(layout, X),
-            k.norm,
-            k.norm_gain[layer, which],
-            k.eps,
-            ts.dxn,
-            ts.red,
-        )
+    norm into ``ts.dxn`` with a pre norm (:func:`pre_norm_jvp`)."""
+    if model.block.pre:
+        pre_norm_jvp(layout, X, V, model, layer, which, ts)
         return ts.dxn
     return V
 
@@ -165,7 +210,7 @@ def _rhs_and_jvp(layout, X, V, model, layer, subs, out, dout, fs, ts):
     come last, together (``norms.tangent_project_jvp``). ``fs`` a
     ``structs.FieldScratch``, ``ts`` a ``structs.TangentScratch``.
     """
-    w, s, k = model.weights, model.settings, model.block
+    w, s = model.weights, model.settings
     A, w1, b1, w2, b2 = w.A[layer], w.w1[layer], w.b1[layer], w.w2[layer], w.b2[layer]
     attn = s.attention and (subs & SUB_ATTN) != 0
     ff = s.ffn and (subs & SUB_FFN) != 0
@@ -198,8 +243,8 @@ def _rhs_and_jvp(layout, X, V, model, layer, subs, out, dout, fs, ts):
             for j in range(dhidden.shape[1]):
                 dhidden[i, j] *= S[i, j]
         product(layout, dhidden, w2, dout, True)
-    if k.tangent:
-        tangent_project_jvp(X, V, n_lanes(layout, X), out, dout, ts.red)
+    if model.block.tangent:
+        project_jvp(layout, X, V, model, out, dout, ts)
 
 
 @_jit

@@ -9,6 +9,7 @@ single trajectory and a group of lanes, and lives with the drivers
 """
 
 from .field import n_lanes, rhs, rhs_and_jvp
+from .jit import by_block
 from .jit import ijit as _ijit
 from .jit import jit as _jit
 from .norms import norm_tokens, norm_tokens_jvp
@@ -78,6 +79,42 @@ def rk_step(layout, X, model, layer, subs, a, b, h, ss):
     step_update(X, stages, b, h, xs)
 
 
+def _post_norm_plain(layout, X, model, layer, p, fs):
+    pass
+
+
+@by_block(_post_norm_plain)
+def post_norm(layout, X, model, layer, p, fs):
+    """``X ← N(X)`` in place with sub-layer ``p``'s norm (0 attention, 1 FFN); nothing
+    for a plain block."""
+    k = model.block
+    norm_tokens(
+        X,
+        n_lanes(layout, X),
+        k.norm,
+        k.norm_gain[layer, p],
+        k.norm_bias[layer, p],
+        k.eps,
+        X,
+        fs.red,
+    )
+
+
+def _post_norm_tangent_plain(layout, X, D, model, layer, p, ss, ts):
+    pass
+
+
+@by_block(_post_norm_tangent_plain)
+def post_norm_tangent(layout, X, D, model, layer, p, ss, ts):
+    """``D ← N'(X)·D``, then ``X ← N(X)``, in place, with sub-layer ``p``'s norm;
+    nothing for a plain block."""
+    k = model.block
+    L = n_lanes(layout, X)
+    gain = k.norm_gain[layer, p]
+    norm_tokens_jvp(X, D, L, k.norm, gain, k.eps, D, ts.red)
+    norm_tokens(X, L, k.norm, gain, k.norm_bias[layer, p], k.eps, X, ss.field.red)
+
+
 @_ijit
 def layer_step(layout, X, model, layer, a, b, h, ss):
     """One layer of the block in place: its sub-steps in order (``structs.Block``),
@@ -89,17 +126,7 @@ def layer_step(layout, X, model, layer, a, b, h, ss):
         rk_step(layout, X, model, layer, k.subs[i], a, b, h * k.fracs[i], ss)
         p = k.posts[i]
         if p >= 0:
-            f = ss.field
-            norm_tokens(
-                X,
-                n_lanes(layout, X),
-                k.norm,
-                k.norm_gain[layer, p],
-                k.norm_bias[layer, p],
-                k.eps,
-                X,
-                f.red,
-            )
+            post_norm(layout, X, model, layer, p, ss.field)
 
 
 @_ijit
@@ -136,10 +163,7 @@ def _layer_tangent(layout, X, D, model, layer, a, b, h, ss, ts):
         _step_tangent(layout, X, D, model, layer, k.subs[i], a, b, h * k.fracs[i], ss, ts)
         p = k.posts[i]
         if p >= 0:
-            L = n_lanes(layout, X)
-            gain = k.norm_gain[layer, p]
-            norm_tokens_jvp(X, D, L, k.norm, gain, k.eps, D, ts.red)
-            norm_tokens(X, L, k.norm, gain, k.norm_bias[layer, p], k.eps, X, ss.field.red)
+            post_norm_tangent(layout, X, D, model, layer, p, ss, ts)
 
 
 @_jit

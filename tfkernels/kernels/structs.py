@@ -8,7 +8,8 @@ fields, so a kernel reads ``model.weights.wqkv[layer]``, never ``W[0][layer]``):
 * :class:`Settings` — the model's scalars (heads, mask, activation code, which terms
   are on, whether weights are per layer, β and γ in the state dtype);
 * :class:`Block` — the attention biases, the norms' parameters and the layer's
-  sub-steps (the paper's field: one sub-step, no norm, no bias);
+  sub-steps; :class:`PlainBlock`, the same fields for the paper's field (one
+  sub-step, no norm), a type of its own so that its kernels leave the block code out;
 * :class:`Model` — ``(weights, settings, block)``, what :func:`pack_params` returns;
 * :class:`Schedule` — the update: tableau ``a``, ``b``, step sizes ``h`` and noise
   scales ``sigma`` per layer;
@@ -96,6 +97,12 @@ of both sub-layers, no norm, no bias):
   attention's, 1 the FFN's, −1 none);
 * ``norm`` (``methods.NORMS`` code), ``pre`` (the sub-fields read normed tokens),
   ``tangent`` (fields projected on the sphere's tangent spaces), ``eps``."""
+
+PlainBlock = namedtuple("PlainBlock", Block._fields)
+PlainBlock.__doc__ = """A :class:`Block` of the paper's parallel field without a norm (one
+sub-step of the whole field with fraction 1, no post norm; biases allowed): the same
+fields, a different type, so that the kernels of such a model are compiled without the
+norm, projection and sub-step code (``jit.by_block``)."""
 
 #: Sub-field bits of ``Block.subs``.
 SUB_ATTN, SUB_FFN = 1, 2
@@ -238,7 +245,10 @@ def pack_block(params, layered):
     steps = sub_steps(params)
     bit = {"attn": SUB_ATTN, "ffn": SUB_FFN}
     post = {None: -1, "attn": 0, "ffn": 1}
-    return Block(
+    plain = params.norm is None and params.block == "parallel"
+    if plain and (len(steps) != 1 or steps[0][1:] != (1.0, None)):
+        raise AssertionError(f"a plain block with sub-steps {steps}")
+    return (PlainBlock if plain else Block)(
         bqkv=bqkv,
         bo=bo,
         norm_gain=np.ascontiguousarray(gain),

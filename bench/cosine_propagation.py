@@ -1,0 +1,185 @@
+"""Giorlandino & Goldt (2026): the mean token cosine across 50 post-LN blocks against
+their closed-form recursion.
+
+For each width d, random models of :func:`tfkernels.studies.signal_propagation.post_ln_params`
+(one head, W_o = I, ReLU MLP of width d, LayerNorm after each sub-step, fresh weights in
+every layer; σ_v² = σ_w² = 0.2, σ_b² = 4·10⁻⁴ as in their experiment; softmax β = 1e-4,
+the recursion's β → 0) start from equicorrelated tokens (every pairwise cosine p0) and
+run through :func:`tfkernels.token_geometry` (Euler, Δt = 1); each model's curve is the
+mean cosine over its inputs. Against them: the recursion with the exact 1/T term of
+uniform attention and the paper's T → ∞ form. Writes into ``--out`` (default
+``results/cosine_propagation``) ``cosine_propagation.png``, ``.csv`` (one row per width
+and layer) and ``.json`` (settings, the agreement per width, versions, machine).
+
+    python bench/cosine_propagation.py      # the committed figure, ~3-5 min on 2 cores
+    python bench/cosine_propagation.py --widths 32,64 --models 4 --out /tmp/cp
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import tfkernels as tfk
+from tfkernels.studies import output
+from tfkernels.studies import signal_propagation as sp
+from tfkernels.studies.environment import environment
+from tfkernels.studies.serialize import jsonable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rank_collapse import git_commit
+
+
+def models_for(d, n_models):
+    """Fewer models at large widths (each costs ~d² per layer; their spread ~1/sqrt(d))."""
+    return max(4, min(n_models, n_models * 64 // d))
+
+
+def run_width(d, args, var):
+    """The per-model mean cosine curves (n_models, L + 1) at width d."""
+    L, T = args.layers, args.seq_len
+    curves = []
+    for k in range(models_for(d, args.models)):
+        seed = args.seed + 1000 * d + k
+        p = sp.post_ln_params(d, L, beta=args.beta, seed=seed, **var)
+        x0 = sp.equicorrelated_states(args.inputs, T, d, args.p0, seed=seed)
+        geo = tfk.token_geometry(
+            p, args.inputs, seq_len=T, n_layers=L, t_final=float(L), x0=x0, seed=seed
+        )
+        if geo.n_nonfinite:
+            raise RuntimeError(f"{geo.n_nonfinite} trajectories blew up at d = {d}")
+        curves.append(geo.metric("mean_cosine"))
+    return np.array(curves)
+
+
+def plot(per_width, theory, theory_inf, settings, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.3), constrained_layout=True)
+    layer = np.arange(len(theory))
+    ax.plot(layer, theory, color="k", lw=1.6, label=f"recursion, T = {settings['seq_len']}")
+    ax.plot(layer, theory_inf, color="0.5", lw=1.2, ls="--", label="recursion, T → ∞ (paper)")
+    for i, (d, r) in enumerate(per_width.items()):
+        c = f"C{i}"
+        ax.fill_between(layer, r["mean"] - 2 * r["se"], r["mean"] + 2 * r["se"], color=c, alpha=0.2)
+        ax.plot(layer, r["mean"], ".", ms=3.5, color=c, label=f"d = {d} ({r['n_models']} models)")
+    ax.set_xlabel("block l")
+    ax.set_ylabel("mean token cosine")
+    ax.set_title("post-LN blocks, 1 head, ReLU MLP (mean ± 2 s.e. over models)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    ds = np.array(list(per_width))
+    diff = np.array([r["max_abs_diff"] for r in per_width.values()])
+    diff_inf = np.array([r["max_abs_diff_inf"] for r in per_width.values()])
+    se = np.array([2 * r["se"].max() for r in per_width.values()])
+    ax2.loglog(ds, diff, "o-", color="k", label=f"vs recursion, T = {settings['seq_len']}")
+    ax2.loglog(ds, diff_inf, "s--", color="0.5", label="vs recursion, T → ∞")
+    ax2.loglog(ds, se, "x:", color="C3", label="2 × largest s.e. (noise)")
+    ax2.loglog(ds, diff[0] * ds[0] / ds, color="C0", lw=0.8, alpha=0.6, label="∝ 1/d")
+    ax2.set_xlabel("width d")
+    ax2.set_ylabel("max over blocks of |simulation − recursion|")
+    ax2.set_title("agreement against width", fontsize=10)
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3, which="both")
+    fig.suptitle(
+        f"Mean-field cosine recursion (Giorlandino & Goldt 2026) vs the kernels: "
+        f"{settings['n_layers']} blocks, T = {settings['seq_len']}, p0 = {settings['p0']}, "
+        f"σ_v² = σ_w² = {settings['var_w']}, σ_b² = {settings['var_b']}",
+        fontsize=9.5,
+    )
+    output.save_figure(fig, path, dpi=120)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--widths", default="32,64,128,256,512")
+    ap.add_argument("--layers", type=int, default=50)
+    ap.add_argument("--seq-len", type=int, default=16)
+    ap.add_argument("--p0", type=float, default=0.2)
+    ap.add_argument("--models", type=int, default=64, help="models at d <= 64 (fewer above)")
+    ap.add_argument("--inputs", type=int, default=4)
+    ap.add_argument("--beta", type=float, default=1e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="results/cosine_propagation")
+    args = ap.parse_args(argv)
+    var = dict(sp.DEFAULT_VARIANCES)
+    widths = [int(w) for w in args.widths.split(",")]
+    settings = {
+        "widths": widths,
+        "n_layers": args.layers,
+        "seq_len": args.seq_len,
+        "p0": args.p0,
+        "inputs_per_model": args.inputs,
+        "models": {d: models_for(d, args.models) for d in widths},
+        "beta": args.beta,
+        **var,
+        "d_ff": "d",
+        "model": "post_ln_params: post-LN (gain 1, bias 0, eps 1e-12), sequential, one head, "
+        "W_o = I, ReLU, fresh weights per layer; Euler, dt = 1",
+        "x0": "equicorrelated_states (zero feature mean, |x|^2 = d, all cosines p0)",
+        "seed": args.seed,
+    }
+    theory = sp.cosine_recursion(args.p0, args.layers, seq_len=args.seq_len, **var)
+    theory_inf = sp.cosine_recursion(args.p0, args.layers, **var)
+    t0 = time.time()
+    per_width = {}
+    for d in widths:
+        t1 = time.time()
+        curves = run_width(d, args, var)
+        mean = curves.mean(axis=0)
+        se = curves.std(axis=0, ddof=1) / np.sqrt(len(curves))
+        per_width[d] = {
+            "n_models": len(curves),
+            "mean": mean,
+            "se": se,
+            "max_abs_diff": float(np.abs(mean - theory).max()),
+            "argmax_layer": int(np.abs(mean - theory).argmax()),
+            "max_abs_diff_inf": float(np.abs(mean - theory_inf).max()),
+            "wall_time_s": time.time() - t1,
+        }
+        r = per_width[d]
+        print(
+            f"d = {d:4d}: {r['n_models']} models, max |sim - recursion| = {r['max_abs_diff']:.4f} "
+            f"(layer {r['argmax_layer']}), vs T->inf {r['max_abs_diff_inf']:.4f}, "
+            f"2 s.e. {2 * se.max():.4f}, {r['wall_time_s']:.0f} s",
+            flush=True,
+        )
+    wall = time.time() - t0
+    with output.ResultSet(args.out, name="--out") as rs:
+        table = {k: [] for k in ("d", "layer", "mean", "se", "recursion", "recursion_inf")}
+        for d, r in per_width.items():
+            for layer in range(args.layers + 1):
+                table["d"].append(d)
+                table["layer"].append(layer)
+                table["mean"].append(r["mean"][layer])
+                table["se"].append(r["se"][layer])
+                table["recursion"].append(theory[layer])
+                table["recursion_inf"].append(theory_inf[layer])
+        output.write_csv(rs.path("cosine_propagation.csv"), table, ("d", "layer"))
+        plot(per_width, theory, theory_inf, settings, rs.path("cosine_propagation.png"))
+        doc = {
+            "study": "mean token cosine across post-LN blocks vs the recursion of "
+            "Giorlandino & Goldt (2026, arXiv:2505.24333)",
+            "settings": settings,
+            "recursion": theory,
+            "recursion_inf": theory_inf,
+            "results": {str(d): r for d, r in per_width.items()},
+            "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+            "git_commit": git_commit(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": wall,
+            **environment(),
+        }
+        output.write_text(rs.path("cosine_propagation.json"), json.dumps(jsonable(doc), indent=1))
+    print(f"{wall:.0f} s; wrote", ", ".join(rs.paths))
+
+
+if __name__ == "__main__":
+    main()

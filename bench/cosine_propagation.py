@@ -83,6 +83,8 @@ def plot(per_width, theory, theory_inf, settings, path):
     ax2.loglog(ds, diff_inf, "s--", color="0.5", label="vs recursion, T → ∞")
     ax2.loglog(ds, se, "x:", color="C3", label="2 × largest s.e. (noise)")
     ax2.loglog(ds, diff[0] * ds[0] / ds, color="C0", lw=0.8, alpha=0.6, label="∝ 1/d")
+    ax2.set_xticks(ds, [str(d) for d in ds])
+    ax2.minorticks_off()
     ax2.set_xlabel("width d")
     ax2.set_ylabel("max over blocks of |simulation − recursion|")
     ax2.set_title("agreement against width", fontsize=10)
@@ -128,6 +130,7 @@ def main(argv=None):
     }
     theory = sp.cosine_recursion(args.p0, args.layers, seq_len=args.seq_len, **var)
     theory_inf = sp.cosine_recursion(args.p0, args.layers, **var)
+    commit = git_commit()  # of the code that runs, before anything changes
     t0 = time.time()
     per_width = {}
     for d in widths:
@@ -172,7 +175,7 @@ def main(argv=None):
             "recursion_inf": theory_inf,
             "results": {str(d): r for d, r in per_width.items()},
             "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
-            "git_commit": git_commit(),
+            "git_commit": commit,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "wall_time_s": wall,
             **environment(),

@@ -151,6 +151,7 @@ def main(argv=None):
         "method": "euler, dt = 1 (t_final = kernel layers); no skip = damping 1",
         "band": list(BAND),
     }
+    commit = git_commit()  # of the code that runs, before anything changes
     t0 = time.time()
     results = {}
     for variant in rc.VARIANTS:
@@ -202,7 +203,7 @@ def main(argv=None):
             "summary": summary,
             "results": results,
             "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
-            "git_commit": git_commit(),
+            "git_commit": commit,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "wall_time_s": wall,
             **environment(),

@@ -61,6 +61,7 @@ def plot(per_width, theory, theory_inf, settings, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.3), constrained_layout=True)
     layer = np.arange(len(theory))
@@ -84,7 +85,7 @@ def plot(per_width, theory, theory_inf, settings, path):
     ax2.loglog(ds, se, "x:", color="C3", label="2 × largest s.e. (noise)")
     ax2.loglog(ds, diff[0] * ds[0] / ds, color="C0", lw=0.8, alpha=0.6, label="∝ 1/d")
     ax2.set_xticks(ds, [str(d) for d in ds])
-    ax2.minorticks_off()
+    ax2.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax2.set_xlabel("width d")
     ax2.set_ylabel("max over blocks of |simulation − recursion|")
     ax2.set_title("agreement against width", fontsize=10)

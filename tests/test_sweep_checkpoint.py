@@ -5,26 +5,17 @@ refused; ``tfkernels sweep --checkpoint`` resumes the same way."""
 import numpy as np
 import pytest
 
+import test_interrupt
 import tfkernels as tfk
 from test_cli import main  # (exit status, stdout, stderr) of `tfkernels argv`
-from test_interrupt import InterruptingBar
 from tfkernels.studies import checkpoint as ckpt
 from tfkernels.studies import runner
 
+#: ``interrupt_at(k)``: the next runs are interrupted after their k-th chunk (the fixture
+#: of test_interrupt.py, whose progress-bar stand-in raises KeyboardInterrupt)
+interrupt_at = test_interrupt.interrupt_at
+
 N, T, L = 23, 3, 8  # 23 trajectories in chunks of 5 or 4: the last chunk is shorter
-
-
-@pytest.fixture
-def interrupt_at(monkeypatch):
-    """``interrupt_at(k)``: the next runs are interrupted after their k-th chunk."""
-    tqdm_auto = pytest.importorskip("tqdm.auto")
-    monkeypatch.setattr(tqdm_auto, "tqdm", InterruptingBar)
-    monkeypatch.setattr(runner, "CHECKPOINT_EVERY_S", 0.0)
-
-    def set_at(k):
-        InterruptingBar.at = k
-
-    return set_at
 
 
 def same_points(a, b):

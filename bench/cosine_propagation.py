@@ -18,6 +18,7 @@ and layer) and ``.json`` (settings, the agreement per width, versions, machine).
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
 import time
@@ -56,14 +57,35 @@ def run_width(d, args, var):
     return np.array(curves)
 
 
-def plot(per_width, theory, theory_inf, settings, path):
+def run_rem(beta_sa, args, var):
+    """Per-model mean cosine curves in the paper's regime: scores of variance
+    ``β² log T`` (W_q, W_k ~ N(0, 1/d), softmax β = β_SA·sqrt(log T)), T = --rem-seq-len."""
+    L, T, d = args.layers, args.rem_seq_len, args.rem_d
+    curves = []
+    for k in range(args.rem_models):
+        seed = args.seed + 7919 * (1 + round(100 * beta_sa)) + k
+        beta = beta_sa * math.sqrt(math.log(T))
+        p = sp.post_ln_params(d, L, beta=beta, seed=seed, **var)
+        x0 = sp.equicorrelated_states(args.inputs, T, d, args.p0, seed=seed)
+        geo = tfk.token_geometry(
+            p, args.inputs, seq_len=T, n_layers=L, t_final=float(L), x0=x0, seed=seed
+        )
+        if geo.n_nonfinite:
+            raise RuntimeError(f"{geo.n_nonfinite} trajectories blew up at beta_SA = {beta_sa}")
+        curves.append(geo.metric("mean_cosine"))
+    return np.array(curves)
+
+
+def plot(per_width, theory, theory_inf, settings, path, rem=None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.3), constrained_layout=True)
+    n = 3 if rem else 2
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.3), constrained_layout=True)
+    ax, ax2 = axes[0], axes[1]
     layer = np.arange(len(theory))
     ax.plot(layer, theory, color="k", lw=1.6, label=f"recursion, T = {settings['seq_len']}")
     ax.plot(layer, theory_inf, color="0.5", lw=1.2, ls="--", label="recursion, T → ∞ (paper)")
@@ -91,6 +113,26 @@ def plot(per_width, theory, theory_inf, settings, path):
     ax2.set_title("agreement against width", fontsize=10)
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3, which="both")
+    if rem:
+        ax3 = axes[2]
+        for i, (b, r) in enumerate(rem.items()):
+            c = f"C{i + 5}"
+            lo, hi = r["mean"] - 2 * r["se"], r["mean"] + 2 * r["se"]
+            ax3.fill_between(layer, lo, hi, color=c, alpha=0.25)
+            ax3.plot(layer, r["mean"], ".", ms=3.5, color=c, label=f"β = {b}: simulation")
+            ax3.plot(layer, r["recursion"], color=c, lw=1.4, label=f"β = {b}: recursion (T → ∞)")
+        ax3.plot(layer, rem[next(iter(rem))]["uniform"], color="0.5", ls=":", lw=1.2)
+        ax3.plot(
+            [], [], color="0.5", ls=":", label=f"uniform attention, T = {settings['rem_seq_len']}"
+        )
+        ax3.set_xlabel("block l")
+        ax3.set_title(
+            f"the paper's regime: scores of variance β² log T, T = {settings['rem_seq_len']}, "
+            f"d = {settings['rem_d']}",
+            fontsize=9,
+        )
+        ax3.legend(fontsize=7.5, loc="lower right")
+        ax3.grid(alpha=0.3)
     fig.suptitle(
         f"Mean-field cosine recursion (Giorlandino & Goldt 2026) vs the kernels: "
         f"{settings['n_layers']} blocks, T = {settings['seq_len']}, p0 = {settings['p0']}, "
@@ -110,6 +152,10 @@ def main(argv=None):
     ap.add_argument("--inputs", type=int, default=4)
     ap.add_argument("--beta", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rem-betas", default="0.5,3", help="the paper's β (score scale); '' none")
+    ap.add_argument("--rem-seq-len", type=int, default=64)
+    ap.add_argument("--rem-d", type=int, default=256)
+    ap.add_argument("--rem-models", type=int, default=8)
     ap.add_argument("--out", default="results/cosine_propagation")
     args = ap.parse_args(argv)
     var = dict(sp.DEFAULT_VARIANCES)
@@ -128,6 +174,12 @@ def main(argv=None):
         "W_o = I, ReLU, fresh weights per layer; Euler, dt = 1",
         "x0": "equicorrelated_states (zero feature mean, |x|^2 = d, all cosines p0)",
         "seed": args.seed,
+        "rem_betas": [float(b) for b in args.rem_betas.split(",") if b],
+        "rem_seq_len": args.rem_seq_len,
+        "rem_d": args.rem_d,
+        "rem_models": args.rem_models,
+        "rem_scores": "W_q, W_k ~ N(0, 1/d), softmax beta = beta_SA*sqrt(log T): scores of "
+        "variance beta_SA^2 log T (the paper's scaling)",
     }
     theory = sp.cosine_recursion(args.p0, args.layers, seq_len=args.seq_len, **var)
     theory_inf = sp.cosine_recursion(args.p0, args.layers, **var)
@@ -155,6 +207,30 @@ def main(argv=None):
             f"2 s.e. {2 * se.max():.4f}, {r['wall_time_s']:.0f} s",
             flush=True,
         )
+    rem = {}
+    uniform = sp.cosine_recursion(args.p0, args.layers, seq_len=args.rem_seq_len, **var)
+    for b in settings["rem_betas"]:
+        t1 = time.time()
+        curves = run_rem(b, args, var)
+        mean = curves.mean(axis=0)
+        rec = sp.cosine_recursion(args.p0, args.layers, beta=b, **var)
+        rem[b] = {
+            "n_models": len(curves),
+            "mean": mean,
+            "se": curves.std(axis=0, ddof=1) / np.sqrt(len(curves)),
+            "recursion": rec,
+            "uniform": uniform,
+            "max_abs_diff": float(np.abs(mean - rec).max()),
+            "max_abs_diff_uniform": float(np.abs(mean - uniform).max()),
+            "wall_time_s": time.time() - t1,
+        }
+        r = rem[b]
+        print(
+            f"beta_SA = {b}: max |sim - recursion (T->inf)| = {r['max_abs_diff']:.4f}, vs "
+            f"uniform attention {r['max_abs_diff_uniform']:.4f}, 2 s.e. "
+            f"{2 * r['se'].max():.4f}, {r['wall_time_s']:.0f} s",
+            flush=True,
+        )
     wall = time.time() - t0
     with output.ResultSet(args.out, name="--out") as rs:
         table = {k: [] for k in ("d", "layer", "mean", "se", "recursion", "recursion_inf")}
@@ -167,7 +243,7 @@ def main(argv=None):
                 table["recursion"].append(theory[layer])
                 table["recursion_inf"].append(theory_inf[layer])
         output.write_csv(rs.path("cosine_propagation.csv"), table, ("d", "layer"))
-        plot(per_width, theory, theory_inf, settings, rs.path("cosine_propagation.png"))
+        plot(per_width, theory, theory_inf, settings, rs.path("cosine_propagation.png"), rem)
         doc = {
             "study": "mean token cosine across post-LN blocks vs the recursion of "
             "Giorlandino & Goldt (2026, arXiv:2505.24333)",
@@ -175,6 +251,7 @@ def main(argv=None):
             "recursion": theory,
             "recursion_inf": theory_inf,
             "results": {str(d): r for d, r in per_width.items()},
+            "rem_regime": {str(b): r for b, r in rem.items()},
             "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
             "git_commit": commit,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -41,6 +41,7 @@ def test_rank_collapse_script(tmp_path):
 
 def test_cosine_propagation_script(tmp_path):
     args = ["--widths", "8,12", "--layers", "3", "--seq-len", "4", "--models", "4"]
+    args += ["--rem-betas", "3", "--rem-seq-len", "4", "--rem-d", "8", "--rem-models", "2"]
     load("cosine_propagation").main([*args, "--inputs", "2", "--out", str(tmp_path)])
     doc = json.loads((tmp_path / "cosine_propagation.json").read_text())
     assert (tmp_path / "cosine_propagation.png").stat().st_size > 0
@@ -49,5 +50,8 @@ def test_cosine_propagation_script(tmp_path):
     for d in ("8", "12"):
         r = doc["results"][d]
         assert r["max_abs_diff"] == np.abs(np.array(r["mean"]) - theory).max()
+    rem = doc["rem_regime"]["3.0"]
+    np.testing.assert_array_equal(rem["recursion"], sp.cosine_recursion(0.2, 3, beta=3.0))
+    assert rem["n_models"] == 2
     with open(tmp_path / "cosine_propagation.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * 4

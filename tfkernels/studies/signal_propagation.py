@@ -245,7 +245,8 @@ def post_ln_params(
     ``block="sequential"``): with ``t_final = n_layers`` (Δt = 1) a layer is the
     module docstring's block with ``α_a = α_f = 1``. ``W_q`` and ``W_k`` are
     ``N(0, 1/d)`` and the softmax's β is ``beta`` (default 1e-4: scores of order 1e-4,
-    uniform attention to that order, the recursion's β → 0).
+    uniform attention to that order, the recursion's β → 0). The paper's β_SA (scores of
+    variance ``β_SA² log T``) is ``beta = β_SA·sqrt(log T)``.
 
     Parameters
     ----------

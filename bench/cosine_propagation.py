@@ -40,40 +40,52 @@ def models_for(d, n_models):
     return max(4, min(n_models, n_models * 64 // d))
 
 
-def run_width(d, args, var):
-    """The per-model mean cosine curves (n_models, L + 1) at width d."""
-    L, T = args.layers, args.seq_len
+def model_curves(d, seq_len, beta, n_models, seed0, args, var):
+    """The per-model mean cosine curves (n_models, L + 1): model k has weights
+    ``post_ln_params(d, L, beta=beta, seed=seed0 + k)`` and its own equicorrelated inputs."""
+    L = args.layers
     curves = []
-    for k in range(models_for(d, args.models)):
-        seed = args.seed + 1000 * d + k
-        p = sp.post_ln_params(d, L, beta=args.beta, seed=seed, **var)
-        x0 = sp.equicorrelated_states(args.inputs, T, d, args.p0, seed=seed)
+    for k in range(n_models):
+        seed = seed0 + k
+        p = sp.post_ln_params(d, L, beta=beta, seed=seed, **var)
+        x0 = sp.equicorrelated_states(args.inputs, seq_len, d, args.p0, seed=seed)
         geo = tfk.token_geometry(
-            p, args.inputs, seq_len=T, n_layers=L, t_final=float(L), x0=x0, seed=seed
+            p, args.inputs, seq_len=seq_len, n_layers=L, t_final=float(L), x0=x0, seed=seed
         )
         if geo.n_nonfinite:
-            raise RuntimeError(f"{geo.n_nonfinite} trajectories blew up at d = {d}")
+            raise RuntimeError(f"{geo.n_nonfinite} trajectories blew up (d = {d}, beta = {beta})")
         curves.append(geo.metric("mean_cosine"))
     return np.array(curves)
+
+
+def run_width(d, args, var):
+    """Uniform attention (softmax β = --beta) at width d, T = --seq-len."""
+    n = models_for(d, args.models)
+    return model_curves(d, args.seq_len, args.beta, n, args.seed + 1000 * d, args, var)
 
 
 def run_rem(beta_sa, args, var):
-    """Per-model mean cosine curves in the paper's regime: scores of variance
-    ``β² log T`` (W_q, W_k ~ N(0, 1/d), softmax β = β_SA·sqrt(log T)), T = --rem-seq-len."""
-    L, T, d = args.layers, args.rem_seq_len, args.rem_d
-    curves = []
-    for k in range(args.rem_models):
-        seed = args.seed + 7919 * (1 + round(100 * beta_sa)) + k
-        beta = beta_sa * math.sqrt(math.log(T))
-        p = sp.post_ln_params(d, L, beta=beta, seed=seed, **var)
-        x0 = sp.equicorrelated_states(args.inputs, T, d, args.p0, seed=seed)
-        geo = tfk.token_geometry(
-            p, args.inputs, seq_len=T, n_layers=L, t_final=float(L), x0=x0, seed=seed
-        )
-        if geo.n_nonfinite:
-            raise RuntimeError(f"{geo.n_nonfinite} trajectories blew up at beta_SA = {beta_sa}")
-        curves.append(geo.metric("mean_cosine"))
-    return np.array(curves)
+    """The paper's regime: scores of variance ``β² log T`` (W_q, W_k ~ N(0, 1/d),
+    softmax β = β_SA·sqrt(log T)), T = --rem-seq-len, d = --rem-d."""
+    T = args.rem_seq_len
+    seed0 = args.seed + 7919 * (1 + round(100 * beta_sa))
+    beta = beta_sa * math.sqrt(math.log(T))
+    return model_curves(args.rem_d, T, beta, args.rem_models, seed0, args, var)
+
+
+def compare(curves, against, t0):
+    """Mean, standard error over models and the largest difference from each curve of
+    ``against`` (``{suffix: recursion}``)."""
+    mean = curves.mean(axis=0)
+    out = {
+        "n_models": len(curves),
+        "mean": mean,
+        "se": curves.std(axis=0, ddof=1) / np.sqrt(len(curves)),
+    }
+    for suffix, rec in against.items():
+        out[f"max_abs_diff{suffix}"] = float(np.abs(mean - rec).max())
+    out["wall_time_s"] = time.time() - t0
+    return out
 
 
 def plot(per_width, theory, theory_inf, settings, path, rem=None):
@@ -188,18 +200,9 @@ def main(argv=None):
     per_width = {}
     for d in widths:
         t1 = time.time()
-        curves = run_width(d, args, var)
-        mean = curves.mean(axis=0)
-        se = curves.std(axis=0, ddof=1) / np.sqrt(len(curves))
-        per_width[d] = {
-            "n_models": len(curves),
-            "mean": mean,
-            "se": se,
-            "max_abs_diff": float(np.abs(mean - theory).max()),
-            "argmax_layer": int(np.abs(mean - theory).argmax()),
-            "max_abs_diff_inf": float(np.abs(mean - theory_inf).max()),
-            "wall_time_s": time.time() - t1,
-        }
+        per_width[d] = compare(run_width(d, args, var), {"": theory, "_inf": theory_inf}, t1)
+        per_width[d]["argmax_layer"] = int(np.abs(per_width[d]["mean"] - theory).argmax())
+        se = per_width[d]["se"]
         r = per_width[d]
         print(
             f"d = {d:4d}: {r['n_models']} models, max |sim - recursion| = {r['max_abs_diff']:.4f} "
@@ -211,19 +214,9 @@ def main(argv=None):
     uniform = sp.cosine_recursion(args.p0, args.layers, seq_len=args.rem_seq_len, **var)
     for b in settings["rem_betas"]:
         t1 = time.time()
-        curves = run_rem(b, args, var)
-        mean = curves.mean(axis=0)
         rec = sp.cosine_recursion(args.p0, args.layers, beta=b, **var)
-        rem[b] = {
-            "n_models": len(curves),
-            "mean": mean,
-            "se": curves.std(axis=0, ddof=1) / np.sqrt(len(curves)),
-            "recursion": rec,
-            "uniform": uniform,
-            "max_abs_diff": float(np.abs(mean - rec).max()),
-            "max_abs_diff_uniform": float(np.abs(mean - uniform).max()),
-            "wall_time_s": time.time() - t1,
-        }
+        rem[b] = compare(run_rem(b, args, var), {"": rec, "_uniform": uniform}, t1)
+        rem[b].update(recursion=rec, uniform=uniform)
         r = rem[b]
         print(
             f"beta_SA = {b}: max |sim - recursion (T->inf)| = {r['max_abs_diff']:.4f}, vs "

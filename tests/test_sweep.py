@@ -165,8 +165,8 @@ def test_bad_sweep_arguments_are_refused_naming_them():
         tfk.sweep("decay", p, {"beta": [1.0]}, n_trajectories=4, seq_len=3)
     with pytest.raises(TypeError, match="`save_every` is not an argument of the decay study"):
         tfk.sweep("decay", p, {"beta": [1.0]}, save_every=2, **DECAY)
-    with pytest.raises(TypeError, match="`checkpoint` is not an argument"):
-        tfk.sweep("geometry", p, {"beta": [1.0]}, checkpoint="x", **GEO)
+    with pytest.raises(ValueError, match="`checkpoint` .* is a folder"):  # test_sweep_checkpoint
+        tfk.sweep("geometry", p, {"beta": [1.0]}, checkpoint=".", **GEO)
     with pytest.raises(ValueError, match="unknown `metric`"):
         tfk.sweep("geometry", p, {"beta": [1.0]}, metric="cosine", **GEO)
     with pytest.raises(ValueError, match="`x0`"):

@@ -233,7 +233,9 @@ def run_study(command, args, run, save):
         client = connect(args)
         res = run(client)
     except (StudyInterrupted, KeyboardInterrupt):
-        print(f"tfkernels {command}: interrupted: no result written", flush=True)
+        ck = getattr(args, "checkpoint", None)
+        more = f"; run the same command to resume from {ck}" if ck and os.path.isfile(ck) else ""
+        print(f"tfkernels {command}: interrupted: no result written{more}", flush=True)
         return 130
     except NotImplementedError as err:
         return common.fail(command, err, args)

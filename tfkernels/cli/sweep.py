@@ -13,6 +13,9 @@ versions and machine) into ``--out`` as one set, the JSON last.
 ``t_final = dt · layers``), ``noise``, ``c``, and ``eps`` (decay) or ``energy_beta``
 (geometry).
 
+``--checkpoint PATH`` saves the merged statistics of every grid point every few seconds
+and when interrupted; the same command run again resumes from it, bit-identically.
+
 Exit status: 0 done, 2 a bad option or an expected error (one line), 130 Ctrl-C.
 """
 
@@ -92,6 +95,14 @@ def configure_parser(parser):
     )
     geometry.add_model_options(parser)
     geometry.add_run_options(parser, os.path.join("results", "sweep"))
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="save the merged statistics of every grid point to this file every few "
+        "seconds and when interrupted; the same command run again resumes from it (a "
+        "file of other options is refused)",
+    )
 
 
 def check_args(args):
@@ -115,6 +126,10 @@ def check_args(args):
         raise ValueError("`--t-final` cannot be given with `--grid t_final` or `--grid dt`")
     if args.study == "geometry" and args.layers % args.save_every:
         raise ValueError(f"`--save-every`={args.save_every} must divide `--layers`={args.layers}")
+    if args.checkpoint is not None:
+        from ..studies import checkpoint
+
+        checkpoint.check_path(args.checkpoint, "--checkpoint")
 
 
 def run_cli(args):
@@ -147,6 +162,7 @@ def run_cli(args):
             n_threads=args.threads,
             progress=not args.no_progress,
             client=client,
+            checkpoint=args.checkpoint,
             **kw,
         )
 

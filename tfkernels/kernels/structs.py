@@ -237,7 +237,9 @@ def pack_block(params, layered):
     bqkv = vectors(("bq", "bk", "bv"), 0.0) if params.attention else np.zeros((n, 0), dt)
     bo = vectors(("bo",), 0.0) if params.attention else np.zeros((n, 0), dt)
     if params.norm in ("layernorm", "rmsnorm"):
-        gain = vectors(("attn_norm_gain", "ffn_norm_gain"), 1.0).reshape(n, 2, d)
+        gain = vectors(("attn_norm_gain", "ffn_norm_gain"), 1.0)
+        # no gain given: ones (the norm still scales by 1/sqrt(var + eps))
+        gain = gain.reshape(n, 2, d) if gain.shape[1] else np.ones((n, 2, d), dtype=dt)
         bias = vectors(("attn_norm_bias", "ffn_norm_bias"), 0.0)
         bias = bias.reshape(n, 2, d) if bias.shape[1] else np.zeros((n, 2, d), dtype=dt)
     else:

@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+import types
 import zipfile
 
 import numpy as np
@@ -76,8 +77,9 @@ def check_path(path, name="checkpoint"):
 # ============================================================ the configuration
 def fingerprint(obj):
     """SHA-256 (hex) of ``obj``: arrays (dtype, shape, bytes), numbers, strings, None,
-    and tuples (named tuples with their field names), lists, dicts and dataclasses of
-    these, recursively. Equal inputs give equal digests in every process.
+    module-level functions (by module and name), and tuples (named tuples with their
+    field names), lists, dicts and dataclasses of these, recursively. Equal inputs give
+    equal digests in every process.
 
     Raises
     ------
@@ -125,6 +127,14 @@ def _feed(digest, x):
         for f in dataclasses.fields(x):
             put("k", f.name)
             _feed(digest, getattr(x, f.name))
+    elif isinstance(x, types.FunctionType):
+        # a module-level function is its name (as the chunk function in run_config); a
+        # closure or a nested function would hide state the name does not tell
+        if x.__closure__ or "<locals>" in x.__qualname__:
+            raise TypeError(
+                f"`checkpoint`: cannot fingerprint the nested function {x.__qualname__}"
+            )
+        put("fn", f"{x.__module__}.{x.__qualname__}")
     else:
         raise TypeError(f"`checkpoint`: cannot fingerprint a shared input of type {type(x)!r}")
 

@@ -932,7 +932,7 @@ def plan(params, n_trajectories, seq_len, n_layers, *, client=None, **kwargs):
     where the chunks will run (their kernels then compile on the workers).
     """
     k, run = check_study_args(params, n_trajectories, seq_len, n_layers, **kwargs)
-    return _prepare(params, k, run, n_layers, client, None)
+    return _prepare(params, k, run, n_layers, client, _checkpoint_info(params, k, run, n_layers))
 
 
 def check_study_args(

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import _validate as v
 from .. import threads
+from . import checkpoint as ckpt
 from . import decay, geometry, output, runner
 from .environment import environment
 from .serialize import jsonable
@@ -354,6 +355,7 @@ def sweep(
     n_threads=None,
     progress=False,
     client=None,
+    checkpoint=None,
     **study_kwargs,
 ):
     """Run a study at every point of a grid of one or two settings, as one run.
@@ -376,6 +378,11 @@ def sweep(
     n_threads, progress, client
         As for the study: threads, a progress bar over all the sweep's chunks, a Dask
         client (the chunks of every grid point are tasks of one run).
+    checkpoint : str or os.PathLike, optional
+        A checkpoint file of the runner (:func:`.runner.run_chunks`) for the whole
+        sweep: the merged statistics of every point's chunks so far, resumed when it
+        exists (bit-identically: the same result as an uninterrupted sweep), refused
+        when written by a sweep of another study, grid, model or arguments.
     **study_kwargs
         The study's other arguments (``n_trajectories``, ``seq_len``, ``n_layers`` are
         required), the same at every point.
@@ -391,7 +398,8 @@ def sweep(
         grid point whose settings the study refuses (naming ``grid`` and the point),
         before any chunk runs.
     tfkernels.studies.runner.StudyInterrupted
-        Ctrl-C stopped the sweep (its ``result`` is None).
+        Ctrl-C stopped the sweep (its ``result`` is None; with ``checkpoint`` the
+        chunks merged so far are in the file, and the same call resumes from it).
 
     Notes
     -----
@@ -419,6 +427,8 @@ def sweep(
     threads.check_n_threads(n_threads)
     v.check_bool("progress", progress)
     runner.check_client(client)
+    if checkpoint is not None:
+        checkpoint = ckpt.check_path(checkpoint, "checkpoint")
     names = list(grid)
     points = [dict(zip(names, vals)) for vals in itertools.product(*grid.values())]
     setups = []
@@ -436,7 +446,9 @@ def sweep(
             pls = [decay.plan(p_pt, client=client, **kw) for p_pt, kw, _ in setups]
         else:
             pls = [checked for _, _, checked in setups]
-        res_list, chunks = _run(pls, n_threads, progress, client, t_begin)
+        info = {"study": "sweep", "kind": kind, "grid": grid}
+        info["points"] = [pl.checkpoint_info for pl in pls]
+        res_list, chunks = _run(pls, n_threads, progress, client, t_begin, checkpoint, info)
     table = _table(kind, grid, points, res_list, metric)
     meta = environment()
     meta.update(
@@ -445,6 +457,8 @@ def sweep(
             "loop_time_s": chunks.loop_time,
             "n_points": len(points),
             "n_chunks": chunks.n_chunks,
+            "resumed_chunks": chunks.next_chunk - chunks.n_run,
+            "checkpoint": chunks.checkpoint,
             "per_point_timing": "each point's loop_time_s and throughput are the sweep's "
             "loop time divided by the number of points",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -456,8 +470,9 @@ def sweep(
     return SweepResult(study_name, grid, metric, table, res_list, meta)
 
 
-def _run(pls, n_threads, progress, client, t_begin):
-    """Run the plans' chunks as one run of the runner; finish every point."""
+def _run(pls, n_threads, progress, client, t_begin, checkpoint=None, info=None):
+    """Run the plans' chunks as one run of the runner (resumed from ``checkpoint``
+    when it exists); finish every point."""
     n, cs = pls[0].n_trajectories, pls[0].chunk_size
     if any(pl.n_trajectories != n or pl.chunk_size != cs for pl in pls):
         raise RuntimeError("grid points with different chunking; this is a bug in tfkernels")
@@ -479,6 +494,8 @@ def _run(pls, n_threads, progress, client, t_begin):
             n_threads=n_threads,
             progress=progress,
             desc="sweep",
+            checkpoint=checkpoint,
+            checkpoint_info=info if checkpoint is not None else None,
         )
     except runner.StudyInterrupted:
         raise runner.StudyInterrupted(None, "sweep interrupted") from None
@@ -487,18 +504,20 @@ def _run(pls, n_threads, progress, client, t_begin):
         env["cluster"] = chunks.cluster
     wall = time.perf_counter() - t_begin
     results = []
+    resumed = chunks.next_chunk - chunks.n_run  # the sweep's chunks from the checkpoint
     for k, (pl, stats) in enumerate(zip(pls, chunks.stats.stats)):
         assert chunks.stats.points[k] == k
+        mine = min(max(resumed - k * per_point, 0), per_point)  # point k's resumed chunks
         one = runner.RunResult(
             stats=stats,
             n_chunks=per_point,
-            n_run=per_point,
+            n_run=per_point - mine,
             loop_time=chunks.loop_time / len(pls),
             cluster=chunks.cluster,
             next_chunk=per_point,
             n_done=n,
-            n_resumed=0,
-            checkpoint=None,
+            n_resumed=min(mine * cs, n),
+            checkpoint=chunks.checkpoint,
         )
         results.append(pl.finish(one, dict(env), wall))
     return results, chunks

@@ -39,8 +39,9 @@ _inline = njit(
     cache=config.CACHE, fastmath=config.RNG_FASTMATH, error_model="numpy", inline="always"
 )
 
-#: Streams of independent numbers for one trajectory.
-STREAM_STATE, STREAM_DIRECTION, STREAM_NOISE = 0, 1, 2
+#: Streams of independent numbers for one trajectory (``STREAM_WEIGHTS``: the weights
+#: of a weight ensemble's member, :mod:`tfkernels.kernels.draws`).
+STREAM_STATE, STREAM_DIRECTION, STREAM_NOISE, STREAM_WEIGHTS = 0, 1, 2, 3
 
 _GOLDEN = uint64(0x9E3779B97F4A7C15)
 _M1 = uint64(0xBF58476D1CE4E5B9)
@@ -220,6 +221,15 @@ def fill_normal(k, offset, scale, out):
     """Fill the flat array ``out`` with ``scale·normal(k, offset + i)``."""
     for i in range(out.size):
         out.flat[i] = scale * _normal(k, offset + i)
+
+
+@_jit
+def fill_shifted_normal(k, offset, shift, scale, out):
+    """Fill the flat array ``out`` with ``shift + scale·normal(k, offset + i)`` (in
+    float64, then rounded to ``out``'s dtype): the norm gains ``1 + z/4`` of a weight
+    ensemble."""
+    for i in range(out.size):
+        out.flat[i] = shift + scale * _normal(k, offset + i)
 
 
 @_jit

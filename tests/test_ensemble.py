@@ -226,6 +226,33 @@ def test_geometry_study_of_an_ensemble_is_the_mean_of_its_members():
     np.testing.assert_allclose(res.stats["mean_cosine_mean"], cos.mean(axis=0), rtol=1e-12)
 
 
+def test_lyapunov_study_of_an_ensemble_runs_its_members():
+    ens = ensemble(per_layer=True, norm="rmsnorm", damping=1.0)
+    kw = dict(n_trajectories=6, seq_len=3, n_layers=6, t_final=1.0, k=2, seed=2)
+    ly = tfk.lyapunov_spectrum(ens, chunk_size=4, **kw)
+    assert ly.n_valid == 6 and ly.config["params"]["ensemble"] is True
+    a, b, h, _ = api.prepare_run(ens, 6, "euler", 1.0, None, 1.0, 0.0)
+    expo, st = np.empty((6, 2)), np.empty(6, dtype=np.int64)
+    like = np.empty((3, D))
+    for i in range(6):  # each member alone, through the ordinary kernel
+        kernels.lyapunov_kernel(
+            kernels.pack_params(ens.member(i, 6)), a, b, h, 2, i, 0, 1, like, expo[i:], st[i:]
+        )
+    np.testing.assert_allclose(ly.exponents, expo.mean(axis=0), rtol=1e-12)
+
+
+def test_checkpointed_ensemble_study_resumes_to_the_same_bits(tmp_path):
+    ens = ensemble(norm="layernorm", norm_position="post")
+    kw = dict(chunk_size=4, lambda_samples=2, seed=1)
+    path = tmp_path / "ck.json"
+    first = tfk.perturbation_decay(ens, 10, T_LANES, 4, checkpoint=path, **kw)
+    again = tfk.perturbation_decay(ens, 10, T_LANES, 4, checkpoint=path, **kw)
+    assert again.meta["resumed_chunks"] == first.meta["n_chunks"]
+    assert again.stats["mean"].tobytes() == first.stats["mean"].tobytes()
+    with pytest.raises(ValueError, match="checkpoint"):
+        tfk.perturbation_decay(ens.replace(seed=8), 10, T_LANES, 4, checkpoint=path, **kw)
+
+
 def test_sweep_over_an_ensembles_weight_scale_is_the_study_at_each_scale():
     ens = ensemble(norm="layernorm", norm_position="post")
     kw = dict(n_trajectories=10, seq_len=T_LANES, n_layers=4, chunk_size=4, lambda_samples=2)

@@ -224,15 +224,6 @@ def fill_normal(k, offset, scale, out):
 
 
 @_jit
-def fill_shifted_normal(k, offset, shift, scale, out):
-    """Fill the flat array ``out`` with ``shift + scale·normal(k, offset + i)`` (in
-    float64, then rounded to ``out``'s dtype): the norm gains ``1 + z/4`` of a weight
-    ensemble."""
-    for i in range(out.size):
-        out.flat[i] = shift + scale * _normal(k, offset + i)
-
-
-@_jit
 def add_normal(k, offset, scale, out):
     """``out[r, c] += scale·normal(k, offset + r·n + c)`` for the 2-D ``out (m, n)``
     (in float64, then rounded to ``out``'s dtype): the flow's additive noise.

@@ -12,7 +12,10 @@ T = 16, 50 layers, t_final = 50): ``decay.log_ratios`` (the kernel of
 The draw's cost is the difference to the fixed member, per draw and as a fraction of
 the flow; each timing is the median of ``--repeats`` warm calls.
 
-    python bench/ensemble_cost.py [--trajectories 4096] [--repeats 5] [--json out.json]
+    python bench/ensemble_cost.py [--trajectories 4096] [--per-layer-trajectories 512]
+        [--repeats 5] [--json out.json]
+
+(the per-layer ensemble, ten times as slow, runs on fewer trajectories).
 """
 
 import argparse
@@ -43,6 +46,7 @@ def median_time(fn, repeats):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trajectories", type=int, default=4096)
+    ap.add_argument("--per-layer-trajectories", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -54,28 +58,32 @@ def main():
         "ensemble per_layer": ens.replace(per_layer=True),
         "fixed member": ens.member(0),
     }
-    x0 = tfk.random_states(B, T, D, seed=1)
-    out = {"B": B, "T": T, "d": D, "n_layers": N, "machine": platform.processor()}
+    sizes = {"ensemble": B, "ensemble per_layer": args.per_layer_trajectories, "fixed member": B}
+    out = {"T": T, "d": D, "n_layers": N, "machine": platform.processor(), "sizes": sizes}
     for name, p in models.items():
+        n = sizes[name]
+        x0 = tfk.random_states(n, T, D, seed=1)
         t_dec = median_time(
-            lambda p=p: decay.log_ratios(p, B, T, N, t_final=50.0, seed=0), args.repeats
+            lambda p=p, n=n: decay.log_ratios(p, n, T, N, t_final=50.0, seed=0), args.repeats
         )
-        t_int = median_time(lambda p=p: tfk.integrate(p, x0, N, t_final=50.0), args.repeats)
+        t_int = median_time(lambda p=p, x=x0: tfk.integrate(p, x, N, t_final=50.0), args.repeats)
         out[name] = {
             "decay_s": t_dec,
-            "decay_traj_layers_per_s": B * N / t_dec,
+            "decay_traj_layers_per_s": n * N / t_dec,
             "integrate_s": t_int,
-            "integrate_traj_layers_per_s": B * N / t_int,
+            "integrate_traj_layers_per_s": n * N / t_int,
         }
     fixed = out["fixed member"]
     for name, draws_per_traj in (("ensemble", 1), ("ensemble per_layer", N)):
-        r = out[name]
+        r, n = out[name], sizes[name]
         for what in ("decay", "integrate"):
-            extra = r[f"{what}_s"] - fixed[f"{what}_s"]
-            r[f"{what}_draw_us"] = 1e6 * extra / (B * draws_per_traj)
-            r[f"{what}_draw_vs_flow"] = extra / fixed[f"{what}_s"]
+            # the fixed member's time for n trajectories, and the extra of the draws
+            base = fixed[f"{what}_s"] * n / B
+            extra = r[f"{what}_s"] - base
+            r[f"{what}_draw_us"] = 1e6 * extra / (n * draws_per_traj)
+            r[f"{what}_draw_vs_flow"] = extra / base
     # one draw against one layer of the flow (integrate: one state per layer)
-    layer_us = 1e6 * fixed["integrate_s"] / (B * N)
+    layer_us = 1e6 * fixed["integrate_s"] / (B * N)  # wall per trajectory-layer, all threads
     out["flow_layer_us"] = layer_us
     out["draw_vs_one_layer"] = out["ensemble per_layer"]["integrate_draw_us"] / layer_us
     for name in models:

@@ -56,6 +56,25 @@ def test_member_alone_gives_the_ensembles_states(name, per_layer, dtype):
             assert alone.tobytes() == out[b : b + 1].tobytes(), (T, b)
 
 
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "sphere"])
+def test_member_alone_gives_the_ensembles_final_norm(norm, dtype):
+    ens = ensemble(dtype, norm=norm, norm_position="post", final_norm=True)
+    x0 = tfk.random_states(7, T_LANES, D, seed=1, dtype=dtype)
+    out = tfk.integrate(ens, x0, 3, start=4)
+    plain = tfk.integrate(ens.replace(final_norm=False), x0, 3, start=4)
+    if norm != "sphere":  # (the post sphere norm already left every token on the sphere)
+        assert not np.array_equal(out, plain)
+    for b in range(7):
+        member = ens.member(4 + b)
+        assert member.final_norm
+        alone = tfk.integrate(member, x0[b : b + 1], 3, start=4 + b)
+        assert alone.tobytes() == out[b : b + 1].tobytes(), b
+    if norm != "sphere":  # own parameters per member (gain 1 + z/4)
+        g = np.stack([ens.member(i).final_norm_gain for i in range(200)])
+        assert abs(g.mean() - 1) < 5 * 0.25 / math.sqrt(g.size)
+        assert abs(g.std() - 0.25) < 0.02
+
+
 @pytest.mark.parametrize("per_layer", [False, True], ids=["shared", "per_layer"])
 @pytest.mark.parametrize("mode", ["pair", "tangent"])
 def test_member_alone_gives_the_ensembles_log_r(mode, per_layer, dtype):
@@ -273,7 +292,7 @@ def test_sweep_over_an_ensembles_weight_scale_is_the_study_at_each_scale():
         (dict(seed=-1), ValueError, "`seed`"),
         (dict(seed=2**63), ValueError, "`seed`"),
         (dict(per_layer="yes"), TypeError, "`per_layer`"),
-        (dict(final_norm=True, norm="layernorm"), ValueError, "`final_norm`"),
+        (dict(final_norm=True), ValueError, "`final_norm`"),
         (dict(norm="batchnorm"), ValueError, "`norm`"),
         (dict(norm_position="post"), ValueError, "`norm_position`"),
         (dict(activation="swish"), ValueError, "`activation`"),

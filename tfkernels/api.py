@@ -348,9 +348,10 @@ def integrate(
     v.check_size("`x0` states × (`n_layers` / `save_every` + 1)", (B * T * d, n_out), x0.dtype)
     out = np.empty((B, n_out, T, d), dtype=x0.dtype)
     status = np.empty(B, dtype=np.int64)
+    packed = pack(params)
     with threads(n_threads):
         kernels.integrate(
-            pack(params),
+            packed,
             x0,
             kernels.Schedule(a, b, h, σ),
             seed,
@@ -364,6 +365,10 @@ def integrate(
         raise_on_status(status, start)
     if save_every is None:
         out = out[:, 0]
-        kernels.final_norm(params, out)
+        with threads(n_threads):
+            if isinstance(params, WeightEnsemble):
+                kernels.ensemble_final_norm(packed, out, start)
+            else:
+                kernels.final_norm(params, out)
         return out
     return out

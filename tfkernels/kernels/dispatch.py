@@ -121,6 +121,24 @@ def final_norm(params, X):
         drivers.norm_batch(X, *fin, np.zeros((2, 1)))
 
 
+def ensemble_final_norm(ens, X, start):
+    """The final norm of a weight ensemble (``ens`` a ``structs.Ensemble`` with
+    ``final``) on every token of ``X (B, T, d)`` in place, trajectory ``start + b``
+    with its own parameters (``drivers.norm_batch_drawn``); nothing without one."""
+    if ens.final is None:
+        return
+    kind, eps = ens.final
+    d = X.shape[2]
+
+    def body(lo, hi):
+        gain, bias = np.ones(d, X.dtype), np.zeros(d, X.dtype)
+        drivers.norm_batch_drawn(
+            X[lo:hi], ens.draw.seed, np.int64(start + lo), kind, eps, gain, bias, np.zeros((2, 1))
+        )
+
+    run(body, X.shape[0])
+
+
 def vector_field(model, X, layer, out):
     """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b."""
     B, T, d = X.shape

@@ -24,6 +24,11 @@ for layer n's set (n = 0 without ``per_layer``), in this order, each matrix row-
   the gain), for each sub-layer that is on (attention, then FFN): ``d`` values, a
   gain ``1 + z/4``, a bias ``z/4``.
 
+The final norm's parameters (``final_norm=True``, applied by ``integrate`` after the
+last layer) come from key ``(seed, rng.STREAM_FINAL_NORM, g)``: the gain ``1 + z/4`` at
+counters ``0 … d − 1``, the bias ``z/4`` (layernorm) at ``d … 2d − 1``
+(:func:`fill_final_norm`).
+
 Every value is formed in float64 and rounded once to the state dtype. This module is
 compiled with strict IEEE arithmetic (``config.RNG_FASTMATH``), like the generator.
 """
@@ -52,8 +57,8 @@ _LAYERNORM, _RMSNORM = NORMS["layernorm"], NORMS["rmsnorm"]
 def _rows(k, off, c, M, c0, width):
     """Rows of ``M[0]``'s columns ``c0 … c0 + width − 1`` get ``c·z`` from counter
     ``off`` on, row-major; returns the next counter. Indexed loops with the normal
-    inlined (``rng._normal``, under this module's strict flags), so that the loop along
-    a row vectorizes (``rng.fill_normal`` on a row slice ran scalar, 17 ns a normal)."""
+    inlined (``rng._normal``, under this module's strict flags, as in
+    ``rng.fill_normal``), so that no row slice is built."""
     for r in range(M.shape[1]):
         base = off + r * width
         for j in range(width):
@@ -128,6 +133,20 @@ def fill_weights(model, draw, g, layer):
                         off = _norm_vector(k, off, 0.0, 0.25, b.norm_bias, sub, d)
 
 
+@_jit
+def fill_final_norm(seed, g, kind, gain, bias):
+    """The final norm's ``gain (d,)`` and ``bias (d,)`` of trajectory ``g`` (``kind`` a
+    ``methods.NORMS`` code: layernorm draws both, rmsnorm the gain; others nothing)."""
+    k = rng.key(seed, rng.STREAM_FINAL_NORM, g)
+    d = gain.shape[0]
+    if kind == _LAYERNORM or kind == _RMSNORM:
+        for j in range(d):
+            gain[j] = 1.0 + 0.25 * rng._normal(k, j)
+    if kind == _LAYERNORM:
+        for j in range(d):
+            bias[j] = 0.25 * rng._normal(k, d + j)
+
+
 def count_draws(model):
     """Normals per weight set of ``model`` (a ``structs.Model`` with one set): the
     counter stride between the sets of consecutive layers."""
@@ -162,7 +181,7 @@ def _drawn(model):
     return out
 
 
-def pack_ensemble(template, seed, scale, per_layer):
+def pack_ensemble(template, seed, scale, per_layer, final=None):
     """The :class:`~.structs.Ensemble` of a weight ensemble.
 
     Parameters
@@ -175,6 +194,8 @@ def pack_ensemble(template, seed, scale, per_layer):
     seed : int
     scale : float
     per_layer : bool
+    final : (int, float) or None
+        The final norm's ``(kind, eps)``, or None.
 
     Returns
     -------
@@ -200,7 +221,7 @@ def pack_ensemble(template, seed, scale, per_layer):
         scale=float(scale),
         n_draws=np.int64(count_draws(model)),
     )
-    return Ensemble(model, draw)
+    return Ensemble(model, draw, final)
 
 
 def slice_model(ens):

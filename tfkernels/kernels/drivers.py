@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import config
 from . import rng
-from .draws import fill_weights
+from .draws import fill_final_norm, fill_weights
 from .field import rhs, rhs_and_jvp, rhs_vjp
 from .jit import djit as _djit
 from .jit import ijit as _ijit
@@ -248,6 +248,15 @@ def norm_batch(X, kind, gain, bias, eps, red):
     """Every token of the states ``X (B, T, d)`` normed in place (``norms.norm_tokens``,
     the final norm of ``integrate``)."""
     for bi in range(X.shape[0]):
+        norm_tokens(X[bi], 1, kind, gain, bias, eps, X[bi], red)
+
+
+@_djit
+def norm_batch_drawn(X, seed, start, kind, eps, gain, bias, red):
+    """:func:`norm_batch` with trajectory ``start + b``'s own final norm, drawn into
+    ``gain``, ``bias (d,)`` first (``draws.fill_final_norm``): a weight ensemble's."""
+    for bi in range(X.shape[0]):
+        fill_final_norm(seed, start + bi, kind, gain, bias)
         norm_tokens(X[bi], 1, kind, gain, bias, eps, X[bi], red)
 
 

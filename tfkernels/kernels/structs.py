@@ -118,11 +118,12 @@ n's set starts at counter offset ``n·n_draws``)."""
 #: The draw of every model that is not an ensemble (same types, so one compile).
 NO_DRAW = Draw(False, False, np.int64(0), 0.0, np.int64(0))
 
-Ensemble = namedtuple("Ensemble", ["template", "draw"])
+Ensemble = namedtuple("Ensemble", ["template", "draw", "final"])
 Ensemble.__doc__ = """A weight ensemble as the dispatchers take it (``draws.pack_ensemble``):
 ``template`` a :class:`Model` with one weight set whose drawn entries are NaN (each
 slice gets a writable copy, ``draws.slice_model``, that the drivers fill per
-trajectory) and ``draw`` its :class:`Draw`."""
+trajectory), ``draw`` its :class:`Draw` and ``final`` the final norm's ``(kind, eps)``
+(int64 ``methods.NORMS`` code, ``eps`` in the state dtype) or None."""
 
 Schedule = namedtuple("Schedule", ["a", "b", "h", "sigma"])
 Schedule.__doc__ = """One layer's update for every layer n: the explicit Runge–Kutta

@@ -255,19 +255,8 @@ class WeightEnsemble:
                 kw["final_norm_gain"] = gain
             if self.norm == "layernorm":
                 kw["final_norm_bias"] = bias
-        return TransformerParams(
-            final_norm=self.final_norm,
-            n_heads=t.n_heads,
-            beta=t.beta,
-            causal=t.causal,
-            damping=t.damping,
-            activation=t.activation,
-            norm=t.norm,
-            norm_position=t.norm_position,
-            norm_eps=t.norm_eps,
-            block=t.block,
-            **kw,
-        )
+        # the template has the same arrays (it is one draw of random's): every one replaced
+        return t.replace(**kw)
 
 
 def _unpack(model, template):

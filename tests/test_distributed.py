@@ -98,6 +98,12 @@ CASES = {
         blowup_params(),
         dict(n_trajectories=200, seq_len=1, n_layers=16, mode="tangent", chunk_size=64, seed=3),
     ),
+    "ensemble-per-layer-post": (
+        tfk.WeightEnsemble(
+            d=4, n_heads=2, d_ff=8, norm="layernorm", norm_position="post", per_layer=True, seed=5
+        ),
+        dict(n_trajectories=300, seq_len=3, n_layers=8, chunk_size=70, seed=4),
+    ),
     "heun-noise-float32": (
         small(damping=1.0, dtype=np.float32),
         dict(

@@ -100,7 +100,9 @@ def test_tangent_state_follows_the_flow_bit_for_bit(dtype, method, activation, c
     ss = structs.step_scratch(structs.ROWS, model, T, 8, sched.b.shape[0], X.dtype)
     ts = structs.tangent_scratch(structs.ROWS, model, T, 8, sched.b.shape[0], X.dtype)
     key = np.uint64(rng.key(seed, rng.STREAM_NOISE, g))
-    status = drivers.run_tangent(X, D, model, sched, key, 0.0, ss, ts, np.empty(N + 1))
+    status = drivers.run_tangent(
+        X, D, model, structs.NO_DRAW, g, sched, key, 0.0, ss, ts, np.empty(N + 1)
+    )
     assert status == kernels.STATUS_OK
     flow = tfk.integrate(p, x0, N, seed=seed, start=g, **kw)
     np.testing.assert_array_equal(X, flow[0])

@@ -28,6 +28,7 @@ _PUBLIC = {
     "StudyInterrupted": ".studies.runner",
     "SweepResult": ".studies.sweep",
     "TransformerParams": ".params",
+    "WeightEnsemble": ".ensemble",
     "integrate": ".api",
     "lyapunov_spectrum": ".studies.lyapunov",
     "perturbation_decay": ".studies.decay",

@@ -6,19 +6,38 @@ import numpy as np
 
 from . import _validate as v
 from . import kernels
+from .ensemble import WeightEnsemble
 from .kernels import rng
 from .methods import METHODS, tableau
 from .params import TransformerParams
 from .threads import check_n_threads, run_threads, threads  # noqa: F401  (re-exported)
 
 
-def check_params(params):
-    """Raise TypeError unless ``params`` is a TransformerParams."""
+def check_params(params, ensemble=False):
+    """Raise TypeError unless ``params`` is a TransformerParams (or, with ``ensemble``,
+    a WeightEnsemble)."""
+    if ensemble and isinstance(params, WeightEnsemble):
+        return params
+    if isinstance(params, WeightEnsemble):
+        raise TypeError(
+            "`params` is a tfkernels.WeightEnsemble, which integrate, perturbation_decay, "
+            "token_geometry and lyapunov_spectrum take; this call needs a "
+            "TransformerParams: use `params.member(i)`"
+        )
     if not isinstance(params, TransformerParams):
         raise TypeError(
-            f"`params` must be a tfkernels.TransformerParams, got {type(params).__name__}"
+            f"`params` must be a tfkernels.TransformerParams"
+            f"{' or WeightEnsemble' if ensemble else ''}, got {type(params).__name__}"
         )
     return params
+
+
+def pack(params):
+    """What the kernels take for ``params``: ``kernels.pack_params`` of a
+    TransformerParams, the ``kernels.structs.Ensemble`` of a WeightEnsemble."""
+    if isinstance(params, WeightEnsemble):
+        return params.pack()
+    return kernels.pack_params(params)
 
 
 def check_states(name, X, params):
@@ -187,7 +206,7 @@ def prepare_run(params, n_layers, method, t_final, alpha, c, noise):
     a, b, h, σ : ndarray in ``params.dtype``
         Tableau, per-layer step sizes and noise scales.
     """
-    check_params(params)
+    check_params(params, ensemble=True)
     n_layers = v.check_int("n_layers", n_layers, minimum=1)
     v.check_size("`n_layers`", (n_layers,), np.float64)  # the schedule's arrays
     v.check_choice("method", method, METHODS)
@@ -261,7 +280,9 @@ def integrate(
 
     Parameters
     ----------
-    params : TransformerParams
+    params : TransformerParams or WeightEnsemble
+        The model; with an ensemble, trajectory ``start + b`` runs member
+        ``start + b``'s weights (drawn in the kernel).
     x0 : ndarray, shape (B, T, d)
         Initial states, same dtype as ``params``.
     n_layers : int
@@ -327,9 +348,10 @@ def integrate(
     v.check_size("`x0` states × (`n_layers` / `save_every` + 1)", (B * T * d, n_out), x0.dtype)
     out = np.empty((B, n_out, T, d), dtype=x0.dtype)
     status = np.empty(B, dtype=np.int64)
+    packed = pack(params)
     with threads(n_threads):
         kernels.integrate(
-            kernels.pack_params(params),
+            packed,
             x0,
             kernels.Schedule(a, b, h, σ),
             seed,
@@ -343,6 +365,10 @@ def integrate(
         raise_on_status(status, start)
     if save_every is None:
         out = out[:, 0]
-        kernels.final_norm(params, out)
+        with threads(n_threads):
+            if isinstance(params, WeightEnsemble):
+                kernels.ensemble_final_norm(packed, out, start)
+            else:
+                kernels.final_norm(params, out)
         return out
     return out

@@ -25,6 +25,7 @@ Nothing here imports the public API (:mod:`tfkernels.api`) or the studies.
 
 from .dispatch import (
     decay_kernel,
+    ensemble_final_norm,
     final_norm,
     integrate,
     jvp_kernel,
@@ -59,6 +60,7 @@ __all__ = [
     "aligned_buffers",
     "decay_kernel",
     "empty_aligned",
+    "ensemble_final_norm",
     "final_norm",
     "integrate",
     "jvp_kernel",

@@ -7,6 +7,12 @@ configuration of at most ``config.LANES_MAX_SIZE`` elements runs in the lane lay
 (``tests/test_lanes.py``), so the choice is one of speed. Trajectory ``start + k`` gets
 the same bits in any slice.
 
+``model`` is a ``structs.Model``, or for :func:`integrate`, :func:`decay_kernel` and
+:func:`lyapunov_kernel` a ``structs.Ensemble`` (a weight ensemble, whose trajectories
+each have their own weights): it always runs in the row layout (the lanes of a group
+share one set of weights), each slice drawing into its own copy of the template
+(``draws.slice_model``).
+
 Every entry point runs its slices with Python's cyclic garbage collector paused
 (:func:`run`): a kernel's first call compiles it (or loads it from Numba's cache), and
 Numba's compiler allocates millions of short-lived objects whose collection passes took
@@ -20,7 +26,7 @@ import gc
 import numpy as np
 
 from .. import threads
-from . import drivers, structs
+from . import draws, drivers, structs
 from .structs import LANES, ROWS
 
 
@@ -28,6 +34,22 @@ def run(body, batch):
     """``threads.run_threads(body, batch)`` with the cyclic garbage collector paused."""
     with _collector_paused():
         threads.run_threads(body, batch)
+
+
+def _rows_model(model):
+    """``(layer model, draw, lanes allowed)`` of a ``structs.Model`` or
+    ``structs.Ensemble``: an ensemble's slice buffers come from :func:`_slice` (called
+    per slice)."""
+    if isinstance(model, structs.Ensemble):
+        return model.template, model.draw, False
+    return model, structs.NO_DRAW, True
+
+
+def _slice(model):
+    """The model one slice runs: its own copy of an ensemble's template, else ``model``."""
+    if isinstance(model, structs.Ensemble):
+        return draws.slice_model(model)
+    return model
 
 
 @contextlib.contextmanager
@@ -46,7 +68,8 @@ def integrate(model, x0, sched, seed, start, save_every, first, out, status):
     (see ``drivers.integrate_rows`` for the arguments)."""
     B, T, d = x0.shape
     dt = x0.dtype
-    if structs.use_lanes(T, d):
+    shape, draw, lanes_ok = _rows_model(model)
+    if lanes_ok and structs.use_lanes(T, d):
         L = structs.group_width(dt)
         lm = structs.for_lanes(model)
 
@@ -71,10 +94,11 @@ def integrate(model, x0, sched, seed, start, save_every, first, out, status):
 
         def body(lo, hi):
             X = structs.empty_aligned((T, d), dt)
-            ss = structs.step_scratch(ROWS, model, T, d, sched.b.shape[0], dt)
+            ss = structs.step_scratch(ROWS, shape, T, d, sched.b.shape[0], dt)
             drivers.integrate_rows(
                 x0[lo:hi],
-                model,
+                _slice(model),
+                draw,
                 sched,
                 seed,
                 start + lo,
@@ -95,6 +119,24 @@ def final_norm(params, X):
     fin = structs.final_norm(params)
     if fin is not None:
         drivers.norm_batch(X, *fin, np.zeros((2, 1)))
+
+
+def ensemble_final_norm(ens, X, start):
+    """The final norm of a weight ensemble (``ens`` a ``structs.Ensemble`` with
+    ``final``) on every token of ``X (B, T, d)`` in place, trajectory ``start + b``
+    with its own parameters (``drivers.norm_batch_drawn``); nothing without one."""
+    if ens.final is None:
+        return
+    kind, eps = ens.final
+    d = X.shape[2]
+
+    def body(lo, hi):
+        gain, bias = np.ones(d, X.dtype), np.zeros(d, X.dtype)
+        drivers.norm_batch_drawn(
+            X[lo:hi], ens.draw.seed, np.int64(start + lo), kind, eps, gain, bias, np.zeros((2, 1))
+        )
+
+    run(body, X.shape[0])
 
 
 def vector_field(model, X, layer, out):
@@ -133,7 +175,8 @@ def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr
     def x0_of(lo, hi):
         return x0[lo:hi] if x0.shape[0] else x0
 
-    if structs.use_lanes(T, d):
+    shape, draw, lanes_ok = _rows_model(model)
+    if lanes_ok and structs.use_lanes(T, d):
         L = structs.group_width(dt)
         lm = structs.for_lanes(model)
 
@@ -179,11 +222,12 @@ def decay_kernel(mode, model, a, b, h, sigma, seed, start, eps, dtype_like, logr
 
         def body(lo, hi):
             X, Y = structs.aligned_buffers(((T, d), (T, d)), dt)
-            ss = structs.step_scratch(ROWS, model, T, d, S, dt)
-            ts = structs.tangent_scratch(ROWS, model, T, d, S, dt)
+            ss = structs.step_scratch(ROWS, shape, T, d, S, dt)
+            ts = structs.tangent_scratch(ROWS, shape, T, d, S, dt)
             drivers.decay_rows(
                 mode,
-                model,
+                _slice(model),
+                draw,
                 sched,
                 seed,
                 start + lo,
@@ -214,13 +258,15 @@ def lyapunov_kernel(
     S = b.shape[0]
     if x0 is None:
         x0 = np.empty((0, T, d), dtype=dt)
+    shape, draw, _ = _rows_model(model)
 
     def body(lo, hi):
         X, Xc, Q = structs.aligned_buffers(((T, d), (T, d), (k, T, d)), dt)
-        ss = structs.step_scratch(ROWS, model, T, d, S, dt)
-        ts = structs.tangent_scratch(ROWS, model, T, d, S, dt)
+        ss = structs.step_scratch(ROWS, shape, T, d, S, dt)
+        ts = structs.tangent_scratch(ROWS, shape, T, d, S, dt)
         drivers.lyapunov_rows(
-            model,
+            _slice(model),
+            draw,
             sched,
             seed,
             start + lo,

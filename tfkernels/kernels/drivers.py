@@ -17,6 +17,12 @@ the same code in both, so a trajectory gets the same bits in either.
 * :func:`lyapunov_rows` — the ``k`` leading Lyapunov exponents: k tangents, QR by
   MGS2 (:func:`orthonormalize`);
 * :func:`jvp_batch`, :func:`vjp_batch` — ``f'(X)·V`` and ``f'(X)ᵀ·G`` of many states.
+
+The row-layout drivers of the flow, the decay study and the Lyapunov spectrum take a
+``structs.Draw`` after the model: for a weight ensemble (``draw.on``) trajectory g's
+weights are drawn into the slice's model before its first layer, or before every
+layer with ``draw.per_layer`` (:func:`draw_layer`, ``draws.fill_weights``); every
+other model passes ``structs.NO_DRAW`` and runs on its own weights.
 """
 
 import math
@@ -25,6 +31,7 @@ import numpy as np
 
 from .. import config
 from . import rng
+from .draws import fill_final_norm, fill_weights
 from .field import rhs, rhs_and_jvp, rhs_vjp
 from .jit import djit as _djit
 from .jit import ijit as _ijit
@@ -59,6 +66,17 @@ MODE_PAIR, MODE_TANGENT = 0, 1
 
 
 # ------------------------------------------------------------------ one layer
+@_ijit
+def draw_layer(model, draw, g, n):
+    """Before layer ``n`` of trajectory ``g``: draw its weights into ``model`` when
+    ``draw`` (a ``structs.Draw``) says so (layer 0 of an ensemble, every layer of a
+    per-layer one; nothing for ``structs.NO_DRAW``)."""
+    if draw.per_layer:
+        fill_weights(model, draw, g, n)
+    elif draw.on and n == 0:
+        fill_weights(model, draw, g, 0)
+
+
 @_ijit
 def add_noise(X, σ, noise_key, n):
     """``X += σ·z`` with z the normals of layer ``n`` of this trajectory's noise key."""
@@ -119,13 +137,16 @@ def first_unsaved(n, save_every, first):
 
 # ---------------------------------------------------------------- the flow
 @_djit
-def integrate_rows(x0, model, sched, seed, start, save_every, first, out, status, X, ss):
+def integrate_rows(x0, model, draw, sched, seed, start, save_every, first, out, status, X, ss):
     """Run all ``N = len(sched.h)`` layers of every trajectory of ``x0`` (row layout).
 
     Parameters
     ----------
     x0 : ndarray, shape (B, T, d)
     model : structs.Model
+    draw : structs.Draw
+        ``structs.NO_DRAW``, or the weight ensemble whose member ``start + b``
+        trajectory b runs (:func:`draw_layer`).
     sched : structs.Schedule
     seed, start : int
         Noise of trajectory ``b`` is keyed by ``(seed, STREAM_NOISE, start + b)``.
@@ -149,6 +170,7 @@ def integrate_rows(x0, model, sched, seed, start, save_every, first, out, status
         if first == 0:
             copy_state(X, out[bi, 0])
         for n in range(N):
+            draw_layer(model, draw, start + bi, n)
             if not advance(X, model, sched, n, noise_key, ss):
                 status[bi] = n + 1
                 out[bi, first_unsaved(n, save_every, first) :] = np.nan
@@ -226,6 +248,15 @@ def norm_batch(X, kind, gain, bias, eps, red):
     """Every token of the states ``X (B, T, d)`` normed in place (``norms.norm_tokens``,
     the final norm of ``integrate``)."""
     for bi in range(X.shape[0]):
+        norm_tokens(X[bi], 1, kind, gain, bias, eps, X[bi], red)
+
+
+@_djit
+def norm_batch_drawn(X, seed, start, kind, eps, gain, bias, red):
+    """:func:`norm_batch` with trajectory ``start + b``'s own final norm, drawn into
+    ``gain``, ``bias (d,)`` first (``draws.fill_final_norm``): a weight ensemble's."""
+    for bi in range(X.shape[0]):
+        fill_final_norm(seed, start + bi, kind, gain, bias)
         norm_tokens(X[bi], 1, kind, gain, bias, eps, X[bi], red)
 
 
@@ -326,8 +357,9 @@ def leaves_band(raw, s, nx2, floor2):
 
 
 @_jit
-def run_pair(X, Y, model, sched, noise_key, log0, ss, logr):
-    """All layers of one pair; fills ``logr`` and returns the status.
+def run_pair(X, Y, model, draw, g, sched, noise_key, log0, ss, logr):
+    """All layers of one pair (trajectory ``g``, weights drawn by :func:`draw_layer`);
+    fills ``logr`` and returns the status.
 
     ``log r_n = log ‖X_n − Y_n‖ − log d0 + acc``: after each layer the pair is
     renormalized when it leaves the band (:func:`leaves_band`: ``‖X − Y‖`` outside
@@ -345,6 +377,7 @@ def run_pair(X, Y, model, sched, noise_key, log0, ss, logr):
     acc = 0.0
     floor2, log_tf = pair_floor(X)
     for n in range(sched.h.shape[0]):
+        draw_layer(model, draw, g, n)
         okx = advance_state(X, model, sched, n, noise_key, ss)
         oky = advance_state(Y, model, sched, n, noise_key, ss)
         if not (okx and oky):
@@ -375,8 +408,9 @@ def advance_tangent(X, D, model, sched, n, noise_key, ss, ts):
 
 
 @_jit
-def run_tangent(X, D, model, sched, noise_key, log0, ss, ts, logr):
-    """All layers of one tangent trajectory, δ renormalized each layer.
+def run_tangent(X, D, model, draw, g, sched, noise_key, log0, ss, ts, logr):
+    """All layers of one tangent trajectory ``g`` (weights drawn by :func:`draw_layer`),
+    δ renormalized each layer.
 
     Layer n is :func:`advance_tangent`, so ``X`` follows the plain flow bit for bit
     (additive noise adds nothing to δ).
@@ -388,6 +422,7 @@ def run_tangent(X, D, model, sched, noise_key, log0, ss, ts, logr):
     acc = -log0
     nrm = 1.0
     for n in range(sched.h.shape[0]):
+        draw_layer(model, draw, g, n)
         ok = advance_tangent(X, D, model, sched, n, noise_key, ss, ts)
         if ok:
             s = sq_norm(D)
@@ -412,7 +447,7 @@ def run_tangent(X, D, model, sched, noise_key, log0, ss, ts, logr):
 
 
 @_djit
-def decay_rows(mode, model, sched, seed, start, eps, x0, logr, status, X, Y, ss, ts):
+def decay_rows(mode, model, draw, sched, seed, start, eps, x0, logr, status, X, Y, ss, ts):
     """Log growth ``log r_n`` of trajectories ``start … start + B − 1``, n = 0 … N
     (row layout).
 
@@ -421,6 +456,8 @@ def decay_rows(mode, model, sched, seed, start, eps, x0, logr, status, X, Y, ss,
     mode : int
         ``MODE_PAIR`` (finite perturbation ε) or ``MODE_TANGENT`` (exact linearization).
     model : structs.Model
+    draw : structs.Draw
+        ``structs.NO_DRAW``, or the weight ensemble whose member g trajectory g runs.
     sched : structs.Schedule
     seed, start : int
         Trajectory ``g = start + k`` draws X_0, U and its noise from keys
@@ -446,10 +483,10 @@ def decay_rows(mode, model, sched, seed, start, eps, x0, logr, status, X, Y, ss,
         noise_key = rng.key(seed, rng.STREAM_NOISE, g)
         if mode == MODE_PAIR:
             log0 = initial_pair(X, Y, seed, g, eps, x0, k)
-            status[k] = run_pair(X, Y, model, sched, noise_key, log0, ss, logr[k])
+            status[k] = run_pair(X, Y, model, draw, g, sched, noise_key, log0, ss, logr[k])
         else:
             log0 = initial_tangent(X, Y, seed, g, x0, k)
-            status[k] = run_tangent(X, Y, model, sched, noise_key, log0, ss, ts, logr[k])
+            status[k] = run_tangent(X, Y, model, draw, g, sched, noise_key, log0, ss, ts, logr[k])
 
 
 @_djit
@@ -647,7 +684,7 @@ def orthonormalize(Q, logr):
 
 
 @_jit
-def run_lyapunov(X, Q, model, sched, transient, renorm_every, Xc, logr, acc, ss, ts):
+def run_lyapunov(X, Q, model, draw, g, sched, transient, renorm_every, Xc, logr, acc, ss, ts):
     """All layers of one trajectory and its ``k`` tangents ``Q (k, T, d)``; ``acc (k,)``
     receives ``Σ log R_jj`` over the renormalizations after layer ``transient``;
     returns the status.
@@ -666,6 +703,7 @@ def run_lyapunov(X, Q, model, sched, transient, renorm_every, Xc, logr, acc, ss,
     if not orthonormalize(Q, logr):
         return 0
     for n in range(N):
+        draw_layer(model, draw, g, n)
         for j in range(k):
             copy_state(X, Xc)
             step_tangent(
@@ -686,7 +724,22 @@ def run_lyapunov(X, Q, model, sched, transient, renorm_every, Xc, logr, acc, ss,
 
 @_djit
 def lyapunov_rows(
-    model, sched, seed, start, x0, transient, renorm_every, expo, status, X, Xc, Q, logr, ss, ts
+    model,
+    draw,
+    sched,
+    seed,
+    start,
+    x0,
+    transient,
+    renorm_every,
+    expo,
+    status,
+    X,
+    Xc,
+    Q,
+    logr,
+    ss,
+    ts,
 ):
     """Σ log R_jj of the ``k`` leading tangents of trajectories ``start … start + B − 1``
     (row layout; the caller divides by the time after the transient).
@@ -694,6 +747,8 @@ def lyapunov_rows(
     Parameters
     ----------
     model : structs.Model
+    draw : structs.Draw
+        ``structs.NO_DRAW``, or the weight ensemble whose member g trajectory g runs.
     sched : structs.Schedule
         The update (no noise: ``sched.sigma`` is not read).
     seed, start : int
@@ -719,7 +774,7 @@ def lyapunov_rows(
         initial_state(X, seed, g, x0, b)
         rng.fill_normal(rng.key(seed, rng.STREAM_DIRECTION, g), 0, 1.0, Q)
         status[b] = run_lyapunov(
-            X, Q, model, sched, transient, renorm_every, Xc, logr, expo[b], ss, ts
+            X, Q, model, draw, g, sched, transient, renorm_every, Xc, logr, expo[b], ss, ts
         )
         if status[b] != STATUS_OK:
             for j in range(expo.shape[1]):

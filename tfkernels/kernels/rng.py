@@ -39,8 +39,10 @@ _inline = njit(
     cache=config.CACHE, fastmath=config.RNG_FASTMATH, error_model="numpy", inline="always"
 )
 
-#: Streams of independent numbers for one trajectory.
-STREAM_STATE, STREAM_DIRECTION, STREAM_NOISE = 0, 1, 2
+#: Streams of independent numbers for one trajectory (``STREAM_WEIGHTS``,
+#: ``STREAM_FINAL_NORM``: the weights and the final norm of a weight ensemble's member,
+#: :mod:`tfkernels.kernels.draws`).
+STREAM_STATE, STREAM_DIRECTION, STREAM_NOISE, STREAM_WEIGHTS, STREAM_FINAL_NORM = 0, 1, 2, 3, 4
 
 _GOLDEN = uint64(0x9E3779B97F4A7C15)
 _M1 = uint64(0xBF58476D1CE4E5B9)

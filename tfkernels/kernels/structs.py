@@ -11,6 +11,9 @@ fields, so a kernel reads ``model.weights.wqkv[layer]``, never ``W[0][layer]``):
   sub-steps; :class:`PlainBlock`, the same fields for the paper's field (one
   sub-step, no norm), a type of its own so that its kernels leave the block code out;
 * :class:`Model` — ``(weights, settings, block)``, what :func:`pack_params` returns;
+* :class:`Draw`, :class:`Ensemble` — a weight ensemble: how a trajectory's weights
+  are drawn inside the kernels (:mod:`tfkernels.kernels.draws`), and the model whose
+  arrays each slice's copy receives them in;
 * :class:`Schedule` — the update: tableau ``a``, ``b``, step sizes ``h`` and noise
   scales ``sigma`` per layer;
 * :class:`FieldScratch`, :class:`StepScratch`, :class:`TangentScratch`,
@@ -110,6 +113,24 @@ SUB_ATTN, SUB_FFN = 1, 2
 Model = namedtuple("Model", ["weights", "settings", "block"])
 Model.__doc__ = """A model as the kernels take it: :class:`Weights`, :class:`Settings`
 and :class:`Block`."""
+
+Draw = namedtuple("Draw", ["on", "per_layer", "seed", "scale", "n_draws"])
+Draw.__doc__ = """How the drivers draw a trajectory's weights (``draws.fill_weights``): ``on``
+(bool; False: the model's own weights, :data:`NO_DRAW`), ``per_layer`` (bool: a fresh
+draw before every layer, else one before the first), ``seed`` (int64: the ensemble's;
+trajectory g's numbers come from key ``(seed, rng.STREAM_WEIGHTS, g)``), ``scale``
+(float64, the ``weight_scale``) and ``n_draws`` (int64, normals per weight set: layer
+n's set starts at counter offset ``n·n_draws``)."""
+
+#: The draw of every model that is not an ensemble (same types, so one compile).
+NO_DRAW = Draw(False, False, np.int64(0), 0.0, np.int64(0))
+
+Ensemble = namedtuple("Ensemble", ["template", "draw", "final"])
+Ensemble.__doc__ = """A weight ensemble as the dispatchers take it (``draws.pack_ensemble``):
+``template`` a :class:`Model` with one weight set whose drawn entries are NaN (each
+slice gets a writable copy, ``draws.slice_model``, that the drivers fill per
+trajectory), ``draw`` its :class:`Draw` and ``final`` the final norm's ``(kind, eps)``
+(int64 ``methods.NORMS`` code, ``eps`` in the state dtype) or None."""
 
 Schedule = namedtuple("Schedule", ["a", "b", "h", "sigma"])
 Schedule.__doc__ = """One layer's update for every layer n: the explicit Runge–Kutta

@@ -105,6 +105,8 @@ def _feed(digest, x):
         put(f"f{np.dtype(type(x)).str}", float(x).hex())
     elif isinstance(x, str):
         put("s", x)
+    elif isinstance(x, np.dtype):
+        put("y", x.str)
     elif isinstance(x, np.ndarray):
         if x.dtype.hasobject:
             raise TypeError("`checkpoint`: cannot fingerprint an array of Python objects")

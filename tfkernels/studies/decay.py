@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import _validate as v
 from .. import api, compiling, config, kernels, threads
+from ..ensemble import is_ensemble
 from ..methods import MODES
 from . import checkpoint as ckpt
 from . import initial, lipschitz, output, plans, runner
@@ -155,7 +156,8 @@ def chunk_log_ratios(packed, chunk_start, chunk_len, cfg, x0=None):
     Parameters
     ----------
     packed
-        ``kernels.pack_params(params)``, passed to the kernel as it is.
+        ``api.pack(params)`` (``kernels.pack_params``, or an ensemble's
+        ``kernels.structs.Ensemble``), passed to the kernel as it is.
     chunk_start, chunk_len : int
         Global index of the first trajectory and number of trajectories.
     cfg : ChunkConfig
@@ -214,7 +216,7 @@ def decay_chunk(chunk_start, chunk_len, packed, cfg, x0=None):
     chunk_start, chunk_len : int
         Global index of the first trajectory and number of trajectories.
     packed
-        ``kernels.pack_params(params)``.
+        ``api.pack(params)``.
     cfg : ChunkConfig
     x0 : ndarray, optional
         The study's array of initial states (``shared=(packed, cfg, x0)``).
@@ -700,7 +702,7 @@ def log_ratios(
     )
     start = v.check_int("start", start, minimum=0)
     cfg = _chunk_config(params, k, 0.0)
-    packed = kernels.pack_params(params)
+    packed = api.pack(params)
     with threads.threads(n_threads):
         if k["init"] == "array":  # row i of x0 is trajectory start + i
             return _run_kernel(packed, start, k["n_trajectories"], cfg, k["x0"])
@@ -760,8 +762,11 @@ def perturbation_decay(
 
     Parameters
     ----------
-    params : TransformerParams
-        The model; float32 or float64.
+    params : TransformerParams or WeightEnsemble
+        The model; float32 or float64. With a :class:`~tfkernels.WeightEnsemble`
+        trajectory g runs member g's weights (drawn in the kernel, row layout), and
+        λ̂, L̂ are the largest estimates over the first members, each on its own
+        trajectory (:func:`.lipschitz.estimate_ensemble`).
     n_trajectories : int
         Number of trajectories (pairs); trajectory g uses keys ``(seed, ·, g)``.
     seq_len : int
@@ -984,7 +989,7 @@ def check_study_args(
 def _prepare(params, k, run, n_layers, client, info):
     """Compile the kernels, estimate λ̂ and return the study's :class:`~.plans.Plan`
     (``k`` from :func:`_check_args`, ``info`` the checkpoint's configuration or None)."""
-    packed = kernels.pack_params(params)
+    packed = api.pack(params)
     compiled = _compile_kernels(params, packed, k, run, n_layers, client)
     lam, lip, linfo = estimate_lipschitz(
         params,
@@ -1030,8 +1035,10 @@ def _compile_kernels(params, packed, k, run, n_layers, client):
     the flow and the decay mode's kernels (:func:`tfkernels.compiling.prepare`). On a
     cluster the chunks' kernels compile on the workers, not here. Returns what
     ``prepare`` returns (recorded in the result's ``meta["compile"]``); ``packed`` is
-    ``kernels.pack_params(params)``, the chunks' shared input."""
+    ``api.pack(params)``, the chunks' shared input."""
     p64 = params if params.dtype == np.float64 else params.astype(np.float64)
+    if is_ensemble(params):  # λ̂ is estimated member by member (lipschitz.estimate_ensemble)
+        params, p64 = params.member(0, n_layers), p64.member(0, n_layers)
     here = [(compile_sampling, (params, k["seq_len"], n_layers, run, k["seed"]))]
     if client is None:
         cfg = _chunk_config(params, k, math.nan)

@@ -10,6 +10,8 @@ import platform
 
 import numpy as np
 
+from ..ensemble import is_ensemble
+
 #: The weight arrays of ``TransformerParams`` that :func:`params_summary` hashes.
 _WEIGHTS = ("wq", "wk", "wv", "wo", "w1", "b1", "w2", "b2", "linear")
 
@@ -72,6 +74,8 @@ def params_summary(params):
         Shape and settings (``d, n_heads, d_ff, terms, activation, beta, causal,
         damping, n_sets, dtype``) and ``sha256`` over the weight arrays present.
     """
+    if is_ensemble(params):
+        return params.summary()
     digest = hashlib.sha256()
     for k in _WEIGHTS:
         w = getattr(params, k)

@@ -35,7 +35,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import _validate as v
-from .. import api, config, kernels
+from .. import api, config
 from . import initial, output, plans, runner
 from .environment import params_summary
 from .serialize import jsonable
@@ -559,7 +559,7 @@ def plan(
         n_layers=n_layers,
         run=dict(method=method, t_final=t_final, alpha=alpha, c=c, noise=noise),
     )
-    kernels.pack_params(params)  # a model the kernels do not run is refused here
+    api.pack(params)  # a model the kernels do not run is refused here
     shared = (params, cfg) if states is None else (params, cfg, states)
     t = np.concatenate([[0.0], np.cumsum(h.astype(np.float64))])[::save_every]
     conf = {
@@ -621,8 +621,9 @@ def token_geometry(
 
     Parameters
     ----------
-    params : TransformerParams
-        The model; float32 or float64.
+    params : TransformerParams or WeightEnsemble
+        The model; float32 or float64. With a :class:`~tfkernels.WeightEnsemble`
+        trajectory g runs member g's weights (drawn in the kernel).
     n_trajectories : int
         Number of trajectories (at most ``MAX_TRAJECTORIES`` = 2^34).
     seq_len : int

@@ -14,6 +14,7 @@ from scipy.sparse.linalg import ArpackError
 from threadpoolctl import threadpool_limits
 
 from .. import api, kernels
+from ..ensemble import is_ensemble
 
 #: Largest T·d for which the Jacobian is formed densely in the λ̂ estimate.
 DENSE_MAX = 512
@@ -159,8 +160,9 @@ def n_sampled_trajectories(n_layers, n_samples):
     return max(1, -(-n_samples // (n_layers // _sample_every(n_layers) + 1)))
 
 
-def _sample_states(params, seq_len, n_layers, n_samples, run, seed, x0=None):
-    """States ``(X, layer)`` along the first trajectories of the study.
+def _sample_states(params, seq_len, n_layers, n_samples, run, seed, x0=None, start=0):
+    """States ``(X, layer)`` along the first trajectories of the study (from trajectory
+    ``start`` on).
 
     Up to ``min(N, 8)`` evenly spaced layers (0 and N included) of the first
     ``ceil(n_samples / layers)`` trajectories (:func:`n_sampled_trajectories`; those
@@ -171,9 +173,13 @@ def _sample_states(params, seq_len, n_layers, n_samples, run, seed, x0=None):
     every = _sample_every(n_layers)
     if x0 is None:
         n_traj = n_sampled_trajectories(n_layers, n_samples)
-        x0 = api.random_states(n_traj, seq_len, params.d, seed=seed, dtype=params.dtype)
+        x0 = api.random_states(
+            n_traj, seq_len, params.d, seed=seed, start=start, dtype=params.dtype
+        )
     n_traj = x0.shape[0]
-    states = api.integrate(params, x0, n_layers, save_every=every, throw=False, seed=seed, **run)
+    states = api.integrate(
+        params, x0, n_layers, save_every=every, throw=False, seed=seed, start=start, **run
+    )
     layers = np.minimum(np.arange(states.shape[1]) * every, n_layers - 1)
     picked = []
     for k in range(states.shape[1]):  # layer-major: spread over layers
@@ -223,8 +229,56 @@ def _largest_eigenvalue(S):
     return float(eigh(S, eigvals_only=True, subset_by_index=[n - 1, n - 1], driver="evr")[0])
 
 
+def estimate_ensemble(ens, seq_len, n_layers, *, n_samples=64, seed=0, run=None, x0=None):
+    """λ̂ and L̂ of a ``WeightEnsemble``: the largest of :func:`estimate_lipschitz` over
+    its first ``m`` members (``m`` = :func:`n_sampled_trajectories`, or the rows of
+    ``x0``), member j on its own trajectory j (its initial state, noise and weights):
+    the states the study's first trajectories visit, as for a fixed model. NaN when
+    any member's estimate is (a maximum cannot leave one out). Same arguments and
+    results as :func:`estimate_lipschitz` (``info["members"]``: m).
+    """
+    m = n_sampled_trajectories(n_layers, n_samples) if x0 is None else x0.shape[0]
+    per = -(-n_samples // m)
+    lam, lip, n, note, info = -math.inf, 0.0, 0, None, None
+    for j in range(m):
+        xj = None if x0 is None else x0[j : j + 1]
+        l1, l2, info = estimate_lipschitz(
+            ens.member(j, n_layers),
+            seq_len,
+            n_layers,
+            n_samples=per,
+            seed=seed,
+            run=run,
+            x0=xj,
+            start=j,
+        )
+        if info["method"] is None:  # not estimated (too large): so for every member
+            return l1, l2, dict(info, members=0)
+        n += info["n_samples"]
+        if math.isnan(l1) or math.isnan(l2):
+            note = note or info["note"]
+            lam = lip = math.nan
+        elif not math.isnan(lam):
+            lam, lip = max(lam, l1), max(lip, l2)
+    if note is None and info["note"] is not None and not math.isnan(lam):
+        note = info["note"]  # the layer map's note
+    where = f"over members 0..{m - 1} of the ensemble, each on its own trajectory"
+    out = dict(info, n_samples=n, members=m)
+    out["note"] = where if note is None else f"{note}; {where}"
+    return lam, lip, out
+
+
 def estimate_lipschitz(
-    params, seq_len, n_layers, *, n_samples=64, seed=0, run=None, dense_max=DENSE_MAX, x0=None
+    params,
+    seq_len,
+    n_layers,
+    *,
+    n_samples=64,
+    seed=0,
+    run=None,
+    dense_max=DENSE_MAX,
+    x0=None,
+    start=0,
 ):
     """Estimate the one-sided Lipschitz constant λ̂ and the Lipschitz constant L̂ of f.
 
@@ -257,6 +311,10 @@ def estimate_lipschitz(
     x0 : ndarray, shape (n, seq_len, d), optional
         The initial states of the sampled trajectories (the study's first ones, at
         most :func:`n_sampled_trajectories`); None draws them standard normal.
+    start : int
+        Global index of the first sampled trajectory (its noise and drawn state).
+
+    A ``WeightEnsemble`` is estimated member by member (:func:`estimate_ensemble`).
 
     A Jacobian with huge or tiny finite entries is scaled by a power of two first
     (:data:`SAFE_EXP`), so that ``JᵀJ`` does not overflow; one that is not finite (the
@@ -272,13 +330,17 @@ def estimate_lipschitz(
         ``n_samples``, ``method`` ("dense" or "lanczos") and ``note`` (None, or why
         the estimates are NaN).
     """
+    if is_ensemble(params):
+        return estimate_ensemble(
+            params, seq_len, n_layers, n_samples=n_samples, seed=seed, run=run, x0=x0
+        )
     run = run or {}
     obj = jacobian_object(params)
     why = _too_large(params, seq_len)
     if why is not None:
         info = {"n_samples": 0, "method": None, "note": why, "object": obj}
         return math.nan, math.nan, info
-    samples = _sample_states(params, seq_len, n_layers, n_samples, run, seed, x0)
+    samples = _sample_states(params, seq_len, n_layers, n_samples, run, seed, x0, start)
     p64 = params if params.dtype == np.float64 else params.astype(np.float64)
     packed = kernels.pack_params(p64)
     dense = seq_len * params.d <= dense_max or params.norm is not None

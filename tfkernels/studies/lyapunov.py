@@ -262,7 +262,7 @@ def plan(
     init, states = initial.check_x0(x0, params, n_trajectories, seq_len)
     t = np.concatenate([[0.0], np.cumsum(h.astype(np.float64))])
     span = float(t[-1] - t[transient])
-    packed = kernels.pack_params(params)  # a model the kernels do not run is refused here
+    packed = api.pack(params)  # a model the kernels do not run is refused here
     cfg = ChunkConfig(
         seed=seed,
         seq_len=seq_len,
@@ -337,8 +337,10 @@ def lyapunov_spectrum(
 
     Parameters
     ----------
-    params : TransformerParams
-        The model (any norm and block); float32 or float64.
+    params : TransformerParams or WeightEnsemble
+        The model (any norm and block); float32 or float64. With a
+        :class:`~tfkernels.WeightEnsemble` trajectory g runs member g's weights (drawn
+        in the kernel).
     n_trajectories : int
         Number of trajectories.
     seq_len : int

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import _validate as v
 from .. import threads
+from ..ensemble import is_ensemble
 from . import checkpoint as ckpt
 from . import decay, geometry, output, runner
 from .environment import environment
@@ -106,7 +107,9 @@ def apply_settings(params, kwargs, settings):
 
     Parameters
     ----------
-    params : TransformerParams
+    params : TransformerParams or WeightEnsemble
+        (An ensemble's ``weight_scale`` is replaced by the value: the scale every
+        member draws with.)
     kwargs : dict
         The study's arguments.
     settings : dict
@@ -119,7 +122,9 @@ def apply_settings(params, kwargs, settings):
     kwargs = dict(kwargs)
     changes = {}
     for name, val in settings.items():
-        if name == "weight_scale":
+        if name == "weight_scale" and is_ensemble(params):
+            changes[name] = val
+        elif name == "weight_scale":
             for w in WEIGHTS:
                 m = getattr(params, w)
                 if m is not None:
@@ -364,12 +369,13 @@ def sweep(
     ----------
     study : {"perturbation_decay", "token_geometry"} or the function
         The study (aliases ``"decay"``, ``"geometry"``).
-    params : TransformerParams
+    params : TransformerParams or WeightEnsemble
         The model at every grid point, with the point's settings applied.
     grid : dict
         One or two settings, each with a non-empty sequence of values:
         the model's ``beta``, ``damping``, ``norm_eps``, ``weight_scale`` (multiplies
-        the weight matrices), or the study's ``t_final``, ``dt`` (the residual scale
+        the weight matrices; of a ``WeightEnsemble``: the scale its members draw
+        with), or the study's ``t_final``, ``dt`` (the residual scale
         Δt, ``t_final = dt · n_layers``), ``noise``, ``c`` and ``eps`` (decay) or
         ``energy_beta`` (geometry).
     metric : str

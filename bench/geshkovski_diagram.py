@@ -130,7 +130,7 @@ def run(args):
     return sw, betas, warm, wall
 
 
-def plot(path, t, betas, dens, tstar):
+def plot(path, t, betas, dens, tstar, systems):
     """The β × t map of dens (linear and log colour scales) with the boundary."""
     import matplotlib
 
@@ -157,7 +157,7 @@ def plot(path, t, betas, dens, tstar):
         ax.set_title(f"dens ({scale} scale)", fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(
-        f"Geshkovski et al.'s phase diagram: d = {D}, n = {N_TOKENS}, {SYSTEMS:,} systems, "
+        f"Geshkovski et al.'s phase diagram: d = {D}, n = {N_TOKENS}, {systems:,} systems, "
         f"Δt = {T_FINAL / STEPS:g}, float64 (tfkernels)",
         fontsize=10,
     )
@@ -191,7 +191,7 @@ def main(argv=None):
         for i, b in enumerate(betas):
             for s in range(t.size):
                 f.write(f"{b!r},{t[s]!r},{s},{dens[i, s]!r},{std[i, s]!r}\n")
-    plot(stem + ".png", t, betas, dens, tstar)
+    plot(stem + ".png", t, betas, dens, tstar, args.trajectories)
     doc = {
         "what": "Geshkovski et al.'s clustering phase diagram (dens: the fraction of "
         f"off-diagonal inner products above {THRESHOLD}), beta x t",

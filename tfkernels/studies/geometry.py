@@ -1,15 +1,17 @@
 """Token geometry along the flow: clustering and rank collapse, streamed over trajectories.
 
-For every trajectory the study runs the flow (:func:`tfkernels.integrate` with
-``save_every``) and, at each saved layer, measures the geometry of its T tokens
-(:func:`geometry_metrics`): with ``u_i = x_i / ‖x_i‖`` the normalized tokens and
+For every trajectory the study runs the fused flow and, at each saved layer, measures
+the geometry of its T tokens inside the compiled driver (``kernels.geometry``: no
+snapshot is stored; :func:`geometry_metrics` is its plain NumPy reference, with the same
+cosine bits): with ``u_i = x_i / ‖x_i‖`` the normalized tokens and
 ``C_ij = ⟨u_i, u_j⟩`` their cosines,
 
 * ``mean_cosine``: the mean of the off-diagonal ``C_ij``;
 * ``dens``: the fraction of off-diagonal ``C_ij`` above ``DENS_THRESHOLD`` (0.999,
   Geshkovski et al.'s measure of clustering);
 * ``clusters``: the rank of the 0/1 matrix ``[C_ij > CLUSTER_THRESHOLD]`` (0.9999): the
-  number of clusters when the tokens have collapsed onto a few points;
+  number of clusters when the tokens have collapsed onto a few points (exact in the
+  kernel; ``np.linalg.matrix_rank`` in the reference);
 * ``rank_collapse``: Dong et al.'s ratio ``‖X − 1·mean(X)‖ / ‖X‖`` (mean over tokens) in
   their composite norm ``‖M‖ = sqrt(‖M‖₁‖M‖_∞)`` (matrix 1- and ∞-norms: largest column
   and row sums of ``|M|``), and ``rank_collapse_fro`` the same in the Frobenius norm;
@@ -18,7 +20,8 @@ For every trajectory the study runs the flow (:func:`tfkernels.integrate` with
   this is the energy of the tokens as they are), β by default the attention's effective
   inverse temperature ``params.beta / sqrt(d / n_heads)``.
 
-The per-trajectory values are reduced per saved layer to mergeable statistics
+``metrics=`` chooses which are measured (each costs its own work per saved layer). The
+per-trajectory values are reduced per saved layer to mergeable statistics
 (:class:`GeometryStats`): exact fixed-point sums of each metric and of its square (each
 value rounded to a multiple of ``2^-52``, summed as integers), minima, maxima and an
 exact histogram of the cluster counts (median and quantiles). Integer sums, minima and
@@ -440,8 +443,8 @@ class GeometryResult(output.TableResult):
     t : ndarray of float64, shape (S,)
         The saved times ``t_s`` (layer ``s·save_every``).
     stats : dict of ndarray
-        Per saved layer: ``layer``, ``t``, ``count`` and, for every metric of
-        :data:`METRICS`, ``<metric>_mean``, ``_std``, ``_min``, ``_max``, and the
+        Per saved layer: ``layer``, ``t``, ``count`` and, for every metric measured
+        (``config["metrics"]``), ``<metric>_mean``, ``_std``, ``_min``, ``_max``, and the
         cluster count's ``clusters_median`` and ``clusters_q05 … clusters_q95``.
     n_trajectories, n_valid, n_nonfinite : int
         Trajectories run, kept and excluded (non-finite, or a zero token).

@@ -91,7 +91,7 @@ def integrate(model, x0, sched, seed, start, save_every, first, out, status):
 
 def geometry_kernel(model, x0, sched, seed, start, save_every, cfg, vals, status):
     """Run every layer of ``sched`` on every trajectory of ``x0``, measuring the token
-    geometry at the saved layers into ``vals (B, S, N_METRICS)`` (see
+    geometry at the saved layers into ``vals (B, S, M)`` (the M metrics asked for; see
     ``drivers.geometry_rows`` for the arguments)."""
     B, T, d = x0.shape
     dt = x0.dtype

@@ -207,9 +207,9 @@ def integrate_lanes(x0, model, sched, seed, start, save_every, first, out, statu
 def geometry_rows(x0, model, sched, seed, start, save_every, cfg, vals, status, X, ss, gs):
     """:func:`integrate_rows` measuring instead of storing: the token geometry of
     every trajectory at layers 0, k, 2k, … (``kernels.geometry.measure_rows``) into
-    ``vals (B, S, N_METRICS)`` (float64), NaN from the first non-finite layer on;
-    ``cfg`` a ``structs.GeometryConfig``, ``gs`` a ``structs.GeometryScratch`` of one
-    lane."""
+    ``vals (B, S, M)`` (float64, the M metrics asked for), NaN from the first
+    non-finite layer on; ``cfg`` a ``structs.GeometryConfig``, ``gs`` a
+    ``structs.GeometryScratch`` of one lane."""
     B = x0.shape[0]
     N = sched.h.shape[0]
     for bi in range(B):

@@ -36,10 +36,8 @@ from .jit import sijit as _sijit
 from .jit import sjit as _sjit
 from .simd import lanes, vadd, vcount_gt, vload, vmul, vsplat, vstore, vzero
 
-#: Bits of ``GeometryConfig.which``, in the order of the columns of ``vals``.
+#: Bits of ``GeometryConfig.which``, metric q having bit ``2^q``.
 MEAN_COSINE, DENS, CLUSTERS, RANK_COLLAPSE, RANK_COLLAPSE_FRO, ENERGY = 1, 2, 4, 8, 16, 32
-#: Columns of ``vals``.
-N_METRICS = 6
 
 
 @_sijit
@@ -354,9 +352,9 @@ def measure_rows(X, status, cfg, vals, gs):
 @_sijit
 def measure_group(X, L, nl, status, cfg, vals, gs):
     """The metrics of the lanes ``l < nl`` of ``X (T, d·L)`` whose ``status[l]`` is
-    ``STATUS_OK`` (−1) into ``vals[l, :]`` (columns in the order of the bits of
-    ``cfg.which``; a metric not asked for is left as it is; NaN for every metric of a
-    lane with a non-finite entry or a zero token). ``cfg`` a
+    ``STATUS_OK`` (−1) into ``vals[l, :]`` (metric q, when its bit of ``cfg.which`` is
+    set, in column ``cfg.cols[q]``; NaN in every column for a lane with a non-finite
+    entry or a zero token). ``cfg`` a
     ``structs.GeometryConfig``, ``gs`` a ``structs.GeometryScratch``. Inlined into
     :func:`measure_lanes` and :func:`measure_rows`, which fix L."""
     T = X.shape[0]
@@ -378,22 +376,23 @@ def measure_group(X, L, nl, status, cfg, vals, gs):
     for l in range(nl):
         if status[l] != -1:
             continue
+        col = cfg.cols
         if not gs.ok[l]:
-            for q in range(N_METRICS):
+            for q in range(vals.shape[1]):
                 vals[l, q] = np.nan
             continue
         if which & MEAN_COSINE:
-            vals[l, 0] = (gs.acc[1][l] + gs.acc[1][l]) / n_off
+            vals[l, col[0]] = (gs.acc[1][l] + gs.acc[1][l]) / n_off
         if which & DENS:
-            vals[l, 1] = (2 * np.int64(gs.acc[3][l])) / n_off
+            vals[l, col[1]] = (2 * np.int64(gs.acc[3][l])) / n_off
         if which & CLUSTERS:
             k = clique_count(gs.masks, T, l, gs.reps)
             if k < 0:
                 k = exact_rank(gs.masks, T, l, cfg.primes, gs)
-            vals[l, 2] = k
+            vals[l, col[2]] = k
         if which & RANK_COLLAPSE:
-            vals[l, 3] = gs.acc[4][l]
+            vals[l, col[3]] = gs.acc[4][l]
         if which & RANK_COLLAPSE_FRO:
-            vals[l, 4] = gs.acc[5][l]
+            vals[l, col[4]] = gs.acc[5][l]
         if which & ENERGY:
-            vals[l, 5] = gs.acc[2][l] / (T * T)
+            vals[l, col[5]] = gs.acc[2][l] / (T * T)

@@ -136,12 +136,14 @@ VjpScratch = namedtuple("VjpScratch", ["qkv", "dqkv", "go", "P", "dS", "hidden",
 VjpScratch.__doc__ = "Buffers of the vector–Jacobian product (rows layout only)."
 
 GeometryConfig = namedtuple(
-    "GeometryConfig", ["which", "dens_threshold", "cluster_threshold", "energy_beta", "primes"]
+    "GeometryConfig",
+    ["which", "cols", "dens_threshold", "cluster_threshold", "energy_beta", "primes"],
 )
 GeometryConfig.__doc__ = """What the geometry drivers measure (``kernels.geometry``):
-``which`` the bits of the metrics asked for, the two cosine thresholds, the energy's β
-(float64) and ``primes`` (int64), enough primes below 2^31 for the exact cluster count of
-T tokens (:func:`rank_primes`)."""
+``which`` the bits of the metrics asked for, ``cols (6,)`` (int64) the column of ``vals``
+of each (−1 if not asked for), the two cosine thresholds, the energy's β (float64) and
+``primes`` (int64), enough primes below 2^31 for the exact cluster count of T tokens
+(:func:`rank_primes`)."""
 
 GeometryScratch = namedtuple(
     "GeometryScratch",

@@ -371,8 +371,10 @@ class ChunkConfig:
 def kernel_config(metrics, energy_beta, seq_len):
     """The ``kernels.GeometryConfig`` of the compiled measurement."""
     which = sum(1 << METRICS.index(m) for m in metrics)
+    cols = np.array([metrics.index(m) if m in metrics else -1 for m in METRICS], dtype=np.int64)
     return kernels.GeometryConfig(
         np.int64(which),
+        cols,
         float(DENS_THRESHOLD),
         float(CLUSTER_THRESHOLD),
         float(energy_beta),
@@ -389,7 +391,7 @@ def measure_flow(params, states, cfg, start):
     a, b, h, sigma = api.prepare_run(params, cfg.n_layers, **cfg.run)
     B = states.shape[0]
     S = cfg.n_layers // cfg.save_every + 1
-    vals = np.zeros((B, S, len(METRICS)))
+    vals = np.empty((B, S, len(cfg.metrics)))  # every entry is written
     status = np.empty(B, dtype=np.int64)
     kernels.geometry_kernel(
         kernels.pack_params(params),
@@ -402,7 +404,7 @@ def measure_flow(params, states, cfg, start):
         vals,
         status,
     )
-    return {m: vals[:, :, METRICS.index(m)] for m in cfg.metrics}
+    return {m: vals[:, :, i] for i, m in enumerate(cfg.metrics)}
 
 
 def geometry_chunk(chunk_start, chunk_len, params, cfg, x0=None):
@@ -596,8 +598,9 @@ def check_metrics(metrics):
 
 
 def default_chunk_size(n_layers, save_every):
-    """The default chunk size: about ``VALUE_ELEMENTS`` measured values per chunk (at
-    most ``config.CHUNK_SIZE`` trajectories)."""
+    """The default chunk size: about ``VALUE_ELEMENTS`` values of all the metrics per
+    chunk (at most ``config.CHUNK_SIZE`` trajectories; the same whatever is measured, so
+    that a choice of metrics does not change the chunks)."""
     S = n_layers // save_every + 1
     return int(min(config.CHUNK_SIZE, max(1, VALUE_ELEMENTS // (S * len(METRICS)))))
 
@@ -642,8 +645,8 @@ def plan(
     )
     S = n_layers // save_every + 1
     v.check_size(
-        "min(`chunk_size`, `n_trajectories`) × (`n_layers` / `save_every` + 1) × 6 metrics",
-        (min(chunk_size, n_trajectories), S, len(METRICS)),
+        "min(`chunk_size`, `n_trajectories`) × (`n_layers` / `save_every` + 1) × `metrics`",
+        (min(chunk_size, n_trajectories), S, len(metrics)),
         np.float64,
     )
     init, states = initial.check_x0(x0, params, n_trajectories, seq_len)

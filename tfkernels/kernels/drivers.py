@@ -121,6 +121,26 @@ def first_unsaved(n, save_every, first):
 
 
 # ---------------------------------------------------------------- the flow
+@_ijit
+def retire_lanes(X, nl, n, save_every, first, status, out):
+    """After layer ``n`` of a group failed its vectorized check: each lane ``l < nl``
+    still ``STATUS_OK`` that is not finite gets status ``n + 1`` and NaN in
+    ``out[l, first_unsaved(…):]`` (snapshots or measured values); every lane that is
+    not live (and the padding) is zeroed, so that the group check passes again.
+    Returns the number of lanes retired."""
+    L = lanes(X)
+    gone = 0
+    for l in range(L):
+        if l < nl and status[l] == STATUS_OK:
+            if lane_finite(X, l):
+                continue
+            status[l] = n + 1
+            out[l, first_unsaved(n, save_every, first) :] = np.nan
+            gone += 1
+        zero_lane(X, l)  # a finished lane, or padding
+    return gone
+
+
 @_djit
 def integrate_rows(x0, model, sched, seed, start, save_every, first, out, status, X, ss):
     """Run all ``N = len(sched.h)`` layers of every trajectory of ``x0`` (row layout).
@@ -187,14 +207,8 @@ def integrate_lanes(x0, model, sched, seed, start, save_every, first, out, statu
         for n in range(N):
             advance_group(X, model, sched, n, seed, start + g0, status[g0 : g0 + nl], lane, ss)
             if not all_finite(X):
-                for l in range(L):
-                    if l < nl and status[g0 + l] == STATUS_OK:
-                        if lane_finite(X, l):
-                            continue
-                        status[g0 + l] = n + 1
-                        out[g0 + l, first_unsaved(n, save_every, first) :] = np.nan
-                        live -= 1
-                    zero_lane(X, l)  # a finished lane, or padding
+                st, snaps = status[g0 : g0 + nl], out[g0 : g0 + nl]
+                live -= retire_lanes(X, nl, n, save_every, first, st, snaps)
                 if live == 0:
                     break
             if (n + 1) % save_every == 0:
@@ -246,14 +260,7 @@ def geometry_lanes(x0, model, sched, seed, start, save_every, cfg, vals, status,
         for n in range(N):
             advance_group(X, model, sched, n, seed, start + g0, st, lane, ss)
             if not all_finite(X):
-                for l in range(L):
-                    if l < nl and st[l] == STATUS_OK:
-                        if lane_finite(X, l):
-                            continue
-                        st[l] = n + 1
-                        vals[g0 + l, first_unsaved(n, save_every, 0) :] = np.nan
-                        live -= 1
-                    zero_lane(X, l)  # a finished lane, or padding
+                live -= retire_lanes(X, nl, n, save_every, 0, st, vals[g0 : g0 + nl])
                 if live == 0:
                     break
             if (n + 1) % save_every == 0:

@@ -54,6 +54,22 @@ def test_geometry_beta_range_is_a_phase_diagram(tmp_path, capsys):
     assert "token_geometry over beta (3 points)" in stdout
 
 
+def test_geometry_measures_what_is_asked(tmp_path, capsys):
+    # a --beta range measures only --metric; --metrics chooses for one β
+    out = tmp_path / "m"
+    argv = ["geometry", *SMALL, "--layers", "4", "--model", "sphere", "--d", "2"]
+    code, _, err = main([*argv, "--beta", "1:2:2", "--out", str(out)], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "geometry.json").read_text())
+    assert [r["config"]["metrics"] for r in doc["results"]] == [["dens"], ["dens"]]
+    code, stdout, err = main([*argv, "--metrics", "energy,dens", "--out", str(out)], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "geometry.json").read_text())
+    assert doc["config"]["metrics"] == ["dens", "energy"]
+    assert "energy_mean" in doc["stats"] and "clusters_median" not in doc["stats"]
+    assert "energy" in stdout and "clusters" not in stdout
+
+
 def test_sweep_writes_the_table(tmp_path, capsys):
     out = tmp_path / "s"
     argv = ["sweep", *SMALL, "--layers", "4", "--d-ff", "8", "--grid", "damping=1,3"]
@@ -101,6 +117,11 @@ BAD = [
     (["geometry", "--model", "sphere", "--heads", "2"], "`--model sphere` has one head"),
     (["geometry", "--x0", "cube"], "argument --x0: invalid choice: 'cube'"),
     (["geometry", "--metric", "cos"], "argument --metric: invalid choice: 'cos'"),
+    (["geometry", "--metrics", "dens,cos"], "`--metrics` must name metrics of"),
+    (
+        ["geometry", "--beta", "1:2:2", "--metrics", "energy"],
+        "`--metrics` must include the diagram's `--metric` 'dens'",
+    ),
     (["sweep", "--grid", "temp=1"], "`--grid` setting 'temp' is unknown"),
     (["sweep", "--study", "decay", "--grid", "energy_beta=1"], "setting 'energy_beta'"),
     (["sweep", "--grid", "beta"], "argument --grid: must be NAME=VALUES"),

@@ -133,6 +133,33 @@ def test_cluster_result_identical_to_local(client, case):
         assert 0 < remote.n_nonfinite < 200 and len(remote.nonfinite_indices) == 10
 
 
+def test_geometry_sweep_on_the_cluster_identical_to_local(client):
+    """The phase diagram's study (the sphere model, the metrics measured in the flow)
+    gives the same bits on the cluster as locally."""
+    eye = np.eye(2)
+    p = tfk.TransformerParams(
+        wq=eye, wk=eye, wv=eye, wo=eye, n_heads=1, norm="sphere", norm_position="post"
+    )
+    kw = dict(
+        n_trajectories=60,
+        seq_len=8,
+        n_layers=20,
+        t_final=2.0,
+        x0="sphere",
+        metrics=("dens", "clusters"),
+        chunk_size=16,
+        seed=4,
+    )
+    grid = {"beta": [1.0, 6.0]}
+    local = tfk.sweep("token_geometry", p, grid, n_threads=2, **kw)
+    remote = tfk.sweep("token_geometry", p, grid, client=client, **kw)
+    for a, b in zip(local.results, remote.results):
+        assert a.stats.keys() == b.stats.keys()
+        for k in a.stats:
+            assert a.stats[k].tobytes() == b.stats[k].tobytes(), k
+    assert remote.meta["n_chunks"] == 8
+
+
 def test_progress_advances_once_per_chunk_and_memory_is_bounded(client, bars):
     params, kw = (
         small(damping=2.0),

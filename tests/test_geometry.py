@@ -114,7 +114,13 @@ def test_study_statistics_match_the_per_trajectory_values():
     geo = tfk.token_geometry(p, B, T, N, t_final=2.0, save_every=k, x0=x0, chunk_size=5)
     snaps = tfk.integrate(p, x0, N, t_final=2.0, save_every=k)
     beta = p.beta / math.sqrt(p.d / p.n_heads)
-    vals = geometry.geometry_metrics(snaps, beta)  # (B, S) each
+    ref = geometry.geometry_metrics(snaps, beta)  # (B, S) each: the NumPy reference
+    # the values the study reduced: measured inside the compiled flow
+    cfg = geometry.plan(p, B, T, N, t_final=2.0, save_every=k, x0=x0).shared[1]
+    vals = geometry.measure_flow(p, x0, cfg, 0)
+    for name in geometry.METRICS:
+        # the counts are the same numbers; the real values agree to a few ulps
+        np.testing.assert_allclose(vals[name], ref[name], rtol=1e-14, atol=1e-15, err_msg=name)
     np.testing.assert_allclose(geo.t, np.linspace(0.0, 2.0, N // k + 1), rtol=1e-15)
     assert geo.n_valid == B and geo.n_nonfinite == 0
     for name in geometry.REAL_METRICS:

@@ -143,7 +143,15 @@ def configure_parser(parser):
         "--metric",
         default="dens",
         choices=list(METRICS),
-        help="the metric of the phase diagram (with a --beta range)",
+        help="the metric of the phase diagram (with a --beta range; only it is measured)",
+    )
+    g.add_argument(
+        "--metrics",
+        type=common.text("--metrics"),
+        default=None,
+        metavar="NAMES",
+        help="comma-separated metrics to measure (default: all for one β, --metric for "
+        "a --beta range); each costs its own work per saved layer",
     )
     g.add_argument(
         "--seed", type=common.seed("--seed"), default=0, help="seed of weights and states"
@@ -172,6 +180,14 @@ def check_model_args(args):
 def check_args(args):
     """Check the combinations of ``tfkernels geometry`` options, before any work."""
     check_model_args(args)
+    if args.metrics is not None:
+        names = tuple(m.strip() for m in args.metrics.split(","))
+        for name in names:
+            if name not in METRICS:
+                raise ValueError(f"`--metrics` must name metrics of {list(METRICS)}, got {name!r}")
+        if len(args.beta) > 1 and args.metric not in names:
+            raise ValueError(f"`--metrics` must include the diagram's `--metric` {args.metric!r}")
+        args.metrics = names
     if args.layers % args.save_every:
         raise ValueError(f"`--save-every`={args.save_every} must divide `--layers`={args.layers}")
 
@@ -279,12 +295,15 @@ def run_cli(args):
 
     def one(client):
         p = model_from_args(args, args.beta[0])
-        return geometry.token_geometry(p, **study, client=client)
+        return geometry.token_geometry(p, **study, metrics=args.metrics, client=client)
 
     def diagram(client):
         p = model_from_args(args, 1.0)
         grid = {"beta": [b * scale for b in args.beta]}
-        res = sweep.sweep("token_geometry", p, grid, metric=args.metric, client=client, **study)
+        metrics = args.metrics or (args.metric,)
+        res = sweep.sweep(
+            "token_geometry", p, grid, metric=args.metric, metrics=metrics, client=client, **study
+        )
         if scale != 1.0:  # report the paper's β
             res.grid = {"beta": list(args.beta)}
             res.table["beta"] = np.repeat(args.beta, len(res.results[0].t))

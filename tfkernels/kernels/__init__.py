@@ -17,6 +17,8 @@ Read top-down:
 * :mod:`~tfkernels.kernels.field` — the (sub-)fields, their JVP and VJP, written once;
 * :mod:`~tfkernels.kernels.steps` — a layer of the block (its sub-steps and post
   norms), of a state and of its tangent;
+* :mod:`~tfkernels.kernels.geometry` — the token geometry of a state (its drivers
+  measure it at the saved layers);
 * :mod:`~tfkernels.kernels.drivers` — all layers of many trajectories in one call;
 * :mod:`~tfkernels.kernels.dispatch` — layout choice, buffers, threads.
 
@@ -27,6 +29,7 @@ from .dispatch import (
     decay_kernel,
     ensemble_final_norm,
     final_norm,
+    geometry_kernel,
     integrate,
     jvp_kernel,
     layer_jvp_kernel,
@@ -38,6 +41,7 @@ from .drivers import MODE_PAIR, MODE_TANGENT
 from .structs import (
     STATUS_OK,
     Block,
+    GeometryConfig,
     Model,
     Schedule,
     Settings,
@@ -45,6 +49,7 @@ from .structs import (
     aligned_buffers,
     empty_aligned,
     pack_params,
+    rank_primes,
     use_lanes,
 )
 
@@ -53,6 +58,7 @@ __all__ = [
     "MODE_TANGENT",
     "STATUS_OK",
     "Block",
+    "GeometryConfig",
     "Model",
     "Schedule",
     "Settings",
@@ -62,11 +68,13 @@ __all__ = [
     "empty_aligned",
     "ensemble_final_norm",
     "final_norm",
+    "geometry_kernel",
     "integrate",
     "jvp_kernel",
     "layer_jvp_kernel",
     "lyapunov_kernel",
     "pack_params",
+    "rank_primes",
     "use_lanes",
     "vector_field",
     "vjp_kernel",

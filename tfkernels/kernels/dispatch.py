@@ -113,6 +113,40 @@ def integrate(model, x0, sched, seed, start, save_every, first, out, status):
     run(body, B)
 
 
+def geometry_kernel(model, x0, sched, seed, start, save_every, cfg, vals, status):
+    """Run every layer of ``sched`` on every trajectory of ``x0``, measuring the token
+    geometry at the saved layers into ``vals (B, S, M)`` (the M metrics asked for; see
+    ``drivers.geometry_rows`` for the arguments). ``model`` a ``structs.Model`` or a
+    weight ensemble's ``structs.Ensemble`` (row layout, as :func:`integrate`)."""
+    B, T, d = x0.shape
+    dt = x0.dtype
+    shape, draw, lanes_ok = _rows_model(model)
+    if lanes_ok and structs.use_lanes(T, d):
+        L = structs.group_width(dt)
+        lm = structs.for_lanes(model)
+
+        def body(lo, hi):
+            lane, X = structs.aligned_buffers(((T, d), (T, d * L)), dt)
+            ss = structs.step_scratch(LANES, model, T, d, sched.b.shape[0], dt)
+            gs = structs.geometry_scratch(T, d, L)
+            drivers.geometry_lanes(
+                x0[lo:hi], lm, sched, seed, start + lo, save_every, cfg, vals[lo:hi],
+                status[lo:hi], lane, X, ss, gs,
+            )  # fmt: skip
+    else:
+
+        def body(lo, hi):
+            X = structs.empty_aligned((T, d), dt)
+            ss = structs.step_scratch(ROWS, shape, T, d, sched.b.shape[0], dt)
+            gs = structs.geometry_scratch(T, d, 1)
+            drivers.geometry_rows(
+                x0[lo:hi], _slice(model), draw, sched, seed, start + lo, save_every, cfg,
+                vals[lo:hi], status[lo:hi], X, ss, gs,
+            )  # fmt: skip
+
+    run(body, B)
+
+
 def final_norm(params, X):
     """Apply the final norm of ``params`` (if it has one) to every token of the states
     ``X (B, T, d)`` in place (``drivers.norm_batch``)."""

@@ -11,6 +11,8 @@ cleared so that the others go on. The layer itself (:mod:`tfkernels.kernels.step
 the same code in both, so a trajectory gets the same bits in either.
 
 * :func:`integrate_rows`, :func:`integrate_lanes` — the flow, with snapshots;
+* :func:`geometry_rows`, :func:`geometry_lanes` — the flow, measuring the token geometry
+  at the saved layers instead of storing them (``kernels.geometry``);
 * :func:`vector_field_rows`, :func:`vector_field_lanes` — ``f`` of every state;
 * :func:`decay_rows`, :func:`pair_lanes`, :func:`tangent_lanes` — the perturbation
   study: ``log r_n`` of a pair ``(X, X + εU)`` or of a tangent δ;
@@ -33,6 +35,7 @@ from .. import config
 from . import rng
 from .draws import fill_final_norm, fill_weights
 from .field import rhs, rhs_and_jvp, rhs_vjp
+from .geometry import measure_lanes, measure_rows
 from .jit import djit as _djit
 from .jit import ijit as _ijit
 from .jit import jit as _jit
@@ -136,6 +139,26 @@ def first_unsaved(n, save_every, first):
 
 
 # ---------------------------------------------------------------- the flow
+@_ijit
+def retire_lanes(X, nl, n, save_every, first, status, out):
+    """After layer ``n`` of a group failed its vectorized check: each lane ``l < nl``
+    still ``STATUS_OK`` that is not finite gets status ``n + 1`` and NaN in
+    ``out[l, first_unsaved(…):]`` (snapshots or measured values); every lane that is
+    not live (and the padding) is zeroed, so that the group check passes again.
+    Returns the number of lanes retired."""
+    L = lanes(X)
+    gone = 0
+    for l in range(L):
+        if l < nl and status[l] == STATUS_OK:
+            if lane_finite(X, l):
+                continue
+            status[l] = n + 1
+            out[l, first_unsaved(n, save_every, first) :] = np.nan
+            gone += 1
+        zero_lane(X, l)  # a finished lane, or padding
+    return gone
+
+
 @_djit
 def integrate_rows(x0, model, draw, sched, seed, start, save_every, first, out, status, X, ss):
     """Run all ``N = len(sched.h)`` layers of every trajectory of ``x0`` (row layout).
@@ -206,20 +229,66 @@ def integrate_lanes(x0, model, sched, seed, start, save_every, first, out, statu
         for n in range(N):
             advance_group(X, model, sched, n, seed, start + g0, status[g0 : g0 + nl], lane, ss)
             if not all_finite(X):
-                for l in range(L):
-                    if l < nl and status[g0 + l] == STATUS_OK:
-                        if lane_finite(X, l):
-                            continue
-                        status[g0 + l] = n + 1
-                        out[g0 + l, first_unsaved(n, save_every, first) :] = np.nan
-                        live -= 1
-                    zero_lane(X, l)  # a finished lane, or padding
+                st, snaps = status[g0 : g0 + nl], out[g0 : g0 + nl]
+                live -= retire_lanes(X, nl, n, save_every, first, st, snaps)
                 if live == 0:
                     break
             if (n + 1) % save_every == 0:
                 for l in range(nl):
                     if status[g0 + l] == STATUS_OK:
                         store_lane(X, l, out[g0 + l, (n + 1) // save_every - first])
+
+
+@_djit
+def geometry_rows(x0, model, draw, sched, seed, start, save_every, cfg, vals, status, X, ss, gs):
+    """:func:`integrate_rows` measuring instead of storing: the token geometry of
+    every trajectory at layers 0, k, 2k, … (``kernels.geometry.measure_rows``) into
+    ``vals (B, S, M)`` (float64, the M metrics asked for), NaN from the first
+    non-finite layer on; ``draw`` a ``structs.Draw`` (a weight ensemble's members,
+    :func:`draw_layer`), ``cfg`` a ``structs.GeometryConfig``, ``gs`` a
+    ``structs.GeometryScratch`` of one lane."""
+    B = x0.shape[0]
+    N = sched.h.shape[0]
+    for bi in range(B):
+        copy_state(x0[bi], X)
+        noise_key = rng.key(seed, rng.STREAM_NOISE, start + bi)
+        status[bi] = STATUS_OK
+        measure_rows(X, status[bi : bi + 1], cfg, vals[bi : bi + 1, 0], gs)
+        for n in range(N):
+            draw_layer(model, draw, start + bi, n)
+            if not advance(X, model, sched, n, noise_key, ss):
+                status[bi] = n + 1
+                vals[bi, first_unsaved(n, save_every, 0) :] = np.nan
+                break
+            if (n + 1) % save_every == 0:
+                s = (n + 1) // save_every
+                measure_rows(X, status[bi : bi + 1], cfg, vals[bi : bi + 1, s], gs)
+
+
+@_djit
+def geometry_lanes(x0, model, sched, seed, start, save_every, cfg, vals, status, lane, X, ss, gs):
+    """:func:`geometry_rows` with the trajectories in groups of L across the vector
+    lanes, as :func:`integrate_lanes` (the same bits): each saved layer measures the
+    whole group in one pass across its lanes."""
+    B = x0.shape[0]
+    L = lanes(X)
+    N = sched.h.shape[0]
+    for g0 in range(0, B, L):
+        nl = min(L, B - g0)
+        load_group(x0, g0, X)
+        live = nl
+        st = status[g0 : g0 + nl]
+        for l in range(nl):
+            st[l] = STATUS_OK
+        measure_lanes(X, nl, st, cfg, vals[g0 : g0 + nl, 0], gs)
+        for n in range(N):
+            advance_group(X, model, sched, n, seed, start + g0, st, lane, ss)
+            if not all_finite(X):
+                live -= retire_lanes(X, nl, n, save_every, 0, st, vals[g0 : g0 + nl])
+                if live == 0:
+                    break
+            if (n + 1) % save_every == 0:
+                measure_lanes(X, nl, st, cfg, vals[g0 : g0 + nl, (n + 1) // save_every], gs)
 
 
 @_djit

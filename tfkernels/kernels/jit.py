@@ -12,7 +12,9 @@
   (``docs/performance.md``, "Drivers without reference counting");
 * :data:`sjit` — a serial worker compiled with strict IEEE arithmetic
   (``config.SCALED_FASTMATH``): the scaled norms and rescaling of the decay study,
-  whose order of operations is what keeps them from overflowing;
+  whose order of operations is what keeps them from overflowing, and the token
+  geometry, whose cosines must be the NumPy reference's bits;
+* :data:`sijit` — the same, inlined into its (strict) caller at the Numba-IR level;
 * :func:`by_block` — a function whose body is chosen when its caller is compiled,
   from the type of the model's block (``structs.PlainBlock`` or ``structs.Block``),
   so that the paper's plain field compiles none of the norm and projection code it
@@ -44,6 +46,7 @@ jit = njit(**_FLAGS)
 ijit = njit(inline="always", **_FLAGS)
 djit = njit(nogil=True, **_FLAGS)
 sjit = njit(**{**_FLAGS, "fastmath": config.SCALED_FASTMATH})
+sijit = njit(inline="always", **{**_FLAGS, "fastmath": config.SCALED_FASTMATH})
 
 
 def by_block(plain):

@@ -454,20 +454,31 @@ def softmax_columns(P, n, causal, mt, width):
         m[i] = P[0, i]
         total[i] = dt(0.0)
         q[i] = dt((i // width) % T)
-    # Full-length rows with the causal mask as a select: a loop starting at j ran
-    # 4x slower (short, misaligned trip counts); masked entries are computed, unused.
-    for j in range(1, T):
-        jf = dt(j)
-        for i in range(n):
-            x = P[j, i]
-            m[i] = x if (x > m[i]) & ((q[i] >= jf) | every) else m[i]
-    for j in range(T):
-        jf = dt(j)
-        for i in range(n):
-            e = exp_neg(P[j, i] - m[i], dt, lo)
-            e = e if (q[i] >= jf) | every else dt(0.0)
-            P[j, i] = e
-            total[i] += e
+    if every:  # no mask: the same values as the masked loops below, without the selects
+        for j in range(1, T):
+            for i in range(n):
+                x = P[j, i]
+                m[i] = x if x > m[i] else m[i]
+        for j in range(T):
+            for i in range(n):
+                e = exp_neg(P[j, i] - m[i], dt, lo)
+                P[j, i] = e
+                total[i] += e
+    else:
+        # Full-length rows with the causal mask as a select: a loop starting at j ran
+        # 4x slower (short, misaligned trip counts); masked entries are computed, unused.
+        for j in range(1, T):
+            jf = dt(j)
+            for i in range(n):
+                x = P[j, i]
+                m[i] = x if (x > m[i]) & (q[i] >= jf) else m[i]
+        for j in range(T):
+            jf = dt(j)
+            for i in range(n):
+                e = exp_neg(P[j, i] - m[i], dt, lo)
+                e = e if q[i] >= jf else dt(0.0)
+                P[j, i] = e
+                total[i] += e
     for i in range(n):
         m[i] = dt(1.0) / total[i]
     for j in range(T):

@@ -14,6 +14,8 @@ Intrinsics (all take arrays through their flat, C-order element offset):
   elements;
 * :func:`vsplat` — a vector with every lane equal to a scalar;
 * :func:`vfma` — lane-wise ``a·b + c`` with one rounding (``llvm.fma``; also scalar);
+* :func:`vadd`, :func:`vmul`, :func:`vcount_gt` — lane-wise IEEE ``a + b``, ``a·b``
+  and ``acc + [a > b]`` (the token geometry's cosines and counts);
 * :func:`lanes` — the lane count for an array's dtype (a compile-time constant).
 
 :func:`gemm` / :func:`gemm_ld` are the micro-kernels of the row layout: ``out (+)= X @ W``
@@ -241,6 +243,44 @@ def vfma(typingctx, a, b, c):
         return builder.call(fn, args)
 
     return a(a, b, c), codegen
+
+
+def _binop(name):
+    """A lane-wise IEEE ``fadd``/``fmul`` of two vectors of one type (no fast-math
+    flags: each result is the correctly rounded one, as NumPy's)."""
+
+    def typer(typingctx, a, b):
+        if not isinstance(a, VecType) or a != b:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, name)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    return intrinsic(typer)
+
+
+#: Lane-wise ``a + b`` of two vectors, correctly rounded.
+vadd = _binop("fadd")
+#: Lane-wise ``a·b`` of two vectors, correctly rounded.
+vmul = _binop("fmul")
+
+
+@intrinsic
+def vcount_gt(typingctx, acc, a, b):
+    """``acc + [a > b]`` lane-wise (1.0 where ``a > b``, ordered: NaN counts 0)."""
+    if not isinstance(acc, VecType) or not acc == a == b:
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(acc)
+        gt = builder.fcmp_ordered(">", args[1], args[2])
+        one = ir.Constant(vty, [1.0] * acc.count)
+        zero = ir.Constant(vty, [0.0] * acc.count)
+        return builder.fadd(args[0], builder.select(gt, one, zero))
+
+    return acc(acc, a, b), codegen
 
 
 @intrinsic

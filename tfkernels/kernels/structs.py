@@ -163,6 +163,28 @@ per-lane sums of the norms' derivatives)."""
 VjpScratch = namedtuple("VjpScratch", ["qkv", "dqkv", "go", "P", "dS", "hidden", "ghidden"])
 VjpScratch.__doc__ = "Buffers of the vector–Jacobian product (rows layout only)."
 
+GeometryConfig = namedtuple(
+    "GeometryConfig",
+    ["which", "cols", "dens_threshold", "cluster_threshold", "energy_beta", "primes"],
+)
+GeometryConfig.__doc__ = """What the geometry drivers measure (``kernels.geometry``):
+``which`` the bits of the metrics asked for, ``cols (6,)`` (int64) the column of ``vals``
+of each (−1 if not asked for), the two cosine thresholds, the energy's β (float64) and
+``primes`` (int64), enough primes below 2^31 for the exact cluster count of T tokens
+(:func:`rank_primes`)."""
+
+GeometryScratch = namedtuple(
+    "GeometryScratch",
+    ["Xs", "U", "C", "acc", "mean", "ok", "s1", "s2", "masks", "reps", "A", "M"],
+)
+GeometryScratch.__doc__ = """Buffers of ``kernels.geometry.measure_group`` for a
+``(T, d)`` state and L lanes (float64 whatever the state dtype): the scaled state
+``Xs`` and unit tokens ``U (T, d·L)``, the cosines ``C (T, T, L)`` (for the cluster
+count and the energy), per-lane sums ``acc (14, L)``, the column means ``mean (d, L)``,
+flags ``ok (L,)``, the scalings ``s1``, ``s2
+(L,)``, the bit masks of the thresholded cosines ``masks (T, ⌈T/64⌉, L)`` (uint64) and
+the exact rank's ``reps (T,)``, ``A``, ``M (T, T)`` (int64)."""
+
 #: The row layout: one trajectory's ``(T, d)`` state at a time; its products
 #: vectorize along the rows (``simd.gemm``).
 ROWS = 0
@@ -434,3 +456,67 @@ def vjp_scratch(model, T, d, dtype):
     return VjpScratch(
         *aligned_buffers(((T, 3 * d), (T, 3 * d), (T, d), (T, T), (T, T), (T, m), (T, m)), dtype)
     )
+
+
+def geometry_scratch(T, d, L):
+    """One slice's :class:`GeometryScratch` for ``(T, d)`` states and ``L`` lanes."""
+    Xs, U, C, acc, mean = aligned_buffers(
+        ((T, d * L), (T, d * L), (T, T, L), (14, L), (d, L)), np.float64
+    )
+    return GeometryScratch(
+        Xs,
+        U,
+        C,
+        acc,
+        mean,
+        np.zeros(L, dtype=np.bool_),
+        np.zeros(L),
+        np.zeros(L),
+        np.zeros((T, (T + 63) // 64, L), dtype=np.uint64),
+        np.zeros(T, dtype=np.int64),
+        np.zeros((T, T), dtype=np.int64),
+        np.zeros((T, T), dtype=np.int64),
+    )
+
+
+def _is_prime(n):
+    """Deterministic Miller–Rabin for ``n < 3 215 031 751`` (bases 2, 3, 5, 7)."""
+    if n < 2 or n % 2 == 0:
+        return n == 2
+    r, s = n - 1, 0
+    while r % 2 == 0:
+        r //= 2
+        s += 1
+    for a in (2, 3, 5, 7):
+        if a % n == 0:
+            continue
+        x = pow(a, r, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def hadamard_log2(m):
+    """``log2`` of the Hadamard bound ``(m + 1)^{(m+1)/2} / 2^m`` on the determinant of
+    an ``m × m`` 0/1 matrix (increasing in m: it bounds every minor of size ≤ m)."""
+    return 0.5 * (m + 1) * math.log2(m + 1) - m
+
+
+def rank_primes(T):
+    """The largest primes below 2^31, as many as make their product exceed the Hadamard
+    bound of a ``T × T`` 0/1 matrix (int64 array; ``kernels.geometry.exact_rank``):
+    T = 32 needs 2."""
+    need = hadamard_log2(T) + 1.0  # a margin of a factor 2
+    primes, got, n = [], 0.0, 2**31 - 1
+    while got < need:
+        if _is_prime(n):
+            primes.append(n)
+            got += math.log2(n)
+        n -= 2
+    return np.array(primes, dtype=np.int64)

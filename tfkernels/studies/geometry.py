@@ -1,15 +1,17 @@
 """Token geometry along the flow: clustering and rank collapse, streamed over trajectories.
 
-For every trajectory the study runs the flow (:func:`tfkernels.integrate` with
-``save_every``) and, at each saved layer, measures the geometry of its T tokens
-(:func:`geometry_metrics`): with ``u_i = x_i / ‖x_i‖`` the normalized tokens and
+For every trajectory the study runs the fused flow and, at each saved layer, measures
+the geometry of its T tokens inside the compiled driver (``kernels.geometry``: no
+snapshot is stored; :func:`geometry_metrics` is its plain NumPy reference, with the same
+cosine bits): with ``u_i = x_i / ‖x_i‖`` the normalized tokens and
 ``C_ij = ⟨u_i, u_j⟩`` their cosines,
 
 * ``mean_cosine``: the mean of the off-diagonal ``C_ij``;
 * ``dens``: the fraction of off-diagonal ``C_ij`` above ``DENS_THRESHOLD`` (0.999,
   Geshkovski et al.'s measure of clustering);
 * ``clusters``: the rank of the 0/1 matrix ``[C_ij > CLUSTER_THRESHOLD]`` (0.9999): the
-  number of clusters when the tokens have collapsed onto a few points;
+  number of clusters when the tokens have collapsed onto a few points (exact in the
+  kernel; ``np.linalg.matrix_rank`` in the reference);
 * ``rank_collapse``: Dong et al.'s ratio ``‖X − 1·mean(X)‖ / ‖X‖`` (mean over tokens) in
   their composite norm ``‖M‖ = sqrt(‖M‖₁‖M‖_∞)`` (matrix 1- and ∞-norms: largest column
   and row sums of ``|M|``), and ``rank_collapse_fro`` the same in the Frobenius norm;
@@ -18,7 +20,8 @@ For every trajectory the study runs the flow (:func:`tfkernels.integrate` with
   this is the energy of the tokens as they are), β by default the attention's effective
   inverse temperature ``params.beta / sqrt(d / n_heads)``.
 
-The per-trajectory values are reduced per saved layer to mergeable statistics
+``metrics=`` chooses which are measured (each costs its own work per saved layer). The
+per-trajectory values are reduced per saved layer to mergeable statistics
 (:class:`GeometryStats`): exact fixed-point sums of each metric and of its square (each
 value rounded to a multiple of ``2^-52``, summed as integers), minima, maxima and an
 exact histogram of the cluster counts (median and quantiles). Integer sums, minima and
@@ -35,7 +38,7 @@ from fractions import Fraction
 import numpy as np
 
 from .. import _validate as v
-from .. import api, config
+from .. import api, config, kernels
 from . import initial, output, plans, runner
 from .environment import params_summary
 from .serialize import jsonable
@@ -59,13 +62,18 @@ SPLIT_BITS = 26
 #: Every real metric lies in [−2, 2] (the composite ratio below 2: ``‖I − 11ᵀ/T‖₁ < 2``),
 #: its square in [0, 4]: ``|hi| < 2^29``; 2^34 trajectories keep the sums below 2^63.
 MAX_TRAJECTORIES = 2**34
-#: Elements of one block of the metrics' ``(B, S, T, max(T, d))`` temporaries.
-BLOCK_ELEMENTS = 2**21
+#: Measured values ``(B, S, len(METRICS))`` of a default chunk (32 MiB of float64): the
+#: 2,048 trajectories of 301 saved layers of Geshkovski et al.'s diagram are one chunk.
+VALUE_ELEMENTS = 2**22
 
 
 # ======================================================================= metrics
 def geometry_metrics(X, energy_beta):
-    """The geometry of every state of ``X`` (see the module docstring), in float64.
+    """The geometry of every state of ``X`` (see the module docstring), in float64: the
+    plain NumPy reference of the compiled ``tfkernels.kernels.geometry`` that the study
+    runs (its cosines, hence ``dens`` and the cluster count, are the same bits; the
+    cluster count here is ``np.linalg.matrix_rank``'s numerical rank, there the exact
+    rank, the same on every state tested).
 
     Parameters
     ----------
@@ -89,10 +97,17 @@ def geometry_metrics(X, energy_beta):
     # largest entry in [1/2, 1), so that huge finite states do not overflow the sums.
     _, e = np.frexp(np.abs(X).max(axis=(-2, -1)))
     X = np.ldexp(X, -e[:, None, None])
-    norms = np.sqrt(np.einsum("...td,...td->...t", X, X))
+    # the sums over the components run in k order, one IEEE operation at a time (as
+    # the compiled kernels.geometry does: the cosines get the same bits)
+    n2 = X[..., 0] * X[..., 0]
+    for k in range(1, d):
+        n2 = n2 + X[..., k] * X[..., k]
+    norms = np.sqrt(n2)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         U = X / norms[..., None]
-        C = np.einsum("...id,...jd->...ij", U, U)
+        C = U[:, :, None, 0] * U[:, None, :, 0]
+        for k in range(1, d):
+            C = C + U[:, :, None, k] * U[:, None, :, k]
         off = ~np.eye(T, dtype=bool)
         n_off = T * (T - 1)
         mean_cos = (C.sum(axis=(-2, -1)) - np.trace(C, axis1=-2, axis2=-1)) / n_off
@@ -140,19 +155,24 @@ class GeometryStats:
 
     Attributes
     ----------
+    metrics : tuple of str
+        The metrics measured (in the order of :data:`METRICS`).
     n_trajectories, count, n_bad : int
         Trajectories seen, kept and excluded (non-finite).
     bad_index, bad_layer : list of int
         The first ``N_BAD_KEPT`` excluded trajectories (in trajectory order) and the
         first saved layer where each was not finite (or had a zero token).
-    hi, lo, hi2, lo2 : ndarray of int64, shape (len(REAL_METRICS), S)
-        The fixed-point sums of each real metric and of its square (:func:`_fixed`).
-    vmin, vmax : ndarray of float64, shape (len(REAL_METRICS), S)
+    hi, lo, hi2, lo2 : ndarray of int64, shape (R, S)
+        The fixed-point sums of each real metric measured (R of them, in the order of
+        :data:`REAL_METRICS`) and of its square (:func:`_fixed`).
+    vmin, vmax : ndarray of float64, shape (R, S)
         Their minima and maxima (±inf when no trajectory is kept).
     cluster_hist : ndarray of int64, shape (S, T + 1)
-        ``cluster_hist[s, k]``: kept trajectories with k clusters at saved layer s.
+        ``cluster_hist[s, k]``: kept trajectories with k clusters at saved layer s
+        (shape ``(S, 0)`` when the cluster count is not measured).
     """
 
+    metrics: tuple
     n_trajectories: int
     count: int
     n_bad: int
@@ -166,15 +186,21 @@ class GeometryStats:
     vmax: np.ndarray
     cluster_hist: np.ndarray
 
+    @property
+    def reals(self):
+        """The real metrics measured, in the order of the rows of ``hi``."""
+        return tuple(m for m in REAL_METRICS if m in self.metrics)
+
     @classmethod
-    def from_metrics(cls, values, chunk_start, save_every, n_tokens):
+    def from_metrics(cls, values, chunk_start, save_every, n_tokens, metrics=METRICS):
         """The statistics of one chunk.
 
         Parameters
         ----------
         values : dict of ndarray, shape (B, S)
-            :func:`geometry_metrics` of the chunk's snapshots (NaN where a state is
-            not finite or has a zero token).
+            The per-trajectory values of (at least) the ``metrics`` (NaN where a state
+            is not finite or has a zero token): :func:`geometry_metrics` of the
+            snapshots, or the columns of the compiled kernel's values.
         chunk_start : int
             Global index of the first trajectory.
         save_every : int
@@ -182,24 +208,30 @@ class GeometryStats:
             trajectory was not finite).
         n_tokens : int
             Tokens T per state (the cluster count lies in 0 … T).
+        metrics : tuple of str
+            The metrics measured (in the order of :data:`METRICS`).
         """
-        reals = np.stack([values[m] for m in REAL_METRICS])  # (M, B, S)
-        clusters = values["clusters"]
-        B, S = clusters.shape
-        finite = np.isfinite(reals).all(axis=0) & np.isfinite(clusters)  # (B, S)
+        reals = tuple(m for m in REAL_METRICS if m in metrics)
+        B, S = values[metrics[0]].shape
+        R = np.stack([values[m] for m in reals]) if reals else np.zeros((0, B, S))
+        finite = np.isfinite(R).all(axis=0)
+        has_clusters = "clusters" in metrics
+        if has_clusters:
+            finite &= np.isfinite(values["clusters"])
         ok = finite.all(axis=1)
         bad = np.flatnonzero(~ok)
         layer = np.argmin(finite, axis=1) * save_every
-        kept = reals[:, ok]  # (M, count, S)
+        kept = R[:, ok]  # (R, count, S)
         if np.any(np.abs(kept) > 2.0):
             raise RuntimeError("a geometry metric left [-2, 2]; this is a bug in tfkernels")
         hi, lo = _fixed(kept)
         hi2, lo2 = _fixed(kept * kept)
-        hist = np.zeros((S, n_tokens + 1), dtype=np.int64)
-        if ok.any():
-            ks = clusters[ok].astype(np.int64)  # (count, S)
+        hist = np.zeros((S, n_tokens + 1 if has_clusters else 0), dtype=np.int64)
+        if has_clusters and ok.any():
+            ks = values["clusters"][ok].astype(np.int64)  # (count, S)
             np.add.at(hist, (np.broadcast_to(np.arange(S), ks.shape), ks), 1)
         return cls(
+            metrics=tuple(metrics),
             n_trajectories=int(B),
             count=int(ok.sum()),
             n_bad=int(bad.size),
@@ -219,6 +251,7 @@ class GeometryStats:
         integer sums, minima and maxima)."""
         keep = N_BAD_KEPT - len(self.bad_index)
         return GeometryStats(
+            metrics=self.metrics,
             n_trajectories=self.n_trajectories + other.n_trajectories,
             count=self.count + other.count,
             n_bad=self.n_bad + other.n_bad,
@@ -243,7 +276,7 @@ class GeometryStats:
         S = self.cluster_hist.shape[0]
         table = {}
         scale = 2**FIXED_BITS
-        for m, name in enumerate(REAL_METRICS):
+        for m, name in enumerate(self.reals):
             mean = np.full(S, np.nan)
             std = np.full(S, np.nan)
             for s in range(S):  # one exact rational per saved layer and metric
@@ -258,7 +291,8 @@ class GeometryStats:
             table[f"{name}_std"] = std
             table[f"{name}_min"] = self.vmin[m] if n else np.full(S, np.nan)
             table[f"{name}_max"] = self.vmax[m] if n else np.full(S, np.nan)
-        table.update(self._cluster_columns())
+        if "clusters" in self.metrics:
+            table.update(self._cluster_columns())
         return table
 
     def _cluster_columns(self):
@@ -310,7 +344,7 @@ class ChunkConfig:
     dtype : str
         State dtype.
     save_every : int
-        Layers between two snapshots.
+        Layers between two measured layers.
     energy_beta : float
         The β of the interaction energy.
     n_layers : int
@@ -318,6 +352,8 @@ class ChunkConfig:
     run : dict
         The update: ``method``, ``t_final``, ``alpha``, ``c``, ``noise`` of
         :func:`tfkernels.integrate`.
+    metrics : tuple of str
+        The metrics measured (in the order of :data:`METRICS`).
     """
 
     init: str
@@ -329,14 +365,54 @@ class ChunkConfig:
     energy_beta: float
     n_layers: int
     run: dict
+    metrics: tuple = METRICS
+
+
+def kernel_config(metrics, energy_beta, seq_len):
+    """The ``kernels.GeometryConfig`` of the compiled measurement."""
+    which = sum(1 << METRICS.index(m) for m in metrics)
+    cols = np.array([metrics.index(m) if m in metrics else -1 for m in METRICS], dtype=np.int64)
+    return kernels.GeometryConfig(
+        np.int64(which),
+        cols,
+        float(DENS_THRESHOLD),
+        float(CLUSTER_THRESHOLD),
+        float(energy_beta),
+        kernels.rank_primes(seq_len),
+    )
+
+
+def measure_flow(params, states, cfg, start):
+    """The metrics of trajectories ``start …`` from ``states (B, T, d)`` at every saved
+    layer, measured inside the fused flow (``kernels.geometry_kernel``): a dict of
+    ``(B, S)`` float64 arrays, one per metric of ``cfg.metrics``, NaN for a trajectory
+    from the first layer where it was not finite (or, at a saved layer, had a zero
+    token) on."""
+    a, b, h, sigma = api.prepare_run(params, cfg.n_layers, **cfg.run)
+    B = states.shape[0]
+    S = cfg.n_layers // cfg.save_every + 1
+    vals = np.empty((B, S, len(cfg.metrics)))  # every entry is written
+    status = np.empty(B, dtype=np.int64)
+    kernels.geometry_kernel(
+        api.pack(params),  # a TransformerParams' Model, or a WeightEnsemble's Ensemble
+        states,
+        kernels.Schedule(a, b, h, sigma),
+        cfg.seed,
+        start,
+        cfg.save_every,
+        kernel_config(cfg.metrics, cfg.energy_beta, cfg.seq_len),
+        vals,
+        status,
+    )
+    return {m: vals[:, :, i] for i, m in enumerate(cfg.metrics)}
 
 
 def geometry_chunk(chunk_start, chunk_len, params, cfg, x0=None):
     """The study's chunk function (pure: a function of its arguments only).
 
     Runs trajectories ``chunk_start … chunk_start + chunk_len − 1`` through the fused
-    flow with snapshots, then measures them in blocks of trajectories (vectorized
-    NumPy; a block bounds the temporaries to about ``BLOCK_ELEMENTS`` elements).
+    flow, which measures every saved layer in compiled code (:func:`measure_flow`; no
+    snapshot is stored), and reduces the values to :class:`GeometryStats`.
 
     Parameters
     ----------
@@ -355,23 +431,8 @@ def geometry_chunk(chunk_start, chunk_len, params, cfg, x0=None):
     states = initial.chunk_states(
         cfg.init, x0, chunk_start, chunk_len, T, d, np.dtype(cfg.dtype), cfg.seed
     )
-    out = api.integrate(
-        params,
-        states,
-        cfg.n_layers,
-        save_every=cfg.save_every,
-        seed=cfg.seed,
-        start=chunk_start,
-        throw=False,
-        **cfg.run,
-    )  # (chunk_len, S, T, d); NaN from the first non-finite layer on
-    S = out.shape[1]
-    block = max(1, BLOCK_ELEMENTS // (S * T * max(T, d)))
-    parts = [
-        geometry_metrics(out[lo : lo + block], cfg.energy_beta) for lo in range(0, chunk_len, block)
-    ]
-    values = {m: np.concatenate([p[m] for p in parts]) for m in METRICS}
-    return GeometryStats.from_metrics(values, chunk_start, cfg.save_every, T)
+    values = measure_flow(params, states, cfg, chunk_start)
+    return GeometryStats.from_metrics(values, chunk_start, cfg.save_every, T, cfg.metrics)
 
 
 # ========================================================================= result
@@ -384,8 +445,8 @@ class GeometryResult(output.TableResult):
     t : ndarray of float64, shape (S,)
         The saved times ``t_s`` (layer ``s·save_every``).
     stats : dict of ndarray
-        Per saved layer: ``layer``, ``t``, ``count`` and, for every metric of
-        :data:`METRICS`, ``<metric>_mean``, ``_std``, ``_min``, ``_max``, and the
+        Per saved layer: ``layer``, ``t``, ``count`` and, for every metric measured
+        (``config["metrics"]``), ``<metric>_mean``, ``_std``, ``_min``, ``_max``, and the
         cluster count's ``clusters_median`` and ``clusters_q05 … clusters_q95``.
     n_trajectories, n_valid, n_nonfinite : int
         Trajectories run, kept and excluded (non-finite, or a zero token).
@@ -421,6 +482,9 @@ class GeometryResult(output.TableResult):
             Unknown ``name`` or ``stat``, naming it and the valid ones.
         """
         name = v.check_choice("name", name, {m: m for m in METRICS})
+        measured = self.config.get("metrics", METRICS)
+        if name not in measured:
+            raise ValueError(f"`name` {name!r} was not measured (`metrics`={list(measured)})")
         key = f"{name}_{stat}"
         if key not in self.stats:
             valid = sorted(k[len(name) + 1 :] for k in self.stats if k.startswith(name + "_"))
@@ -450,8 +514,15 @@ class GeometryResult(output.TableResult):
         import matplotlib.pyplot as plt
 
         t = np.asarray(self.t, dtype=np.float64)
-        fig, axes = plt.subplots(2, 3, figsize=(10.5, 5.6), constrained_layout=True)
-        for ax, name in zip(axes.flat, METRICS):
+        measured = [m for m in METRICS if m in self.config.get("metrics", METRICS)]
+        cols = min(3, len(measured))
+        rows = -(-len(measured) // cols)
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(3.5 * cols, 2.8 * rows), constrained_layout=True, squeeze=False
+        )
+        for ax in axes.flat[len(measured) :]:
+            ax.set_visible(False)
+        for ax, name in zip(axes.flat, measured):
             if name == "clusters":
                 mid = self.stats["clusters_median"]
                 lo, hi = self.stats["clusters_q25"], self.stats["clusters_q75"]
@@ -485,7 +556,7 @@ class GeometryResult(output.TableResult):
             ),
             ("x0", str(self.config["x0"])),
         ]
-        for name in METRICS:
+        for name in self.config.get("metrics", METRICS):
             key = "clusters_median" if name == "clusters" else f"{name}_mean"
             col = self.stats[key]
             rows.append((name, f"{col[0]:.4g} -> {col[-1]:.4g}"))
@@ -496,13 +567,42 @@ class GeometryResult(output.TableResult):
 
 
 # ============================================================================ API
-def default_chunk_size(n_layers, save_every, seq_len, d):
-    """The default chunk size: about ``16·BLOCK_ELEMENTS`` snapshot elements per chunk
-    (at most ``config.CHUNK_SIZE`` trajectories)."""
+def check_metrics(metrics):
+    """``metrics`` (None: all; a name; or a sequence of names) as a tuple in the order
+    of :data:`METRICS`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming ``metrics``: not a name or a sequence of names, an unknown or repeated
+        name, or none.
+    """
+    if metrics is None:
+        return METRICS
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    try:
+        names = list(metrics)
+    except TypeError:
+        raise TypeError(
+            f"`metrics` must be a metric name or a sequence of names, got {metrics!r}"
+        ) from None
+    if not names:
+        raise ValueError(f"`metrics` must name at least one of {list(METRICS)}")
+    for name in names:
+        if not isinstance(name, str) or name not in METRICS:
+            raise ValueError(f"`metrics` must name metrics of {list(METRICS)}, got {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`metrics` names a metric twice: {names}")
+    return tuple(m for m in METRICS if m in names)
+
+
+def default_chunk_size(n_layers, save_every):
+    """The default chunk size: about ``VALUE_ELEMENTS`` values of all the metrics per
+    chunk (at most ``config.CHUNK_SIZE`` trajectories; the same whatever is measured, so
+    that a choice of metrics does not change the chunks)."""
     S = n_layers // save_every + 1
-    return int(
-        min(config.CHUNK_SIZE, max(1, 16 * BLOCK_ELEMENTS // (S * seq_len * max(d, seq_len))))
-    )
+    return int(min(config.CHUNK_SIZE, max(1, VALUE_ELEMENTS // (S * len(METRICS)))))
 
 
 def plan(
@@ -520,6 +620,7 @@ def plan(
     x0="normal",
     seed=0,
     energy_beta=None,
+    metrics=None,
     chunk_size=None,
 ):
     """Validate the arguments of :func:`token_geometry` and return its
@@ -536,16 +637,17 @@ def plan(
     if energy_beta is None:
         energy_beta = float(params.beta) / math.sqrt(params.d / params.n_heads)
     energy_beta = v.check_float("energy_beta", energy_beta, minimum=0.0)
+    metrics = check_metrics(metrics)
     chunk_size = (
-        default_chunk_size(n_layers, save_every, seq_len, params.d)
+        default_chunk_size(n_layers, save_every)
         if chunk_size is None
         else v.check_int("chunk_size", chunk_size, minimum=1)
     )
     S = n_layers // save_every + 1
     v.check_size(
-        "min(`chunk_size`, `n_trajectories`) × (`n_layers` / `save_every` + 1) × `seq_len` × d",
-        (min(chunk_size, n_trajectories), S, seq_len, params.d),
-        params.dtype,
+        "min(`chunk_size`, `n_trajectories`) × (`n_layers` / `save_every` + 1) × `metrics`",
+        (min(chunk_size, n_trajectories), S, len(metrics)),
+        np.float64,
     )
     init, states = initial.check_x0(x0, params, n_trajectories, seq_len)
     cfg = ChunkConfig(
@@ -558,6 +660,7 @@ def plan(
         energy_beta=energy_beta,
         n_layers=n_layers,
         run=dict(method=method, t_final=t_final, alpha=alpha, c=c, noise=noise),
+        metrics=metrics,
     )
     api.pack(params)  # a model the kernels do not run is refused here
     shared = (params, cfg) if states is None else (params, cfg, states)
@@ -575,6 +678,7 @@ def plan(
         "x0": initial.describe(init, states),
         "seed": seed,
         "energy_beta": energy_beta,
+        "metrics": list(metrics),
         "chunk_size": chunk_size,
         "params": params_summary(params),
     }
@@ -611,6 +715,7 @@ def token_geometry(
     x0="normal",
     seed=0,
     energy_beta=None,
+    metrics=None,
     chunk_size=None,
     n_threads=None,
     progress=False,
@@ -644,9 +749,16 @@ def token_geometry(
         β of the interaction energy; default the attention's effective inverse
         temperature ``params.beta / sqrt(d / n_heads)`` (the factor of ``⟨q, k⟩`` in
         the scores).
+    metrics : str or sequence of str, optional
+        The metrics to measure (names of :data:`METRICS`; default all). Each costs
+        its own work per saved layer: ``dens`` and ``mean_cosine`` one pass over the
+        pairs of tokens, ``energy`` an exponential per pair, ``clusters`` bit masks of
+        the pairs (and an exact elimination when the tokens are not in cliques), the
+        rank-collapse ratios a pass over the tokens. The result holds the columns of
+        these only.
     chunk_size : int, optional
         Trajectories per kernel call (default :func:`default_chunk_size`: the
-        snapshots of a chunk stay near 32 M elements). No value depends on it.
+        measured values of a chunk stay near 4 M elements). No value depends on it.
     n_threads : int, optional
         Numba threads; no value depends on it.
     progress : bool
@@ -700,6 +812,7 @@ def token_geometry(
         x0=x0,
         seed=seed,
         energy_beta=energy_beta,
+        metrics=metrics,
         chunk_size=chunk_size,
     )
     return plans.check_and_run(

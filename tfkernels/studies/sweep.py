@@ -428,6 +428,8 @@ def sweep(
     grid = check_grid(grid, kind, study_kwargs)
     if kind == "geometry":
         metric = v.check_choice("metric", metric, {m: m for m in geometry.METRICS})
+        if metric not in geometry.check_metrics(study_kwargs.get("metrics")):
+            raise ValueError(f"`metric` {metric!r} must be one of the study's `metrics`")
     else:
         metric = None
     threads.check_n_threads(n_threads)

@@ -17,6 +17,7 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from ..methods import ACTIVATIONS
+from .jit import cjit as _cjit
 from .jit import ijit as _ijit
 from .jit import jit as _jit
 from .jit import sjit as _sjit
@@ -257,6 +258,44 @@ def erfc_pos(x, dt, lo):
     return t * exp_neg(F - x * x, dt, lo)
 
 
+@_cjit
+def erf_poly32(z):
+    """float32's ``2Φ(z) = 1 + z·Q(u)`` of :func:`two_cdf` (see there), compiled with
+    contraction alone (``jit.cjit``) so that every kernel it is inlined into computes
+    the same bits."""
+    dt = np.float32
+    c = dt(_ERF32_C * math.sqrt(2.0))
+    zc = z
+    if zc > c:
+        zc = c
+    if zc < -c:
+        zc = -c
+    u = zc * zc * dt(1.0 / (_ERF32_C * _ERF32_C)) - dt(1.0)
+    u2 = u * u
+    u4 = u2 * u2
+    u8 = u4 * u4
+    Q = _ERF32_POLY
+    q = estrin8(
+        u, u2, u4, dt(Q[0]), dt(Q[1]), dt(Q[2]), dt(Q[3]), dt(Q[4]), dt(Q[5]), dt(Q[6]), dt(Q[7])
+    ) + u8 * estrin8(
+        u,
+        u2,
+        u4,
+        dt(Q[8]),
+        dt(Q[9]),
+        dt(Q[10]),
+        dt(Q[11]),
+        dt(Q[12]),
+        dt(Q[13]),
+        dt(Q[14]),
+        dt(Q[15]),
+    )
+    g = dt(1.0) + zc * q
+    if g > dt(2.0):
+        g = dt(2.0)
+    return dt(0.0) if g < dt(0.0) else g
+
+
 @_ijit
 def two_cdf(z, dt, lo, short):
     """``2Φ(z) = 1 + erf(z/√2)``, branch-free. GELU is ``½z·2Φ(z)``; the decay
@@ -273,46 +312,7 @@ def two_cdf(z, dt, lo, short):
     spacing of float32 near the clamp) is taken as 0 or 2 (a NaN stays NaN).
     """
     if short:
-        c = dt(_ERF32_C * math.sqrt(2.0))
-        zc = z
-        if zc > c:
-            zc = c
-        if zc < -c:
-            zc = -c
-        u = zc * zc * dt(1.0 / (_ERF32_C * _ERF32_C)) - dt(1.0)
-        u2 = u * u
-        u4 = u2 * u2
-        u8 = u4 * u4
-        Q = _ERF32_POLY
-        q = estrin8(
-            u,
-            u2,
-            u4,
-            dt(Q[0]),
-            dt(Q[1]),
-            dt(Q[2]),
-            dt(Q[3]),
-            dt(Q[4]),
-            dt(Q[5]),
-            dt(Q[6]),
-            dt(Q[7]),
-        ) + u8 * estrin8(
-            u,
-            u2,
-            u4,
-            dt(Q[8]),
-            dt(Q[9]),
-            dt(Q[10]),
-            dt(Q[11]),
-            dt(Q[12]),
-            dt(Q[13]),
-            dt(Q[14]),
-            dt(Q[15]),
-        )
-        g = dt(1.0) + zc * q
-        if g > dt(2.0):
-            g = dt(2.0)
-        return dt(0.0) if g < dt(0.0) else g
+        return erf_poly32(z)
     x = z * dt(_SQRT_HALF)
     ax = abs(x)
     if ax > dt(_ERFC_XMAX):

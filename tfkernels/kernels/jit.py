@@ -10,6 +10,11 @@
   nothing either (its buffers come from Python, :mod:`tfkernels.kernels.structs`), so
   no atomic incref/decref pairs surround the inlined layer step
   (``docs/performance.md``, "Drivers without reference counting");
+* :data:`cjit` — a small function compiled with contraction (FMA) as its only
+  fast-math flag (``config.CONTRACT_FASTMATH``), left to LLVM's inliner: its
+  instructions keep their own flags inside the caller's loop, so the caller's
+  reassociation cannot regroup them differently in different kernels (float32's
+  GELU polynomial, whose bits the row and lane kernels must share);
 * :data:`sjit` — a serial worker compiled with strict IEEE arithmetic
   (``config.SCALED_FASTMATH``): the scaled norms and rescaling of the decay study,
   whose order of operations is what keeps them from overflowing, and the token
@@ -47,6 +52,7 @@ ijit = njit(inline="always", **_FLAGS)
 djit = njit(nogil=True, **_FLAGS)
 sjit = njit(**{**_FLAGS, "fastmath": config.SCALED_FASTMATH})
 sijit = njit(inline="always", **{**_FLAGS, "fastmath": config.SCALED_FASTMATH})
+cjit = njit(**{**_FLAGS, "fastmath": config.CONTRACT_FASTMATH})
 
 
 def by_block(plain):

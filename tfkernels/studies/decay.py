@@ -1046,7 +1046,9 @@ def _compile_kernels(params, packed, k, run, n_layers, client):
         here.append((decay_chunk, (0, 1, *shared)))
     there = []
     if jacobian_object(params) == "vector field":  # a layer map's compiles when used
-        there = [(compile_jacobian, (kernels.pack_params(p64), k["seq_len"], params.d))]
+        lanczos = params.norm is None  # a field with a norm is formed densely: no VJP
+        shape = (k["seq_len"], params.d, lipschitz.DENSE_MAX, lanczos)
+        there = [(compile_jacobian, (kernels.pack_params(p64), *shape))]
     return compiling.prepare(here, there)
 
 

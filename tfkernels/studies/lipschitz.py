@@ -4,7 +4,10 @@
 over them, the largest logarithmic 2-norm ``λ_max((J + Jᵀ)/2)`` (the one-sided
 Lipschitz estimate λ̂, whose bound ``r_n ≤ exp(λ̂·t_n)`` the study checks) and the
 largest spectral norm ``σ_max(J)`` (L̂) of the Jacobian J of the vector field. J is
-applied through the JVP and VJP kernels, and formed densely when it is small.
+applied through the JVP and VJP kernels (matrix-free Lanczos) for a field without
+norms, and otherwise formed densely from T·d tangent kernels in column blocks: with
+full decompositions up to :data:`DENSE_MAX`, past it with ARPACK's Lanczos on the dense
+matrix, up to :data:`COLUMNS_MAX`.
 """
 
 import math
@@ -25,9 +28,13 @@ DENSE_MAX = 512
 SAFE_EXP = 256
 
 
-#: Largest T·d for which the Jacobian of a block's layer map is formed (densely, by
-#: T·d tangent steps; it has no adjoint kernel for Lanczos).
-MAP_DENSE_MAX = DENSE_MAX
+#: Largest T·d for which a Jacobian without an adjoint kernel (a layer map, or a field
+#: with a norm) is formed at all: densely, by T·d tangent kernels in column blocks,
+#: ``8·(T·d)²`` bytes (2 GiB at the limit; all-MiniLM-L6-v2, d = 384, up to T = 42).
+#: Its cost is T·d layer JVPs per sampled state (measured in docs/performance.md).
+COLUMNS_MAX = 16384
+#: Bytes of the tangent buffers of one column block (states and tangents, float64).
+BLOCK_BYTES = 1 << 25
 #: What λ̂ and L̂ are for a block whose layer is not one step of a vector field.
 MAP_NOTE = (
     "the layer is a map (post norm, or sequential/strang sub-steps), not one step of a "
@@ -43,41 +50,89 @@ def jacobian_object(params):
     return "vector field" if params.block == "parallel" and not post else "layer map"
 
 
+def _formed(params):
+    """Whether λ̂'s Jacobian is formed column by column (a layer map, or a field with a
+    norm: the kernels have no VJP of the norms or of the layer map for Lanczos)."""
+    return jacobian_object(params) == "layer map" or params.norm is not None
+
+
 def _too_large(params, seq_len):
-    """Why λ̂ cannot be estimated at ``T·d = seq_len·d`` (None when it can): the layer
-    map's Jacobian is formed densely up to :data:`MAP_DENSE_MAX`; a field with a norm
-    has no VJP kernel, so densely up to :data:`DENSE_MAX`."""
-    n = seq_len * params.d
-    if jacobian_object(params) == "layer map" and n > MAP_DENSE_MAX:
-        return f"not estimated: the layer map's Jacobian is formed up to T·d = {MAP_DENSE_MAX}"
-    if params.norm is not None and jacobian_object(params) == "vector field" and n > DENSE_MAX:
+    """Why λ̂ cannot be estimated at ``T·d = seq_len·d`` (None when it can): a Jacobian
+    without an adjoint kernel is formed densely, up to :data:`COLUMNS_MAX`."""
+    if _formed(params) and seq_len * params.d > COLUMNS_MAX:
         return (
-            "not estimated: the Jacobian of a field with a norm is formed densely, up to "
-            f"T·d = {DENSE_MAX} (the kernels have no VJP of the norms for Lanczos)"
+            f"not estimated: the {jacobian_object(params)}'s Jacobian is formed densely (the "
+            f"kernels have no VJP of it for Lanczos), up to T·d = {COLUMNS_MAX}"
         )
     return None
 
 
-def _map_jacobian(packed, X, layer, a, b, h):
-    """Dense Jacobian (T·d × T·d) of the block's layer map at X (weight set ``layer``,
-    step ``h``) via T·d tangent steps."""
+def _columns(X, apply):
+    """``Jᵀ`` (T·d × T·d, row k = column k of J) from ``apply(Xs, E)``, which overwrites
+    the unit tangents ``E (m, T, d)`` at the copies ``Xs`` of X with ``J·E[k]``, in
+    column blocks of :data:`BLOCK_BYTES` (each column is computed on its own: the
+    blocks do not change its bits)."""
     T, d = X.shape
     n = T * d
-    Xs = np.ascontiguousarray(np.broadcast_to(X, (n, T, d)))
-    E = np.eye(n).reshape(n, T, d)
-    kernels.layer_jvp_kernel(
-        Xs, E, packed, np.full(n, layer, dtype=np.int64), a, b, np.full(n, h, dtype=np.float64)
-    )
-    return E.reshape(n, n).T
+    Jt = np.zeros((n, n))
+    m = max(1, min(n, BLOCK_BYTES // (16 * n)))
+    Xs = np.empty((m, T, d))
+    for lo in range(0, n, m):
+        hi = min(n, lo + m)
+        Xs[: hi - lo] = X
+        E = Jt[lo:hi].reshape(hi - lo, T, d)
+        E.reshape(hi - lo, n)[:, lo:hi] = np.eye(hi - lo)
+        apply(Xs[: hi - lo], E)
+    return Jt
 
 
-def _lognorm_map(packed, X, layer, a, b, h):
-    """``(log‖Φ'(X)‖₂ / h, ‖Φ'(X)‖₂)`` of the layer map (NaN when not finite)."""
+def _map_jacobian(packed, X, layer, a, b, h):
+    """Dense Jacobian (T·d × T·d) of the block's layer map at X (weight set ``layer``,
+    step ``h``) via T·d tangent steps (a transposed view of :func:`_columns`)."""
+
+    def apply(Xs, E):
+        m = Xs.shape[0]
+        lay, hs = np.full(m, layer, dtype=np.int64), np.full(m, h, dtype=np.float64)
+        kernels.layer_jvp_kernel(Xs, E, packed, lay, a, b, hs)
+
+    return _columns(X, apply).T
+
+
+def _lognorm_map(packed, X, layer, a, b, h, full=True):
+    """``(log‖Φ'(X)‖₂ / h, ‖Φ'(X)‖₂)`` of the layer map (NaN when not finite): by a
+    full SVD (``full``), else by ARPACK on the dense ``Φ'``."""
     J = _map_jacobian(packed, X, layer, a, b, h)
     if not np.all(np.isfinite(J)):
         return math.nan, math.nan
-    s = float(np.linalg.norm(J, 2))
+    if full:
+        s = float(np.linalg.norm(J, 2))
+    else:
+        s = _arpack_of_dense(J, symmetric_part=False)
     return (math.log(s) / h if s > 0 else -math.inf), s
+
+
+def _arpack_of_dense(J, symmetric_part):
+    """``λ_max((J + Jᵀ)/2)`` (``symmetric_part``) or ``σ_max(J)`` of the dense, finite J
+    by ARPACK's Lanczos (``eigsh``, tolerance :data:`ARPACK_TOL`) on products with J
+    and Jᵀ, scaled by a power of two when its entries are huge or tiny, as the full
+    decompositions are: O((T·d)²) work per product, no O((T·d)³) decomposition."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    n = J.shape[0]
+    c = _power_of_two_scale(float(np.max(np.abs(J))))
+    Jc = J if c == 1.0 else J * c
+    if symmetric_part:
+        mv = lambda u: 0.5 * (Jc @ u + Jc.T @ u)  # noqa: E731
+    else:
+        mv = lambda u: Jc.T @ (Jc @ u)  # noqa: E731
+    op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(n)  # fixed: deterministic result
+    top = float(eigsh(op, k=1, which="LA", v0=v0, tol=ARPACK_TOL, return_eigenvectors=False)[0])
+    return top / c if symmetric_part else math.sqrt(max(top, 0.0)) / c
+
+
+#: Relative tolerance of ARPACK on a dense Jacobian (its products are cheap).
+ARPACK_TOL = 1e-13
 
 
 #: The update's arguments of ``api.prepare_run`` after ``n_layers``, in order.
@@ -103,14 +158,15 @@ def _vjp(packed, X, G, layers, out):
 
 
 def _jacobian_dense(packed, X, layer):
-    """Dense Jacobian (T·d × T·d, row-major vec) of f at X via T·d JVPs."""
-    T, d = X.shape
-    n = T * d
-    Xs = np.ascontiguousarray(np.broadcast_to(X, (n, T, d)))
-    E = np.eye(n).reshape(n, T, d)
-    out = np.empty_like(Xs)
-    _jvp(packed, Xs, E, np.full(n, layer, dtype=np.int64), out)
-    return out.reshape(n, n).T
+    """Dense Jacobian (T·d × T·d, row-major vec) of f at X via T·d JVPs, in column
+    blocks (a transposed view of :func:`_columns`)."""
+
+    def apply(Xs, E):
+        out = np.empty_like(E)
+        _jvp(packed, Xs, E, np.full(Xs.shape[0], layer, dtype=np.int64), out)
+        E[...] = out
+
+    return _columns(X, apply).T
 
 
 def _lognorm_lanczos(packed, X, layer):
@@ -196,22 +252,26 @@ def compile_sampling(params, seq_len, n_layers, run, seed):
     _sample_states(params, seq_len, n_layers, 1, run, seed)
 
 
-def compile_jacobian(packed64, seq_len, d, dense_max=DENSE_MAX):
-    """Compile the JVP (and, past ``dense_max``, the VJP) kernel that
-    :func:`estimate_lipschitz` applies, with the argument types it uses, on zeros."""
+def compile_jacobian(packed64, seq_len, d, dense_max=DENSE_MAX, lanczos=True):
+    """Compile the JVP (and, past ``dense_max`` when the field has no norm:
+    ``lanczos``, the VJP) kernel that :func:`estimate_lipschitz` applies, with the
+    argument types it uses, on zeros."""
     X = np.zeros((1, seq_len, d))
     lay = np.zeros(1, dtype=np.int64)
     _jvp(packed64, X, np.zeros_like(X), lay, np.empty_like(X))
-    if seq_len * d > dense_max:
+    if lanczos and seq_len * d > dense_max:
         _vjp(packed64, X, np.zeros_like(X), lay, np.empty_like(X))
 
 
-def _lognorm_dense(packed, X, layer):
+def _lognorm_dense(packed, X, layer, full=True):
     """``(λ_max((J + Jᵀ)/2), σ_max(J))`` at X from the dense Jacobian (NaN when it is
-    not finite), scaled by a power of two when its entries are huge or tiny."""
+    not finite), scaled by a power of two when its entries are huge or tiny: by full
+    decompositions (``full``), else by ARPACK on the dense J."""
     J = _jacobian_dense(packed, X, layer)
     if not np.all(np.isfinite(J)):
         return math.nan, math.nan
+    if not full:
+        return _arpack_of_dense(J, True), _arpack_of_dense(J, False)
     c = _power_of_two_scale(float(np.max(np.abs(J))))
     if c != 1.0:  # entries below 2^-600 of the largest change no eigenvalue, and
         J = J * c  # subnormal ones upset LAPACK's syevr ("Internal Error")
@@ -284,11 +344,22 @@ def estimate_lipschitz(
 
     λ̂ is the largest logarithmic 2-norm ``λ_max((J + Jᵀ)/2)`` and L̂ the largest
     spectral norm ``σ_max(J)`` of the Jacobian J of f over states sampled along the
-    study's trajectories (see :func:`_sample_states`), in float64. J is formed
-    densely from T·d JVPs when ``T·d ≤ dense_max``; otherwise both come from Lanczos
-    iterations (``scipy.sparse.linalg.eigsh``) on ``(J + Jᵀ)/2`` and ``JᵀJ`` applied with
-    the JVP and VJP kernels. Being a maximum over samples, λ̂ is a lower estimate of the
-    supremum over all states the trajectories visit.
+    study's trajectories (see :func:`_sample_states`), in float64. For a layer map
+    (:func:`jacobian_object`) J is the map's ``Φ'`` and the estimates are
+    ``log σ_max(Φ')/Δt`` and ``σ_max(Φ')`` (:data:`MAP_NOTE`).
+
+    When ``T·d ≤ dense_max``, J is formed densely from T·d JVPs and decomposed in full
+    (LAPACK). Past it, both come from Lanczos iterations
+    (``scipy.sparse.linalg.eigsh``) on ``(J + Jᵀ)/2`` and ``JᵀJ``: matrix-free, applied
+    with the JVP and VJP kernels, for a field without norms; for a layer map or a
+    field with a norm (the kernels have no VJP of them) on the dense J, formed from
+    T·d tangent kernels in column blocks, up to ``T·d =`` :data:`COLUMNS_MAX`
+    (``8·(T·d)²`` bytes). That costs T·d layer JVPs per sampled state: for
+    all-MiniLM-L6-v2 at T = 16 (T·d = 6144) about 33 s per state on 2 cores of an
+    AVX-512 Xeon (32 s forming J, 1.3 s ARPACK), 302 MB (docs/performance.md), so
+    ``n_samples`` sets the bill.
+    Being a maximum over samples, λ̂ is a lower estimate of the supremum over all
+    states the trajectories visit.
 
     The linear algebra runs with one BLAS thread, so that no BLAS threads are left
     spinning when the study's kernels start (measurements: docs/performance.md).
@@ -307,7 +378,7 @@ def estimate_lipschitz(
         The study's update, ``method, t_final, alpha, c, noise`` as for
         :func:`tfkernels.integrate` (their defaults when omitted).
     dense_max : int
-        Largest T·d for which J is formed densely.
+        Largest T·d for which J is decomposed in full.
     x0 : ndarray, shape (n, seq_len, d), optional
         The initial states of the sampled trajectories (the study's first ones, at
         most :func:`n_sampled_trajectories`); None draws them standard normal.
@@ -327,8 +398,10 @@ def estimate_lipschitz(
         NaN when undetermined: no sampled state is finite, or the Jacobian at one of
         them is not (``info["note"]`` says which).
     info : dict
-        ``n_samples``, ``method`` ("dense" or "lanczos") and ``note`` (None, or why
-        the estimates are NaN).
+        ``n_samples``, ``method`` ("dense": full decompositions, "dense-arpack":
+        Lanczos on the dense J, or "lanczos": matrix-free), ``object``
+        (:func:`jacobian_object`) and ``note`` (None, why the estimates are NaN, or
+        :data:`MAP_NOTE`).
     """
     if is_ensemble(params):
         return estimate_ensemble(
@@ -343,10 +416,11 @@ def estimate_lipschitz(
     samples = _sample_states(params, seq_len, n_layers, n_samples, run, seed, x0, start)
     p64 = params if params.dtype == np.float64 else params.astype(np.float64)
     packed = kernels.pack_params(p64)
-    dense = seq_len * params.d <= dense_max or params.norm is not None
+    full = seq_len * params.d <= dense_max
+    formed = _formed(params)
     if obj == "layer map":
-        full = {"method": "euler", "t_final": 1.0, "alpha": None, "c": 1.0, "noise": 0.0, **run}
-        a, b, h, _ = api.prepare_run(p64, n_layers, *(full[k] for k in _RUN_KEYS))
+        upd = {"method": "euler", "t_final": 1.0, "alpha": None, "c": 1.0, "noise": 0.0, **run}
+        a, b, h, _ = api.prepare_run(p64, n_layers, *(upd[k] for k in _RUN_KEYS))
     lam, lip = -math.inf, 0.0
     n_bad = 0
     with threadpool_limits(limits=1, user_api="blas"):
@@ -355,9 +429,9 @@ def estimate_lipschitz(
             layer = n if params.n_sets is not None else 0
             try:
                 if obj == "layer map":
-                    l1, l2 = _lognorm_map(packed, X, layer, a, b, float(h[n]))
-                elif dense:
-                    l1, l2 = _lognorm_dense(packed, X, layer)
+                    l1, l2 = _lognorm_map(packed, X, layer, a, b, float(h[n]), full)
+                elif full or formed:
+                    l1, l2 = _lognorm_dense(packed, X, layer, full)
                 else:
                     l1, l2 = _lognorm_lanczos(packed, X, layer)
             except (np.linalg.LinAlgError, ArpackError):
@@ -378,6 +452,6 @@ def estimate_lipschitz(
         lam, lip = math.nan, math.nan
     elif obj == "layer map":
         note = MAP_NOTE
-    method = "dense" if dense else "lanczos"
+    method = "dense" if full else ("dense-arpack" if formed else "lanczos")
     info = {"n_samples": len(samples), "method": method, "note": note, "object": obj}
     return lam, lip, info

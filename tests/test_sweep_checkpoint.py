@@ -1,6 +1,7 @@
 """Sweep checkpoints: an interrupted sweep (decay or geometry) resumes from its file to
 the bits of an uninterrupted one, per grid point; a file of another grid or model is
-refused; ``tfkernels sweep --checkpoint`` resumes the same way."""
+refused; ``tfkernels sweep``, ``geometry`` (one study or a β diagram) and ``lyapunov``
+with ``--checkpoint`` resume the same way."""
 
 import numpy as np
 import pytest
@@ -112,18 +113,31 @@ def test_nested_functions_cannot_be_fingerprinted():
 SMALL = ["--trajectories", "24", "--seq-len", "4", "--d", "4"]
 
 
-def test_the_command_resumes_from_its_checkpoint(tmp_path, capsys, interrupt_at):
-    argv = ["sweep", *SMALL, "--layers", "4", "--d-ff", "8", "--grid", "damping=1,3"]
-    argv += ["--chunk-size", "8", "--checkpoint", str(tmp_path / "s.ckpt")]
+#: Each study command with a checkpoint: its arguments and the CSV it writes.
+COMMANDS = {
+    "sweep": (["sweep", "--layers", "4", "--d-ff", "8", "--grid", "damping=1,3"], "sweep.csv"),
+    "geometry": (["geometry", "--layers", "4", "--d-ff", "8"], "geometry.csv"),
+    "diagram": (["geometry", "--layers", "4", "--d-ff", "8", "--beta", "0.5:2:2"], "geometry.csv"),
+    "lyapunov": (["lyapunov", "--layers", "4", "--d-ff", "8", "--k", "3"], "lyapunov.csv"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_the_command_resumes_from_its_checkpoint(tmp_path, capsys, interrupt_at, command):
+    args, csv = COMMANDS[command]
+    argv = [*args, *SMALL, "--chunk-size", "8", "--checkpoint", str(tmp_path / "s.ckpt")]
     code, _, err = main([*argv, "--no-progress", "--out", str(tmp_path / "full")], capsys)
     assert code == 0, err
     (tmp_path / "s.ckpt").unlink()
-    interrupt_at(4)  # the progress bar (the stand-in) interrupts after 4 of the 6 chunks
+    interrupt_at(2)  # the progress bar (the stand-in) interrupts after 2 chunks
     code, out, _ = main([*argv, "--out", str(tmp_path / "r")], capsys)
     assert code == 130 and "resume from" in out
-    assert not (tmp_path / "r" / "sweep.csv").exists()
+    assert not (tmp_path / "r" / csv).exists()
     interrupt_at(None)
     code, _, err = main([*argv, "--no-progress", "--out", str(tmp_path / "r")], capsys)
     assert code == 0, err
-    full = (tmp_path / "full" / "sweep.csv").read_bytes()
-    assert (tmp_path / "r" / "sweep.csv").read_bytes() == full
+    full = (tmp_path / "full" / csv).read_bytes()
+    assert (tmp_path / "r" / csv).read_bytes() == full
+    # the same file with other options is refused, in one line, before any work
+    code, _, err = main([*argv, "--seed", "5", "--out", str(tmp_path / "x")], capsys)
+    assert code != 0 and "checkpoint" in err and len(err.strip().splitlines()) == 1

@@ -63,7 +63,7 @@ def add_model_options(parser, model_default="random"):
 
 
 def add_run_options(parser, out_default):
-    """The run options shared by ``geometry`` and ``sweep``."""
+    """The run options shared by ``geometry``, ``lyapunov`` and ``sweep``."""
     r = parser.add_argument_group("run")
     r.add_argument(
         "--chunk-size",
@@ -85,6 +85,14 @@ def add_run_options(parser, out_default):
         help="run the chunks on the Dask cluster of this scheduler (needs tfkernels[dask])",
     )
     r.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    r.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="save the merged statistics to this file every few seconds and when "
+        "interrupted; the same command run again resumes from it, bit-identically (a "
+        "file of other options is refused)",
+    )
     r.add_argument(
         "--out",
         default=out_default,
@@ -161,7 +169,8 @@ def configure_parser(parser):
 
 
 def check_model_args(args):
-    """Checks of the model and run options shared by ``geometry`` and ``sweep``."""
+    """Checks of the model and run options shared by ``geometry``, ``lyapunov`` and
+    ``sweep``."""
     from .. import _validate as v
     from ..studies import output
 
@@ -175,6 +184,10 @@ def check_model_args(args):
 
         check_n_threads(args.threads, "--threads")
     output.check_out_dir(args.out, "--out")
+    if args.checkpoint is not None:
+        from ..studies import checkpoint
+
+        checkpoint.check_path(args.checkpoint, "--checkpoint")
 
 
 def check_args(args):
@@ -295,14 +308,23 @@ def run_cli(args):
 
     def one(client):
         p = model_from_args(args, args.beta[0])
-        return geometry.token_geometry(p, **study, metrics=args.metrics, client=client)
+        return geometry.token_geometry(
+            p, **study, metrics=args.metrics, client=client, checkpoint=args.checkpoint
+        )
 
     def diagram(client):
         p = model_from_args(args, 1.0)
         grid = {"beta": [b * scale for b in args.beta]}
         metrics = args.metrics or (args.metric,)
         res = sweep.sweep(
-            "token_geometry", p, grid, metric=args.metric, metrics=metrics, client=client, **study
+            "token_geometry",
+            p,
+            grid,
+            metric=args.metric,
+            metrics=metrics,
+            client=client,
+            checkpoint=args.checkpoint,
+            **study,
         )
         if scale != 1.0:  # report the paper's β
             res.grid = {"beta": list(args.beta)}

@@ -97,6 +97,7 @@ def run_cli(args):
             n_threads=args.threads,
             progress=not args.no_progress,
             client=client,
+            checkpoint=args.checkpoint,
         )
 
     return run_study("lyapunov", args, one, lambda r: r.save(args.out))

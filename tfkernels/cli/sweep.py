@@ -95,14 +95,6 @@ def configure_parser(parser):
     )
     geometry.add_model_options(parser)
     geometry.add_run_options(parser, os.path.join("results", "sweep"))
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        metavar="PATH",
-        help="save the merged statistics of every grid point to this file every few "
-        "seconds and when interrupted; the same command run again resumes from it (a "
-        "file of other options is refused)",
-    )
 
 
 def check_args(args):
@@ -126,10 +118,6 @@ def check_args(args):
         raise ValueError("`--t-final` cannot be given with `--grid t_final` or `--grid dt`")
     if args.study == "geometry" and args.layers % args.save_every:
         raise ValueError(f"`--save-every`={args.save_every} must divide `--layers`={args.layers}")
-    if args.checkpoint is not None:
-        from ..studies import checkpoint
-
-        checkpoint.check_path(args.checkpoint, "--checkpoint")
 
 
 def run_cli(args):

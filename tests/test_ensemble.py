@@ -56,6 +56,22 @@ def test_member_alone_gives_the_ensembles_states(name, per_layer, dtype):
             assert alone.tobytes() == out[b : b + 1].tobytes(), (T, b)
 
 
+@pytest.mark.parametrize("per_layer", [False, True], ids=["shared", "per_layer"])
+@pytest.mark.parametrize("name", ["post-layernorm-sequential-bias", "paper-parallel"])
+def test_member_alone_gives_the_ensembles_vector_field(name, per_layer, dtype):
+    """``vector_field(ens, X, start=s)[b]`` is member ``s + b``'s field, bit for bit
+    (its draw for ``layer`` with per-layer draws), in either layout of the member."""
+    ens = ensemble(dtype, per_layer, **STRUCTURES[name])
+    N, B = 4, 5
+    layer = 2 if per_layer else 0
+    for T in (T_LANES, T_ROWS):
+        x = tfk.random_states(B, T, D, seed=2, dtype=dtype)
+        out = tfk.vector_field(ens, x, layer=layer, start=30)
+        for b in range(B):
+            alone = tfk.vector_field(ens.member(30 + b, N), x[b : b + 1], layer=layer)
+            assert alone.tobytes() == out[b : b + 1].tobytes(), (T, b)
+
+
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "sphere"])
 def test_member_alone_gives_the_ensembles_final_norm(norm, dtype):
     ens = ensemble(dtype, norm=norm, norm_position="post", final_norm=True)
@@ -314,7 +330,9 @@ def test_bad_member_calls_and_unsupported_uses_name_the_argument():
     with pytest.raises(TypeError, match="unknown argument"):
         ens.replace(n_layers=3)
     x = tfk.random_states(2, 3, D)
+    with pytest.raises(ValueError, match="`layer`"):
+        tfk.vector_field(ens, x, layer=1)  # one weight set per member
     with pytest.raises(TypeError, match="`params` is a tfkernels.WeightEnsemble"):
-        tfk.vector_field(ens, x)
+        api.check_params(ens)  # a call that needs one TransformerParams
     with pytest.raises(TypeError, match="`x0` has dtype"):
         tfk.integrate(ens.astype(np.float32), x, 2)

@@ -20,8 +20,9 @@ def check_params(params, ensemble=False):
         return params
     if isinstance(params, WeightEnsemble):
         raise TypeError(
-            "`params` is a tfkernels.WeightEnsemble, which integrate, perturbation_decay, "
-            "token_geometry and lyapunov_spectrum take; this call needs a "
+            "`params` is a tfkernels.WeightEnsemble, which integrate, vector_field, "
+            "perturbation_decay, token_geometry, lyapunov_spectrum and sweep take; this "
+            "call needs a "
             "TransformerParams: use `params.member(i)`"
         )
     if not isinstance(params, TransformerParams):
@@ -105,16 +106,23 @@ def random_states(batch, seq_len, d, *, seed=0, start=0, dtype=np.float64, scale
     return out
 
 
-def vector_field(params, X, *, layer=0, n_threads=None):
+def vector_field(params, X, *, layer=0, start=0, n_threads=None):
     """Evaluate ``f(X)`` for every trajectory of a batch.
 
     Parameters
     ----------
-    params : TransformerParams
+    params : TransformerParams or WeightEnsemble
+        The model; with an ensemble, trajectory ``start + b`` is member ``start + b``
+        (``vector_field(ens, X, start=s)[b]`` is the bits of
+        ``vector_field(ens.member(s + b, n_layers), X[b:b+1])``, with ``layer``).
     X : ndarray, shape (B, T, d)
         States, same dtype as ``params``.
     layer : int
-        Weight set to use when ``params`` has per-layer weights.
+        Weight set to use when ``params`` has per-layer weights (an ensemble with
+        ``per_layer=True``: the members' draw for layer ``layer``).
+    start : int
+        Global index of the first trajectory (its member, for an ensemble; unused
+        otherwise).
     n_threads : int, optional
         Numba threads for this call.
 
@@ -123,14 +131,18 @@ def vector_field(params, X, *, layer=0, n_threads=None):
     ndarray, shape (B, T, d)
         Inf or NaN where f overflows the dtype, with a RuntimeWarning.
     """
-    check_params(params)
+    check_params(params, ensemble=True)
     X = check_states("X", X, params)
+    start = check_start(start, X.shape[0])
     layer = v.check_int("layer", layer, minimum=0)
-    if layer >= (params.n_sets or 1):
+    if isinstance(params, WeightEnsemble):
+        if not params.per_layer and layer != 0:
+            raise ValueError(f"`layer`={layer} but the ensemble draws one weight set per member")
+    elif layer >= (params.n_sets or 1):
         raise ValueError(f"`layer`={layer} but `params` has {params.n_sets or 1} weight set(s)")
     out = np.empty_like(X)
     with threads(n_threads):
-        kernels.vector_field(kernels.pack_params(params), X, layer, out)
+        kernels.vector_field(pack(params), X, layer, out, start)
     bad = ~np.isfinite(out).all(axis=(1, 2))
     if bad.any():  # X is finite (checked): f overflowed the dtype
         warnings.warn(

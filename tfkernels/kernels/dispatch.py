@@ -173,11 +173,20 @@ def ensemble_final_norm(ens, X, start):
     run(body, X.shape[0])
 
 
-def vector_field(model, X, layer, out):
-    """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b."""
+def vector_field(model, X, layer, out, start=0):
+    """``out[b] = f(X[b])`` with weight set ``layer`` for every trajectory b; for a
+    weight ensemble (``structs.Ensemble``) member ``start + b``'s field
+    (``drivers.vector_field_drawn``, row layout)."""
     B, T, d = X.shape
     dt = X.dtype
-    if structs.use_lanes(T, d):
+    if isinstance(model, structs.Ensemble):
+
+        def body(lo, hi):
+            fs = structs.step_scratch(ROWS, model.template, T, d, 1, dt).field
+            drivers.vector_field_drawn(
+                X[lo:hi], _slice(model), model.draw, start + lo, layer, out[lo:hi], fs
+            )
+    elif structs.use_lanes(T, d):
         L = structs.group_width(dt)
         lm = structs.for_lanes(model)
 

@@ -13,7 +13,8 @@ the same code in both, so a trajectory gets the same bits in either.
 * :func:`integrate_rows`, :func:`integrate_lanes` — the flow, with snapshots;
 * :func:`geometry_rows`, :func:`geometry_lanes` — the flow, measuring the token geometry
   at the saved layers instead of storing them (``kernels.geometry``);
-* :func:`vector_field_rows`, :func:`vector_field_lanes` — ``f`` of every state;
+* :func:`vector_field_rows`, :func:`vector_field_lanes` — ``f`` of every state
+  (:func:`vector_field_drawn`: each a weight-ensemble member's);
 * :func:`decay_rows`, :func:`pair_lanes`, :func:`tangent_lanes` — the perturbation
   study: ``log r_n`` of a pair ``(X, X + εU)`` or of a tangent δ;
 * :func:`lyapunov_rows` — the ``k`` leading Lyapunov exponents: k tangents, QR by
@@ -297,6 +298,17 @@ def vector_field_rows(X, model, layer, out, fs):
     ``fs`` a ``structs.FieldScratch``."""
     for bi in range(X.shape[0]):
         rhs(ROWS, X[bi], model, layer, SUB_ATTN | SUB_FFN, out[bi], fs)
+
+
+@_djit
+def vector_field_drawn(X, model, draw, start, layer, out, fs):
+    """:func:`vector_field_rows` of a weight ensemble: ``out[b]`` is the field of member
+    ``start + b`` at ``X[b]``, its weights drawn into ``model`` (a slice's one weight
+    set, ``draws.slice_model``) as for layer ``layer`` (the draw of that layer with
+    ``draw.per_layer``, else the member's one set)."""
+    for bi in range(X.shape[0]):
+        fill_weights(model, draw, start + bi, layer if draw.per_layer else 0)
+        rhs(ROWS, X[bi], model, 0, SUB_ATTN | SUB_FFN, out[bi], fs)
 
 
 @_djit

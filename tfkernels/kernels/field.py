@@ -69,14 +69,16 @@ def n_lanes(layout, X):
     return 1
 
 
-def _pre_norm_plain(layout, X, model, layer, which, fs):
+def _block_norm_plain(layout, X, model, layer, which, out, red):
     pass
 
 
-@by_block(_pre_norm_plain)
-def pre_norm(layout, X, model, layer, which, fs):
-    """``fs.xn`` = ``X`` with its tokens normed by sub-layer ``which``'s norm (0
-    attention, 1 FFN); nothing for a plain block."""
+@by_block(_block_norm_plain)
+def block_norm(layout, X, model, layer, which, out, red):
+    """``out`` = ``X`` with its tokens normed by sub-layer ``which``'s norm (0
+    attention, 1 FFN; ``out`` may be ``X``), ``red`` the norms' float64 sums: a pre
+    norm's input (:func:`sub_input`) or a post norm (``steps.layer_step``); nothing for
+    a plain block."""
     k = model.block
     norm_tokens(
         X,
@@ -85,17 +87,17 @@ def pre_norm(layout, X, model, layer, which, fs):
         k.norm_gain[layer, which],
         k.norm_bias[layer, which],
         k.eps,
-        fs.xn,
-        fs.red,
+        out,
+        red,
     )
 
 
 @_ijit
 def sub_input(layout, X, model, layer, which, fs):
     """The input of sub-layer ``which`` (0 attention, 1 FFN): ``X``, or its tokens
-    normed by that sub-layer's norm into ``fs.xn`` with a pre norm (:func:`pre_norm`)."""
+    normed by that sub-layer's norm into ``fs.xn`` with a pre norm (:func:`block_norm`)."""
     if model.block.pre:
-        pre_norm(layout, X, model, layer, which, fs)
+        block_norm(layout, X, model, layer, which, fs.xn, fs.red)
         return fs.xn
     return X
 

@@ -8,7 +8,7 @@ single trajectory and a group of lanes, and lives with the drivers
 (:mod:`tfkernels.kernels.drivers`).
 """
 
-from .field import n_lanes, rhs, rhs_and_jvp
+from .field import block_norm, n_lanes, rhs, rhs_and_jvp
 from .jit import by_block
 from .jit import ijit as _ijit
 from .jit import jit as _jit
@@ -79,27 +79,6 @@ def rk_step(layout, X, model, layer, subs, a, b, h, ss):
     step_update(X, stages, b, h, xs)
 
 
-def _post_norm_plain(layout, X, model, layer, p, fs):
-    pass
-
-
-@by_block(_post_norm_plain)
-def post_norm(layout, X, model, layer, p, fs):
-    """``X ← N(X)`` in place with sub-layer ``p``'s norm (0 attention, 1 FFN); nothing
-    for a plain block."""
-    k = model.block
-    norm_tokens(
-        X,
-        n_lanes(layout, X),
-        k.norm,
-        k.norm_gain[layer, p],
-        k.norm_bias[layer, p],
-        k.eps,
-        X,
-        fs.red,
-    )
-
-
 def _post_norm_tangent_plain(layout, X, D, model, layer, p, ss, ts):
     pass
 
@@ -126,7 +105,7 @@ def layer_step(layout, X, model, layer, a, b, h, ss):
         rk_step(layout, X, model, layer, k.subs[i], a, b, h * k.fracs[i], ss)
         p = k.posts[i]
         if p >= 0:
-            post_norm(layout, X, model, layer, p, ss.field)
+            block_norm(layout, X, model, layer, p, X, ss.field.red)
 
 
 @_ijit

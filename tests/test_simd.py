@@ -1,6 +1,6 @@
 """The SIMD micro-kernel and the vectorized elementary functions, element by element.
 
-``gemm_ld`` is checked against a float64 product for every path it has (4 × 2 and
+``gemm_ld`` is checked against a float64 product for every path it has (8 × 2, 4 × 2 and
 4 × 1 full-width tiles, the half-width column, the scalar tail, leftover rows) and for
 sub-matrices addressed by offset and row stride; ``exp_neg``, ``erfc_pos`` and float32's
 ``two_cdf`` against ``math.exp`` / ``math.erfc`` / ``math.erf`` with the error bounds
@@ -96,6 +96,38 @@ def test_gemm_covers_every_tile_path(dtype):
             want = X.astype(np.float64) @ W.astype(np.float64)
             scale = np.abs(X.astype(np.float64)) @ np.abs(W.astype(np.float64))
             assert np.all(np.abs(out - want) <= TOL[dtype] * scale), (R, n)
+
+
+@njit(cache=config.CACHE)
+def _fma_chain(X, W, out, accumulate):
+    """``out (+)= X @ W`` one element at a time: the chain of scalar FMAs in k order
+    that every tile of ``gemm_ld`` must reproduce bit for bit."""
+    R, K = X.shape
+    for i in range(R):
+        for j in range(W.shape[1]):
+            s = out[i, j] if accumulate else X.dtype.type(0)
+            for k in range(K):
+                s = simd.vfma(X[i, k], W[k, j], s)
+            out[i, j] = s
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_every_tile_gives_the_fma_chains_bits(dtype, accumulate):
+    """The 8 × 2, 4 × 2 and 4 × 1 tiles, the half-width column and the scalar tail
+    (rows around 4 and 8, widths of 1 to 7 vectors and their remainders) all give the
+    bits of one scalar FMA chain per element, so results never depend on the tile."""
+    L = _lanes(np.zeros(1, dtype))
+    g = np.random.default_rng(1)
+    for R in (3, 4, 7, 8, 9, 12, 16, 17):
+        for n in (L, 2 * L, 3 * L, 4 * L + L // 2, 5 * L + 1, 6 * L, 7 * L + L // 2 + 3):
+            X = g.standard_normal((R, 11)).astype(dtype)
+            W = g.standard_normal((11, n)).astype(dtype)
+            got = g.standard_normal((R, n)).astype(dtype)
+            want = got.copy()
+            simd.gemm(X, W, got, accumulate)
+            _fma_chain(X, W, want, accumulate)
+            assert got.tobytes() == want.tobytes(), (R, n)
 
 
 @njit(cache=config.CACHE, fastmath=config.FASTMATH, error_model=config.ERROR_MODEL)

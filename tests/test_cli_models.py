@@ -1,6 +1,7 @@
 """``tfkernels decay`` on block models: random ones (``--norm``, ``--norm-position``,
-``--block``, ``--bias``) and models from files (``--model`` a saved ``.npz``, a
-``.safetensors`` with ``--arch``, or ``minilm``); each runs the study the Python API
+``--block``, ``--bias``), ensembles of them (``--ensemble``, ``--per-layer``) and
+models from files (``--model`` a saved ``.npz``, a ``.safetensors`` with ``--arch``, or
+``minilm``); each runs the study the Python API
 runs, and every wrong combination is one line naming the flag, exit status 2."""
 
 import json
@@ -40,6 +41,27 @@ def test_random_block_model_runs_the_api_study(tmp_path, capsys):
     res = tfk.perturbation_decay(p, 300, 3, 3, chunk_size=128)
     np.testing.assert_array_equal(_stats(tmp_path / "a")["mean"], res.stats["mean"])
     assert res.meta["lambda_object"] == "layer map"
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_ensemble_runs_the_api_study(per_layer, tmp_path, capsys):
+    # --ensemble: trajectory i runs member i of the WeightEnsemble of the random-model
+    # flags, the study's numbers are those of the Python API, and the JSON says so
+    argv = ["decay", *SMALL, "--d", "8", "--heads", "2", "--d-ff", "8", "--norm", "rmsnorm"]
+    argv += ["--ensemble", "--seed", "3"] + (["--per-layer"] if per_layer else [])
+    code, out, err = main([*argv, "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    ens = tfk.WeightEnsemble(
+        d=8, n_heads=2, d_ff=8, damping=4.0, norm="rmsnorm", seed=3, per_layer=per_layer
+    )
+    res = tfk.perturbation_decay(ens, 300, 3, 3, chunk_size=128, seed=3)
+    np.testing.assert_array_equal(_stats(tmp_path / "a")["mean"], res.stats["mean"])
+    conf = json.loads((tmp_path / "a" / "decay.json").read_text())["config"]["params"]
+    assert conf["ensemble"] is True and conf["per_layer"] is per_layer
+    # and it is not the study of the one model of the same flags
+    p = tfk.TransformerParams.random(d=8, n_heads=2, d_ff=8, damping=4.0, norm="rmsnorm", seed=3)
+    fixed = tfk.perturbation_decay(p, 300, 3, 3, chunk_size=128, seed=3)
+    assert not np.array_equal(fixed.stats["mean"], res.stats["mean"])
 
 
 def test_model_from_npz(tmp_path, capsys):
@@ -99,6 +121,8 @@ BAD = [
     (["--norm", "l2"], "argument --norm: invalid choice"),
     (["--block", "serial"], "argument --block: invalid choice"),
     (["--t-final", "0"], "argument --t-final"),
+    (["--per-layer"], "`--per-layer` draws each layer's weights of an `--ensemble`; add it"),
+    (["--model", "minilm", "--ensemble"], "`--ensemble` describes a random model"),
 ]
 
 

@@ -38,6 +38,45 @@ def test_geometry_writes_its_files_with_provenance(tmp_path, capsys):
     np.testing.assert_array_equal(doc["stats"]["dens_mean"], res.metric("dens"))
 
 
+def test_ensemble_options_run_the_api_studies(tmp_path, capsys):
+    # geometry, lyapunov and sweep with --ensemble: the WeightEnsemble of the model
+    # flags (--per-layer: a fresh draw per layer), the numbers of the Python API
+    kw = dict(d=4, n_heads=1, ffn=False, seed=2)
+    argv = ["geometry", *SMALL, "--layers", "4", "--seed", "2", "--ensemble", "--per-layer"]
+    code, _, err = main([*argv, "--out", str(tmp_path / "g")], capsys)
+    assert code == 0, err
+    ens = tfk.WeightEnsemble(**kw, per_layer=True)
+    res = tfk.token_geometry(ens, 24, 4, 4, t_final=10.0, x0="sphere", seed=2)
+    doc = json.loads((tmp_path / "g" / "geometry.json").read_text())
+    np.testing.assert_array_equal(doc["stats"]["mean_cosine_mean"], res.metric("mean_cosine"))
+    assert doc["config"]["params"]["per_layer"] is True
+
+    argv = ["lyapunov", *SMALL, "--layers", "4", "--k", "2", "--seed", "2", "--ensemble"]
+    code, _, err = main([*argv, "--out", str(tmp_path / "l")], capsys)
+    assert code == 0, err
+    ens = tfk.WeightEnsemble(**kw, damping=1.0)  # the lyapunov command's default damping
+    ly = tfk.lyapunov_spectrum(ens, 24, 4, 4, k=2, t_final=10.0, seed=2)
+    doc = json.loads((tmp_path / "l" / "lyapunov.json").read_text())
+    np.testing.assert_array_equal(doc["exponents"], ly.exponents)
+
+    argv = ["sweep", *SMALL, "--layers", "2", "--ensemble", "--grid", "weight_scale=0.5,2"]
+    code, stdout, err = main([*argv, "--out", str(tmp_path / "s")], capsys)
+    assert code == 0, err
+    sw = tfk.sweep(
+        "decay",
+        tfk.WeightEnsemble(d=4, n_heads=1, ffn=False, seed=0),
+        {"weight_scale": [0.5, 2.0]},
+        n_trajectories=24,
+        seq_len=4,
+        n_layers=2,
+        progress=False,
+    )
+    doc = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    rates = [r["rate"] for r in doc["results"]]
+    np.testing.assert_array_equal(rates, [r.rate for r in sw.results])
+    assert rates[1] > rates[0]  # larger weights: a faster-growing perturbation
+
+
 def test_geometry_beta_range_is_a_phase_diagram(tmp_path, capsys):
     out = tmp_path / "pd"
     argv = ["geometry", *SMALL, "--layers", "4", "--t-final", "4", "--beta", "0.5:4:3"]
@@ -115,6 +154,9 @@ BAD = [
     (["geometry", "--layers", "10", "--save-every", "3"], "`--save-every`=3 must divide"),
     (["geometry", "--heads", "3"], "`--heads`=3 must divide `--d`=8"),
     (["geometry", "--model", "sphere", "--heads", "2"], "`--model sphere` has one head"),
+    (["geometry", "--model", "sphere", "--ensemble"], "`--model sphere` has none"),
+    (["geometry", "--per-layer"], "`--per-layer` draws each layer's weights of an `--ensemble`"),
+    (["sweep", "--per-layer"], "`--per-layer` draws each layer's weights of an `--ensemble`"),
     (["geometry", "--x0", "cube"], "argument --x0: invalid choice: 'cube'"),
     (["geometry", "--metric", "cos"], "argument --metric: invalid choice: 'cos'"),
     (["geometry", "--metrics", "dens,cos"], "`--metrics` must name metrics of"),

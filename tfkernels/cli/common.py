@@ -249,3 +249,39 @@ def crash(command, err, args=None):
         file=sys.stderr,
     )
     return EXIT_INTERNAL
+
+
+def add_ensemble_options(group):
+    """``--ensemble`` and ``--per-layer`` (a :class:`~tfkernels.WeightEnsemble` instead of
+    one random model) in the argument group ``group`` of a random model."""
+    group.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="every trajectory draws its own random weights (tfkernels.WeightEnsemble: "
+        "trajectory i runs member i, keyed by (--seed, i), bit-identical whatever the "
+        "chunking, threads or workers): statistics over random initialisations instead "
+        "of one model",
+    )
+    group.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="with --ensemble: a fresh weight draw before every layer (a non-autonomous flow)",
+    )
+
+
+def check_ensemble_args(args):
+    """``--per-layer`` needs ``--ensemble`` (ValueError naming both)."""
+    if getattr(args, "per_layer", False) and not getattr(args, "ensemble", False):
+        raise ValueError("`--per-layer` draws each layer's weights of an `--ensemble`; add it")
+
+
+def random_model(args, **kwargs):
+    """The random model of ``kwargs`` (the arguments of ``TransformerParams.random``):
+    a ``WeightEnsemble`` with ``--ensemble`` (``--per-layer``), else one draw."""
+    if getattr(args, "ensemble", False):
+        from ..ensemble import WeightEnsemble
+
+        return WeightEnsemble(**kwargs, per_layer=getattr(args, "per_layer", False))
+    from ..params import TransformerParams
+
+    return TransformerParams.random(**kwargs)

@@ -1,7 +1,8 @@
 """``tfkernels decay``: the perturbation-decay study from the command line.
 
 Runs :func:`tfkernels.perturbation_decay` on a random model (``--norm``, ``--block``,
-``--bias`` for the blocks of real transformers) or on one from a file (``--model``: a
+``--bias`` for the blocks of real transformers; ``--ensemble`` for a fresh draw per
+trajectory) or on one from a file (``--model``: a
 saved ``.npz``, a BERT- or GPT-2-style ``.safetensors``, or ``minilm``), locally or on a
 Dask cluster with ``--scheduler``,, prints a summary and writes ``decay.csv``,
 ``decay.png`` and ``decay.json`` into ``--out`` (created when missing) as one set
@@ -139,6 +140,7 @@ def configure_parser(parser):
         "strang: half FFN, attention, half FFN",
     )
     m.add_argument("--bias", action="store_true", help="attention biases bq, bk, bv, bo")
+    common.add_ensemble_options(m)
     m.add_argument(
         "--dtype", default="float64", choices=["float32", "float64"], help="state and weight dtype"
     )
@@ -209,6 +211,8 @@ def check_args(args):
         raise ValueError("`--norm-position` tangent needs `--norm` sphere")
     elif args.norm == "none" and args.norm_position != "pre":
         raise ValueError(f"`--norm-position` {args.norm_position} needs a `--norm`")
+    else:
+        common.check_ensemble_args(args)
     v.check_fits("--damping", args.damping, args.dtype)
     if args.eps is not None:
         v.check_fits("--eps", args.eps, args.dtype)
@@ -234,6 +238,8 @@ RANDOM_MODEL_FLAGS = (
     ("norm_position", "--norm-position"),
     ("block", "--block"),
     ("bias", "--bias"),
+    ("ensemble", "--ensemble"),
+    ("per_layer", "--per-layer"),
 )
 
 
@@ -300,18 +306,17 @@ def study_from_args(args):
 
     Returns
     -------
-    params : TransformerParams
+    params : TransformerParams or WeightEnsemble
         The model of ``--model``, or the random model of ``--d``, ``--heads``,
         ``--d-ff``, ``--damping``, ``--activation``, ``--norm``, ``--norm-position``,
-        ``--block``, ``--bias``, ``--seed`` and ``--dtype``.
+        ``--block``, ``--bias``, ``--seed`` and ``--dtype`` (an ensemble of them with
+        ``--ensemble``, ``--per-layer``).
     args, kwargs : tuple, dict
         The arguments of :func:`tfkernels.perturbation_decay` after ``params``
         (trajectories, tokens, layers; method, end time, eps, mode, seed, chunk size), so that
         ``perturbation_decay(params, *args, **kwargs)`` runs it (the harness's compile
         probe does the same with the command's defaults).
     """
-    from ..params import TransformerParams
-
     model = getattr(args, "model", None)
     if model is not None:
         params = load_model(args)
@@ -321,7 +326,8 @@ def study_from_args(args):
                 "weight set per layer)"
             )
     else:
-        params = TransformerParams.random(
+        params = common.random_model(
+            args,
             d=args.d,
             n_heads=args.heads,
             d_ff=args.d_ff,

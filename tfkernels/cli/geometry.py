@@ -1,7 +1,8 @@
 """``tfkernels geometry``: the token-geometry study from the command line.
 
-Runs :func:`tfkernels.token_geometry` on a model (random attention-only weights, or the
-sphere model of the clustering papers with ``--model sphere``), prints a summary and
+Runs :func:`tfkernels.token_geometry` on a model (random attention-only weights, an
+ensemble of them with ``--ensemble``, or the sphere model of the clustering papers with
+``--model sphere``), prints a summary and
 writes ``geometry.csv``, ``geometry.png`` and ``geometry.json`` into ``--out`` as one set
 (temporary names renamed at the end, the JSON last; the JSON holds the configuration,
 versions and machine). With a range ``--beta a:b:n`` it runs the study at n values of β
@@ -57,6 +58,7 @@ def add_model_options(parser, model_default="random"):
         default=1.0,
         help="scale of the random weights",
     )
+    common.add_ensemble_options(m)
     m.add_argument(
         "--dtype", default="float64", choices=["float32", "float64"], help="state and weight dtype"
     )
@@ -178,6 +180,9 @@ def check_model_args(args):
         raise ValueError(f"`--heads`={args.heads} must divide `--d`={args.d}")
     if args.model == "sphere" and (args.heads != 1 or args.d_ff):
         raise ValueError("`--model sphere` has one head and no FFN (--heads 1 --d-ff 0)")
+    if args.model == "sphere" and args.ensemble:
+        raise ValueError("`--ensemble` draws random weights; `--model sphere` has none")
+    common.check_ensemble_args(args)
     v.check_fits("--damping", args.damping, args.dtype)
     if args.threads is not None:
         from ..threads import check_n_threads
@@ -227,7 +232,8 @@ def model_from_args(args, beta=1.0):
             norm="sphere",
             norm_position="post",
         )
-    return TransformerParams.random(
+    return common.random_model(
+        args,
         d=args.d,
         n_heads=args.heads,
         d_ff=args.d_ff or None,

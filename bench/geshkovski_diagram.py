@@ -27,7 +27,13 @@ inner products ρ(t) follow ``ρ' = 2(1 − ρ)((n − 1)ρ + 1) / (e^{β(1 − 
 every pair passes 0.999 together at ``t*(β) = ∫_{ρ₀}^{0.999} dρ / ρ'`` (quadrature), with
 ρ₀ = 0, the mean inner product of two independent uniform tokens.
 
-Run (from the repository root; about a minute on 2 idle cores)::
+With ``--peer-betas K`` (default 3) it also times their algorithm in PyTorch on this
+machine (:func:`their_loop_seconds`) at K of the β values and extrapolates to the
+grid, so that the speed-up is measured in the same run on the same CPU as well as
+against the issue's 21 minutes.
+
+Run (from the repository root; one to two minutes on 2 idle cores, plus about 10 s
+per peer β)::
 
     python bench/geshkovski_diagram.py --out results/geshkovski
 
@@ -62,6 +68,62 @@ RHO0 = 0.0
 #: The wall time of their script on 2 CPU cores, float64, as the issue states it (about
 #: 14 s per β value).
 THEIR_SECONDS = 21 * 60
+
+
+def their_loop_seconds(beta, systems=SYSTEMS, threads=None, seed=0, x0=None):
+    """Wall time of their algorithm for one β on this machine, in PyTorch on the CPU
+    (float64, ``threads`` intra-op threads; None: all cores): the operations of their
+    ``simu_xform.step_1`` with ``--use_softmax`` and of ``check_stats`` at each of
+    their 200 checkpoints, in their order (a re-implementation from their script, with
+    ``'cuda'`` replaced by the CPU, not their file): ``S = β·M Mᵀ``, ``softmax(S)``,
+    ``M ← normalize(M + Δt·softmax(S) M)``, then at a checkpoint ``IP = M Mᵀ`` and the
+    fraction of off-diagonal entries above 0.999. Returns ``(seconds, dens)``, ``dens``
+    the 200 checkpoint values. The initial tokens are ``torch.randn`` normalized, as
+    theirs (their values then agree with ours in distribution only), or the array
+    ``x0 (systems, 32, 2)``, whose tokens must lie on the unit circle."""
+    import torch
+
+    old_threads, old_dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(threads or os.cpu_count())
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        n, step = N_TOKENS, T_FINAL / STEPS
+        if x0 is None:
+            M = torch.nn.functional.normalize(torch.randn(systems, n, D), dim=2)
+        else:
+            M = torch.tensor(np.asarray(x0, dtype=np.float64))
+            systems = M.shape[0]
+        M2 = torch.empty(systems, n, D)
+        SM = torch.empty(systems, n, n)
+        IP = torch.empty(systems, n, n)
+        times = torch.linspace(0, T_FINAL, 200)
+        off = ~torch.eye(n).bool().expand(systems, -1, -1)
+        dens, ckpt, t = [], 0, 0.0
+        while True:
+            M2.copy_(M)
+            torch.matmul(M2, M.transpose(1, 2), out=SM)
+            SM *= beta
+            SM = torch.nn.functional.softmax(SM, dim=2)
+            torch.matmul(SM, M, out=M2)
+            M2 *= step
+            M2 += M
+            torch.nn.functional.normalize(M2, dim=2, out=M)
+            t += step
+            if ckpt < len(times) and t >= times[ckpt]:
+                torch.matmul(M, M.transpose(1, 2), out=IP)
+                pairs = IP[off]
+                value = float((pairs > THRESHOLD).sum() / len(pairs))
+                while ckpt < len(times) and t >= times[ckpt]:
+                    dens.append(value)
+                    ckpt += 1
+            if t >= T_FINAL:
+                break
+        return time.perf_counter() - t0, dens
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.set_default_dtype(old_dtype)
 
 
 def their_checkpoint_layers(t_final=T_FINAL, step=T_FINAL / STEPS, n_ckpt=200):
@@ -173,6 +235,14 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--metrics", default="dens", help="comma-separated metrics to measure")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument(
+        "--peer-betas",
+        type=int,
+        default=3,
+        help="time their algorithm in PyTorch on this machine at this many β values "
+        "(the first, last and evenly between), extrapolated to the whole grid; 0: no "
+        "same-machine peer (needs torch)",
+    )
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
@@ -180,6 +250,28 @@ def main(argv=None):
     from tfkernels.studies.environment import environment
 
     sw, betas, warm, wall = run(args)
+    peer = None
+    if args.peer_betas > 0:
+        try:
+            import torch
+        except ImportError:
+            print("torch is not installed: no same-machine peer", file=sys.stderr)
+        else:
+            picks = np.unique(np.linspace(0, len(betas) - 1, args.peer_betas).round().astype(int))
+            secs = [
+                their_loop_seconds(float(betas[i]), args.trajectories, args.threads)[0]
+                for i in picks
+            ]
+            per_beta = float(np.median(secs))
+            peer = {
+                "what": "their algorithm in PyTorch on this machine (their_loop_seconds)",
+                "torch": torch.__version__,
+                "betas_timed": [float(betas[i]) for i in picks],
+                "seconds_per_beta": secs,
+                "median_seconds_per_beta": per_beta,
+                "whole_grid_s": per_beta * len(betas),
+                "speedup": per_beta * len(betas) / wall,
+            }
     t = np.asarray(sw.results[0].t)
     dens = sw.values()  # (n_betas, 301)
     tstar = boundary(betas)
@@ -237,6 +329,7 @@ def main(argv=None):
             "trajectory_layers_per_s": layer_trajectories / wall,
             "their_script_s": THEIR_SECONDS,
             "speedup_vs_their_script": THEIR_SECONDS / wall,
+            "same_machine_peer": peer,
             "threads": args.threads,
         },
         "sweep_meta": sw.meta,
@@ -250,8 +343,15 @@ def main(argv=None):
     print(
         f"{len(betas)} betas x {args.trajectories} systems x {STEPS} steps: {wall:.1f} s "
         f"({layer_trajectories / wall:.3g} trajectory-layers/s; warm-up {warm:.1f} s); "
-        f"{THEIR_SECONDS / wall:.1f}x their script's {THEIR_SECONDS / 60:.0f} min"
+        f"{THEIR_SECONDS / wall:.1f}x their script's {THEIR_SECONDS / 60:.0f} min "
+        "(the issue's figure)"
     )
+    if peer is not None:
+        print(
+            f"their algorithm in PyTorch here: {peer['median_seconds_per_beta']:.2f} s per β "
+            f"(median of {len(peer['seconds_per_beta'])}), {peer['whole_grid_s']:.0f} s for "
+            f"the grid: {peer['speedup']:.1f}x"
+        )
     print("wrote", stem + ".{csv,json,png}")
 
 

@@ -1,6 +1,7 @@
-"""The reproduction scripts of bench/ (rank collapse, cosine propagation) on tiny
-settings: they write their figure, table and JSON with provenance, and the JSON's
-numbers are those of the study functions."""
+"""The reproduction scripts of bench/ (rank collapse, cosine propagation, Geshkovski et
+al.'s phase diagram) on tiny settings: they write their figure, table and JSON with
+provenance, and the JSON's numbers are those of the study functions (and, for the
+phase diagram, of their algorithm in PyTorch from the same initial tokens)."""
 
 import csv
 import importlib.util
@@ -8,6 +9,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from tfkernels.studies import rank_collapse as rc
 from tfkernels.studies import signal_propagation as sp
@@ -55,3 +57,39 @@ def test_cosine_propagation_script(tmp_path):
     assert rem["n_models"] == 2
     with open(tmp_path / "cosine_propagation.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * 4
+
+
+def test_geshkovski_script(tmp_path):
+    gesh = load("geshkovski_diagram")
+    args = ["--trajectories", "8", "--betas", "2", "--peer-betas", "0"]
+    gesh.main([*args, "--out", str(tmp_path)])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["geshkovski.csv", "geshkovski.json", "geshkovski.png"]
+    doc = json.loads((tmp_path / "geshkovski.json").read_text())
+    assert doc["setup"]["betas"] == [0.1, 9.0] and doc["timing"]["same_machine_peer"] is None
+    with open(tmp_path / "geshkovski.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 301
+
+
+def test_geshkovski_model_is_their_algorithm():
+    # the diagram's model (sphere retraction, beta*sqrt(2)) against their update in
+    # PyTorch, from the same initial tokens: dens at their 200 checkpoints counts the
+    # same pairs (the states differ by rounding only; no cosine lands that close to
+    # 0.999), so the two differ by the rounding of a mean of fractions against their
+    # pooled fraction, far below one pair
+    pytest.importorskip("torch")
+    import tfkernels as tfk
+
+    gesh = load("geshkovski_diagram")
+    x0 = tfk.random_states(16, gesh.N_TOKENS, gesh.D, seed=1)
+    x0 /= np.linalg.norm(x0, axis=-1, keepdims=True)
+    beta = 4.0
+    p = gesh.sphere_model().replace(beta=beta * np.sqrt(gesh.D))
+    ours = tfk.token_geometry(p, 16, gesh.N_TOKENS, gesh.STEPS, t_final=gesh.T_FINAL,
+                              x0=x0, metrics=("dens",), progress=False)  # fmt: skip
+    _, theirs = gesh.their_loop_seconds(beta, x0=x0, threads=1)
+    mine = np.asarray(ours.metric("dens"))[gesh.their_checkpoint_layers()]
+    assert 0.05 < mine[-1] <= 1.0  # clustering has begun: the test compares something
+    pair = 1.0 / (16 * gesh.N_TOKENS * (gesh.N_TOKENS - 1))
+    assert np.abs(mine - np.asarray(theirs)).max() <= pair / 1000

@@ -59,12 +59,15 @@ def test_ensemble_options_run_the_api_studies(tmp_path, capsys):
     doc = json.loads((tmp_path / "l" / "lyapunov.json").read_text())
     np.testing.assert_array_equal(doc["exponents"], ly.exponents)
 
+    # the ensemble of post-LN blocks, over the weight scale
     argv = ["sweep", *SMALL, "--layers", "2", "--ensemble", "--grid", "weight_scale=0.5,2"]
+    argv += ["--d-ff", "8", "--norm", "layernorm", "--norm-position", "post"]
     code, stdout, err = main([*argv, "--out", str(tmp_path / "s")], capsys)
     assert code == 0, err
+    post_ln = dict(d_ff=8, norm="layernorm", norm_position="post")
     sw = tfk.sweep(
         "decay",
-        tfk.WeightEnsemble(d=4, n_heads=1, ffn=False, seed=0),
+        tfk.WeightEnsemble(d=4, n_heads=1, seed=0, **post_ln),
         {"weight_scale": [0.5, 2.0]},
         n_trajectories=24,
         seq_len=4,
@@ -154,7 +157,10 @@ BAD = [
     (["geometry", "--layers", "10", "--save-every", "3"], "`--save-every`=3 must divide"),
     (["geometry", "--heads", "3"], "`--heads`=3 must divide `--d`=8"),
     (["geometry", "--model", "sphere", "--heads", "2"], "`--model sphere` has one head"),
-    (["geometry", "--model", "sphere", "--ensemble"], "`--model sphere` has none"),
+    (["geometry", "--model", "sphere", "--ensemble"], "`--ensemble` describes a random model"),
+    (["geometry", "--model", "sphere", "--norm", "rmsnorm"], "`--norm` describes a random"),
+    (["geometry", "--norm-position", "post"], "`--norm-position` post needs a `--norm`"),
+    (["sweep", "--norm-position", "tangent"], "`--norm-position` tangent needs `--norm` sphere"),
     (["geometry", "--per-layer"], "`--per-layer` draws each layer's weights of an `--ensemble`"),
     (["sweep", "--per-layer"], "`--per-layer` draws each layer's weights of an `--ensemble`"),
     (["geometry", "--x0", "cube"], "argument --x0: invalid choice: 'cube'"),

@@ -251,6 +251,57 @@ def crash(command, err, args=None):
     return EXIT_INTERNAL
 
 
+def add_block_options(group):
+    """``--activation``, ``--norm``, ``--norm-position``, ``--block`` and ``--bias``: the
+    block of a random model (``TransformerParams.random``'s arguments), in the argument
+    group ``group``."""
+    from ..methods import ACTIVATIONS, BLOCKS, NORM_POSITIONS, NORMS
+
+    group.add_argument(
+        "--activation", default="gelu", choices=list(ACTIVATIONS), help="FFN activation σ"
+    )
+    group.add_argument(
+        "--norm",
+        default="none",
+        choices=list(NORMS),
+        help="token norm of each sub-layer (sphere: tokens on the unit sphere)",
+    )
+    group.add_argument(
+        "--norm-position",
+        default="pre",
+        choices=list(NORM_POSITIONS),
+        help="pre: sub-layers see normed tokens (GPT-2); post: the state is normed after "
+        "each sub-step (BERT); tangent: the sphere's projected field (--norm sphere)",
+    )
+    group.add_argument(
+        "--block",
+        default="parallel",
+        choices=list(BLOCKS),
+        help="parallel: one step of attention + FFN; sequential: attention, then FFN; "
+        "strang: half FFN, attention, half FFN",
+    )
+    group.add_argument("--bias", action="store_true", help="attention biases bq, bk, bv, bo")
+
+
+def check_block_args(args):
+    """The combinations of :func:`add_block_options`' flags (ValueError naming them)."""
+    if args.norm_position == "tangent" and args.norm != "sphere":
+        raise ValueError("`--norm-position` tangent needs `--norm` sphere")
+    if args.norm == "none" and args.norm_position != "pre":
+        raise ValueError(f"`--norm-position` {args.norm_position} needs a `--norm`")
+
+
+def block_kwargs(args):
+    """The ``TransformerParams.random`` arguments of :func:`add_block_options`' flags."""
+    return dict(
+        activation=args.activation,
+        norm=None if args.norm == "none" else args.norm,
+        norm_position=args.norm_position,
+        block=args.block,
+        bias=args.bias,
+    )
+
+
 def add_ensemble_options(group):
     """``--ensemble`` and ``--per-layer`` (a :class:`~tfkernels.WeightEnsemble` instead of
     one random model) in the argument group ``group`` of a random model."""

@@ -28,7 +28,7 @@ import sys
 
 from .. import _validate as v
 from .. import config
-from ..methods import ACTIVATIONS, BLOCKS, METHODS, MODES, NORM_POSITIONS, NORMS
+from ..methods import METHODS, MODES
 from . import common
 
 #: Largest trajectory count: trajectory indices are int64 generator keys.
@@ -116,30 +116,7 @@ def configure_parser(parser):
     m.add_argument(
         "--damping", type=common.real("--damping", 0.0), default=4.0, help="damping γ >= 0"
     )
-    m.add_argument(
-        "--activation", default="gelu", choices=list(ACTIVATIONS), help="FFN activation σ"
-    )
-    m.add_argument(
-        "--norm",
-        default="none",
-        choices=list(NORMS),
-        help="token norm of each sub-layer (sphere: tokens on the unit sphere)",
-    )
-    m.add_argument(
-        "--norm-position",
-        default="pre",
-        choices=list(NORM_POSITIONS),
-        help="pre: sub-layers see normed tokens (GPT-2); post: the state is normed after "
-        "each sub-step (BERT); tangent: the sphere's projected field (--norm sphere)",
-    )
-    m.add_argument(
-        "--block",
-        default="parallel",
-        choices=list(BLOCKS),
-        help="parallel: one step of attention + FFN; sequential: attention, then FFN; "
-        "strang: half FFN, attention, half FFN",
-    )
-    m.add_argument("--bias", action="store_true", help="attention biases bq, bk, bv, bo")
+    common.add_block_options(m)
     common.add_ensemble_options(m)
     m.add_argument(
         "--dtype", default="float64", choices=["float32", "float64"], help="state and weight dtype"
@@ -207,11 +184,8 @@ def check_args(args):
         _check_model_flags(args)
     elif args.d % args.heads:
         raise ValueError(f"`--heads`={args.heads} must divide `--d`={args.d}")
-    elif args.norm_position == "tangent" and args.norm != "sphere":
-        raise ValueError("`--norm-position` tangent needs `--norm` sphere")
-    elif args.norm == "none" and args.norm_position != "pre":
-        raise ValueError(f"`--norm-position` {args.norm_position} needs a `--norm`")
     else:
+        common.check_block_args(args)
         common.check_ensemble_args(args)
     v.check_fits("--damping", args.damping, args.dtype)
     if args.eps is not None:
@@ -332,13 +306,9 @@ def study_from_args(args):
             n_heads=args.heads,
             d_ff=args.d_ff,
             damping=args.damping,
-            activation=args.activation,
             seed=args.seed,
             dtype=args.dtype,
-            norm=None if args.norm == "none" else args.norm,
-            norm_position=args.norm_position,
-            block=args.block,
-            bias=args.bias,
+            **common.block_kwargs(args),
         )
     t_final = getattr(args, "t_final", None)
     if t_final is None:

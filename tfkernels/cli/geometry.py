@@ -58,6 +58,7 @@ def add_model_options(parser, model_default="random"):
         default=1.0,
         help="scale of the random weights",
     )
+    common.add_block_options(m)
     common.add_ensemble_options(m)
     m.add_argument(
         "--dtype", default="float64", choices=["float32", "float64"], help="state and weight dtype"
@@ -180,8 +181,17 @@ def check_model_args(args):
         raise ValueError(f"`--heads`={args.heads} must divide `--d`={args.d}")
     if args.model == "sphere" and (args.heads != 1 or args.d_ff):
         raise ValueError("`--model sphere` has one head and no FFN (--heads 1 --d-ff 0)")
-    if args.model == "sphere" and args.ensemble:
-        raise ValueError("`--ensemble` draws random weights; `--model sphere` has none")
+    if args.model == "sphere":
+        random_only = [("--ensemble", args.ensemble), ("--bias", args.bias)]
+        random_only += [("--norm", args.norm != "none"), ("--block", args.block != "parallel")]
+        random_only += [("--norm-position", args.norm_position != "pre")]
+        random_only += [("--activation", args.activation != "gelu")]
+        for flag, given in random_only:
+            if given:
+                raise ValueError(
+                    f"`{flag}` describes a random model; `--model sphere` has its own block"
+                )
+    common.check_block_args(args)
     common.check_ensemble_args(args)
     v.check_fits("--damping", args.damping, args.dtype)
     if args.threads is not None:
@@ -243,6 +253,7 @@ def model_from_args(args, beta=1.0):
         weight_scale=args.weight_scale,
         seed=args.seed,
         dtype=args.dtype,
+        **common.block_kwargs(args),
     )
 
 

@@ -251,6 +251,26 @@ def crash(command, err, args=None):
     return EXIT_INTERNAL
 
 
+#: The random-model flags of :func:`add_block_options` and :func:`add_ensemble_options`
+#: and their defaults: (attribute, flag, default).
+RANDOM_MODEL_DEFAULTS = (
+    ("activation", "--activation", "gelu"),
+    ("norm", "--norm", "none"),
+    ("norm_position", "--norm-position", "pre"),
+    ("block", "--block", "parallel"),
+    ("bias", "--bias", False),
+    ("ensemble", "--ensemble", False),
+    ("per_layer", "--per-layer", False),
+)
+_DEFAULT = {attr: default for attr, _, default in RANDOM_MODEL_DEFAULTS}
+
+
+def random_flags_given(args):
+    """The flags of :data:`RANDOM_MODEL_DEFAULTS` that ``args`` sets away from their
+    defaults, in that order."""
+    return [flag for attr, flag, default in RANDOM_MODEL_DEFAULTS if getattr(args, attr) != default]
+
+
 def add_block_options(group):
     """``--activation``, ``--norm``, ``--norm-position``, ``--block`` and ``--bias``: the
     block of a random model (``TransformerParams.random``'s arguments), in the argument
@@ -258,24 +278,27 @@ def add_block_options(group):
     from ..methods import ACTIVATIONS, BLOCKS, NORM_POSITIONS, NORMS
 
     group.add_argument(
-        "--activation", default="gelu", choices=list(ACTIVATIONS), help="FFN activation σ"
+        "--activation",
+        default=_DEFAULT["activation"],
+        choices=list(ACTIVATIONS),
+        help="FFN activation σ",
     )
     group.add_argument(
         "--norm",
-        default="none",
+        default=_DEFAULT["norm"],
         choices=list(NORMS),
         help="token norm of each sub-layer (sphere: tokens on the unit sphere)",
     )
     group.add_argument(
         "--norm-position",
-        default="pre",
+        default=_DEFAULT["norm_position"],
         choices=list(NORM_POSITIONS),
         help="pre: sub-layers see normed tokens (GPT-2); post: the state is normed after "
         "each sub-step (BERT); tangent: the sphere's projected field (--norm sphere)",
     )
     group.add_argument(
         "--block",
-        default="parallel",
+        default=_DEFAULT["block"],
         choices=list(BLOCKS),
         help="parallel: one step of attention + FFN; sequential: attention, then FFN; "
         "strang: half FFN, attention, half FFN",
@@ -322,17 +345,17 @@ def add_ensemble_options(group):
 
 def check_ensemble_args(args):
     """``--per-layer`` needs ``--ensemble`` (ValueError naming both)."""
-    if getattr(args, "per_layer", False) and not getattr(args, "ensemble", False):
+    if args.per_layer and not args.ensemble:
         raise ValueError("`--per-layer` draws each layer's weights of an `--ensemble`; add it")
 
 
 def random_model(args, **kwargs):
     """The random model of ``kwargs`` (the arguments of ``TransformerParams.random``):
     a ``WeightEnsemble`` with ``--ensemble`` (``--per-layer``), else one draw."""
-    if getattr(args, "ensemble", False):
+    if args.ensemble:
         from ..ensemble import WeightEnsemble
 
-        return WeightEnsemble(**kwargs, per_layer=getattr(args, "per_layer", False))
+        return WeightEnsemble(**kwargs, per_layer=args.per_layer)
     from ..params import TransformerParams
 
     return TransformerParams.random(**kwargs)

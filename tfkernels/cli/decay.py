@@ -207,14 +207,7 @@ RANDOM_MODEL_FLAGS = (
     ("heads", "--heads"),
     ("d_ff", "--d-ff"),
     ("damping", "--damping"),
-    ("activation", "--activation"),
-    ("norm", "--norm"),
-    ("norm_position", "--norm-position"),
-    ("block", "--block"),
-    ("bias", "--bias"),
-    ("ensemble", "--ensemble"),
-    ("per_layer", "--per-layer"),
-)
+) + tuple((attr, flag) for attr, flag, _ in common.RANDOM_MODEL_DEFAULTS)
 
 
 def _check_model_flags(args):

@@ -181,16 +181,11 @@ def check_model_args(args):
         raise ValueError(f"`--heads`={args.heads} must divide `--d`={args.d}")
     if args.model == "sphere" and (args.heads != 1 or args.d_ff):
         raise ValueError("`--model sphere` has one head and no FFN (--heads 1 --d-ff 0)")
-    if args.model == "sphere":
-        random_only = [("--ensemble", args.ensemble), ("--bias", args.bias)]
-        random_only += [("--norm", args.norm != "none"), ("--block", args.block != "parallel")]
-        random_only += [("--norm-position", args.norm_position != "pre")]
-        random_only += [("--activation", args.activation != "gelu")]
-        for flag, given in random_only:
-            if given:
-                raise ValueError(
-                    f"`{flag}` describes a random model; `--model sphere` has its own block"
-                )
+    given = common.random_flags_given(args) if args.model == "sphere" else []
+    if given:
+        raise ValueError(
+            f"`{given[0]}` describes a random model; `--model sphere` has its own block"
+        )
     common.check_block_args(args)
     common.check_ensemble_args(args)
     v.check_fits("--damping", args.damping, args.dtype)

@@ -46,7 +46,7 @@ def _rhs_lanes(n, X, model, out, fs):
 @_jit
 def _softmax(n, P, mt):
     for _ in range(n):
-        maths.softmax_columns(P, P.shape[1], False, mt, 1)
+        maths.softmax_columns(P, P.shape[1], False, False, mt, 1)
 
 
 @_jit
@@ -74,7 +74,7 @@ def _gemm_t(n, Xt, w, out):
 @_jit
 def _heads(n, qkv, H, qt, P, mt):
     for _ in range(n):
-        attention.head_probs(qkv, 0, H, qkv.shape[1] // 3 // H, False, qt, P, mt)
+        attention.head_probs(qkv, 0, H, qkv.shape[1] // 3 // H, False, False, qt, P, mt)
 
 
 @_jit
@@ -82,7 +82,7 @@ def _attention(n, X, model, fs, out):
     w, s = model.weights, model.settings
     for _ in range(n):
         attention.attention_rows(
-            X, w.wqkv[0], model.block.bqkv[0], w.wo[0], s.n_heads, 1.0, False, fs, out
+            X, w.wqkv[0], model.block.bqkv[0], w.wo[0], s.n_heads, 1.0, False, False, fs, out
         )
 
 

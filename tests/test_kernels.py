@@ -39,6 +39,7 @@ def models(draw):
         linear="linear" in terms or terms == "all",
         per_layer=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)),
+        symmetric=draw(st.booleans()),
     )
 
 
@@ -58,6 +59,8 @@ def build(m, dtype, n_layers=3):
         seed=m["seed"],
         dtype=dtype,
     )
+    if m.get("symmetric") and m["attention"]:
+        p = p.replace(wk=p.wq, bk=p.bq)  # W_q = W_k: the softmax's shared exponentials
     x0 = tfk.random_states(m["B"], m["T"], m["d"], seed=m["seed"], dtype=dtype)
     return p, x0
 

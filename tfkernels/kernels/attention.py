@@ -33,7 +33,7 @@ def transpose_scaled(A, a0, n, scale, out):
 
 
 @_ijit
-def head_probs(qkv, h0, g, dh, causal, qt, P, mt):
+def head_probs(qkv, h0, g, dh, causal, symmetric, qt, P, mt):
     """Attention probabilities of heads ``h0 … h0 + g − 1``, transposed, side by side:
     head ``h0 + k``'s ``(T keys, T queries)`` block in columns ``k·T … (k+1)·T − 1``
     of ``P (T, ≥ g·T)``.
@@ -48,11 +48,11 @@ def head_probs(qkv, h0, g, dh, causal, qt, P, mt):
     for k in range(g):
         h = h0 + k
         gemm_ld(qkv, d + h * dh, 3 * d, 1, qt, h * dh * T, T, P, k * T, P.shape[1], T, dh, T, False)
-    softmax_columns(P, g * T, causal, mt, runtime(1))
+    softmax_columns(P, g * T, causal, symmetric, mt, runtime(1))
 
 
 @_jit
-def attention_rows(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out):
+def attention_rows(X, wqkv, bqkv, wo, n_heads, beta, causal, symmetric, fs, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o``.
 
     ``qkv (T, 3d)`` gets ``X [Wq|Wk|Wv]`` in one product and ``qt (d, T)`` the scaled
@@ -78,7 +78,7 @@ def attention_rows(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out):
     transpose_scaled(qkv, 0, d, X.dtype.type(beta / math.sqrt(dh)), qt)
     for h0 in range(0, n_heads, G):
         g = min(G, n_heads - h0)
-        head_probs(qkv, h0, g, dh, causal, qt, P, mt)
+        head_probs(qkv, h0, g, dh, causal, symmetric, qt, P, mt)
         for k in range(g):
             h = h0 + k
             gemm_ld(
@@ -101,7 +101,7 @@ def attention_rows(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out):
 
 
 @_jit
-def attention_tangent_rows(V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
+def attention_tangent_rows(V, wqkv, wo, n_heads, beta, causal, symmetric, fs, ts, out):
     """``out += g'(X)·V`` from the activations :func:`attention_rows` left at X
     (``fs``, a ``structs.FieldScratch``; ``ts`` a ``structs.TangentScratch``).
 
@@ -129,7 +129,7 @@ def attention_tangent_rows(V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
     for h0 in range(0, n_heads, G):
         g = min(G, n_heads - h0)
         if G < n_heads:
-            head_probs(qkv, h0, g, dh, causal, qt, P, mt)
+            head_probs(qkv, h0, g, dh, causal, symmetric, qt, P, mt)
         for k in range(g):
             h = h0 + k
             gemm_ld(qkv, d + h * dh, 3 * d, 1, qtd, h * dh * T, T, dP, 0, T, T, dh, T, False)
@@ -196,7 +196,7 @@ def attention_vjp(X, G, wqkv, bqkv, wqkv_t, wo_t, n_heads, beta, causal, vs, out
 
 # ----------------------------------------------------------------- lane layout
 @_jit
-def attention_lanes(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out):
+def attention_lanes(X, wqkv, bqkv, wo, n_heads, beta, causal, symmetric, fs, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o`` for a group, as
     :func:`attention_rows`, for a lane-interleaved group ``X (T, d·L)``.
 
@@ -240,7 +240,7 @@ def attention_lanes(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out):
             T,
             False,
         )
-    softmax_columns(P, c, causal, mt, L)
+    softmax_columns(P, c, causal, symmetric, mt, L)
     for h in range(n_heads):
         lgemm(
             P,

@@ -204,7 +204,8 @@ def pack_ensemble(template, seed, scale, per_layer, final=None):
     w, s, b = template.weights, template.settings, template.block
     empty = np.zeros((1, 0, 0), dtype=w.wqkv.dtype)
     model = template._replace(
-        weights=w._replace(wqkv_t=empty, wo_t=empty, w1_t=empty, w2_t=empty, A_t=empty)
+        weights=w._replace(wqkv_t=empty, wo_t=empty, w1_t=empty, w2_t=empty, A_t=empty),
+        settings=s._replace(symmetric=False),  # each trajectory draws its own W_q, W_k
     )
     for a in _drawn(model):
         a[...] = np.nan

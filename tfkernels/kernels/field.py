@@ -130,9 +130,8 @@ def attention_sub(layout, X, model, layer, fs, out):
     normed tokens with a pre norm (the activations left in ``fs`` for the JVP)."""
     w, s, k = model.weights, model.settings, model.block
     Xa = sub_input(layout, X, model, layer, 0, fs)
-    attention(
-        layout, Xa, w.wqkv[layer], k.bqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs, out
-    )
+    H, beta, mask, sym = s.n_heads, s.beta, s.causal, s.symmetric
+    attention(layout, Xa, w.wqkv[layer], k.bqkv[layer], w.wo[layer], H, beta, mask, sym, fs, out)
     add_bias(out, k.bo[layer])
 
 
@@ -234,9 +233,8 @@ def _rhs_and_jvp(layout, X, V, model, layer, subs, out, dout, fs, ts):
     # the tangent
     if attn:
         Va = sub_tangent(layout, X, V, model, layer, 0, ts)
-        attention_tangent(
-            layout, Va, w.wqkv[layer], w.wo[layer], s.n_heads, s.beta, s.causal, fs, ts, dout
-        )
+        H, beta, mask, sym = s.n_heads, s.beta, s.causal, s.symmetric
+        attention_tangent(layout, Va, w.wqkv[layer], w.wo[layer], H, beta, mask, sym, fs, ts, dout)
     if ff:
         Vf = sub_tangent(layout, X, V, model, layer, 1, ts)
         dhidden, S = ts.dhidden, ts.S

@@ -34,7 +34,7 @@ import numpy as np
 
 from .jit import sijit as _sijit
 from .jit import sjit as _sjit
-from .simd import lanes, vadd, vcount_gt, vload, vmul, vsplat, vstore, vzero
+from .simd import lanes, vadd, vcount_gt, vdiv, vload, vmul, vsplat, vsqrt, vstore, vzero
 
 #: Bits of ``GeometryConfig.which``, metric q having bit ``2^q``.
 MEAN_COSINE, DENS, CLUSTERS, RANK_COLLAPSE, RANK_COLLAPSE_FRO, ENERGY = 1, 2, 4, 8, 16, 32
@@ -75,21 +75,39 @@ def scaled_lanes(X, L, d, nl, gs):
 @_sijit
 def unit_tokens(T, d, L, gs):
     """``gs.U = Xs/‖x_t‖`` per token (``n_t = Σ_k x_tk²`` in k order, then the square
-    root); a lane with a zero (or underflowing) token is marked not ok."""
+    root); a lane with a zero (or underflowing) token is marked not ok. With lanes
+    (``L`` a multiple of the float64 vector's ``W``) a vector of W lanes at a time
+    (:func:`~tfkernels.kernels.simd.vsqrt`, :func:`~tfkernels.kernels.simd.vdiv`: the
+    same correctly rounded operations; the scalar loops ran the square roots and
+    divisions one lane at a time)."""
     Xs, U, n2 = gs.Xs, gs.U, gs.acc[0]
+    if L == 1:
+        for t in range(T):
+            s = Xs[t, 0] * Xs[t, 0]
+            for k in range(1, d):
+                s = s + Xs[t, k] * Xs[t, k]
+            gs.ok[0] = gs.ok[0] & (s > 0.0)
+            s = np.sqrt(s)
+            for k in range(d):
+                U[t, k] = Xs[t, k] / s
+        return
+    z = vzero(U)
+    W = lanes(U)
+    dL = d * L
     for t in range(T):
+        for v in range(L // W):
+            o = t * dL + v * W
+            x = vload(Xs, o, z)
+            s = vmul(x, x)
+            for k in range(1, d):
+                x = vload(Xs, o + k * L, z)
+                s = vadd(s, vmul(x, x))
+            vstore(gs.acc, v * W, s)  # row 0 of acc: n2
+            r = vsqrt(s)
+            for k in range(d):
+                vstore(U, o + k * L, vdiv(vload(Xs, o + k * L, z), r))
         for l in range(L):
-            n2[l] = Xs[t, l] * Xs[t, l]
-        for k in range(1, d):
-            for l in range(L):
-                n2[l] = n2[l] + Xs[t, k * L + l] * Xs[t, k * L + l]
-        for l in range(L):
-            if not n2[l] > 0.0:
-                gs.ok[l] = False
-            n2[l] = math.sqrt(n2[l])
-        for k in range(d):
-            for l in range(L):
-                U[t, k * L + l] = Xs[t, k * L + l] / n2[l]
+            gs.ok[l] = gs.ok[l] & (n2[l] > 0.0)
 
 
 @_sijit

@@ -50,23 +50,23 @@ def product(layout, X, W, out, accumulate):
 
 
 @_ijit
-def attention(layout, X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out):
+def attention(layout, X, wqkv, bqkv, wo, n_heads, beta, causal, symmetric, fs, out):
     """``out += concat_h(softmax(β Q_h K_hᵀ/√d_h) V_h) W_o`` with ``[Q|K|V] = X·wqkv +
     bqkv`` (``bqkv`` empty: no bias): ``attention.attention_rows`` or
     ``attention.attention_lanes``."""
     if layout == LANES:
-        att.attention_lanes(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out)
+        att.attention_lanes(X, wqkv, bqkv, wo, n_heads, beta, causal, symmetric, fs, out)
     else:
-        att.attention_rows(X, wqkv, bqkv, wo, n_heads, beta, causal, fs, out)
+        att.attention_rows(X, wqkv, bqkv, wo, n_heads, beta, causal, symmetric, fs, out)
 
 
 @_ijit
-def attention_tangent(layout, V, wqkv, wo, n_heads, beta, causal, fs, ts, out):
+def attention_tangent(layout, V, wqkv, wo, n_heads, beta, causal, symmetric, fs, ts, out):
     """``out += g'(X)·V`` from the activations :func:`attention` left in ``fs``."""
     if layout == LANES:
         att.attention_tangent_lanes(V, wqkv, wo, n_heads, beta, causal, fs, ts, out)
     else:
-        att.attention_tangent_rows(V, wqkv, wo, n_heads, beta, causal, fs, ts, out)
+        att.attention_tangent_rows(V, wqkv, wo, n_heads, beta, causal, symmetric, fs, ts, out)
 
 
 # ------------------------------------------------- the lane layout's bookkeeping

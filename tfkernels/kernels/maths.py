@@ -21,7 +21,7 @@ from .jit import cjit as _cjit
 from .jit import ijit as _ijit
 from .jit import jit as _jit
 from .jit import sjit as _sjit
-from .simd import vfma
+from .simd import lanes, sload, sstore, vfma, vload, vstore, vzero
 
 GELU, GELU_TANH, RELU, TANH, IDENTITY = (
     ACTIVATIONS[k] for k in ("gelu", "gelu_tanh", "relu", "tanh", "identity")
@@ -568,7 +568,7 @@ def bias_activate_prime(H, b, act, S):
 
 
 @_jit
-def softmax_columns(P, n, causal, mt, width):
+def softmax_columns(P, n, causal, symmetric, mt, width):
     """Softmax over each of the first ``n`` *columns* of the transposed scores
     ``P (T keys, ≥ n)`` in place. Column i holds the scores of query
     ``(i // width) % T`` (the heads' ``(T, T)`` blocks stand side by side, each query's
@@ -585,26 +585,34 @@ def softmax_columns(P, n, causal, mt, width):
     skipped there) but NaN still reaches the column through ``exp(s − m)``. Each
     column is ``softmax`` of its query's scores, whatever else stands in ``P``. The
     exponentials are :func:`exp_horner`'s (the short polynomial in float32).
+
+    With ``symmetric`` (the heads' queries and keys are the same projection,
+    ``structs.Settings.symmetric``; never with ``causal``) each head's scores form a
+    symmetric positive semi-definite matrix and half of the exponentials are shared:
+    :func:`symmetric_exps`.
     """
     if P.itemsize == 4:
-        softmax_body(P, n, causal, mt, width, True)
+        softmax_body(P, n, causal, symmetric, mt, width, True)
     else:
-        softmax_body(P, n, causal, mt, width, False)
+        softmax_body(P, n, causal, symmetric, mt, width, False)
 
 
 @_ijit
-def softmax_body(P, n, causal, mt, width, short):
+def softmax_body(P, n, causal, symmetric, mt, width, short):
     """:func:`softmax_columns`, with ``short`` (a literal) choosing the polynomial."""
     T = P.shape[0]
     dt = P.dtype.type
     lo = dt(EXP_LO)
-    every = not causal
     m, total, q = mt[0], mt[1], mt[2]
-    for i in range(n):
-        m[i] = P[0, i]
-        total[i] = dt(0.0)
-        q[i] = dt((i // width) % T)
-    if every:  # no mask: the same values as the masked loops below, without the selects
+    if symmetric and not causal:
+        symmetric_exps(P, n, mt, width, short)
+    else:
+        for i in range(n):
+            m[i] = P[0, i]
+            total[i] = dt(0.0)
+            q[i] = dt((i // width) % T)
+    if not causal and not symmetric:
+        # no mask: the same values as the masked loops below, without the selects
         for j in range(1, T):
             for i in range(n):
                 x = P[j, i]
@@ -614,7 +622,7 @@ def softmax_body(P, n, causal, mt, width, short):
                 e = exp_horner(P[j, i] - m[i], dt, lo, short)
                 P[j, i] = e
                 total[i] += e
-    else:
+    elif causal:
         # Full-length rows with the causal mask as a select: a loop starting at j ran
         # 4x slower (short, misaligned trip counts); masked entries are computed, unused.
         for j in range(1, T):
@@ -634,6 +642,103 @@ def softmax_body(P, n, causal, mt, width, short):
     for j in range(T):
         for i in range(n):
             P[j, i] *= m[i]
+
+
+@_ijit
+def mirror_row(P, b0, w, j):
+    """``P[i, b0 + j·w + l] = P[j, b0 + i·w + l]`` for ``i < j``, ``l < w``: row ``j`` of
+    the lower triangle of a head's ``(T, T)`` block of ``w``-wide entries copied onto
+    the upper triangle's column ``j`` (one vector per entry where ``w`` is the
+    vector's lanes)."""
+    ld = P.shape[1]
+    if w == lanes(P):
+        z = vzero(P)
+        for i in range(j):
+            vstore(P, i * ld + b0 + j * w, vload(P, j * ld + b0 + i * w, z))
+    else:
+        for i in range(j):
+            for l in range(w):
+                sstore(P, i * ld + b0 + j * w + l, sload(P, j * ld + b0 + i * w + l))
+
+
+@_ijit
+def symmetric_exps(P, n, mt, w, short):
+    """The exponentials of :func:`softmax_columns` for heads whose scores are
+    symmetric: in place, ``P[j, c] ← e^{P[j, c] − m[c]}`` for the first ``n`` columns,
+    their sums ``Σ_j`` (rows from the last to the first) into ``mt[1]`` and the shift
+    ``m`` into ``mt[0]`` (``mt[2]`` scratch).
+
+    Each head's ``(T, T)`` block (of ``w``-wide entries: the lanes) is a matrix
+    ``S = s·Q Qᵀ``, positive semi-definite, so every score is at most the largest
+    diagonal one, ``c``. With the shift ``c`` for every column of a lane, the
+    exponentials are symmetric too: the lower triangle's (keys ``j ≥`` query ``i``,
+    :math:`T(T+1)/2` of the :math:`T^2`) are computed, in contiguous runs along each
+    row, and copied onto the upper triangle (:func:`mirror_row`). Going from the last
+    row up, each row is complete once its own run is done (its upper part came from
+    the rows below), and is summed while it is in cache. The softmax does not depend
+    on the shift, and the largest score of each column is at least its diagonal one:
+    when every diagonal score of a lane is within ``EXP_LO/2`` of ``c``, each column's
+    largest exponential is above ``e^{EXP_LO/2}``, so the weights stay normal numbers
+    and the clamp of :func:`exp_horner` at ``EXP_LO`` leaves a weight below
+    ``e^{EXP_LO/2} ≈ 1.3e-19`` of its column's largest at most that (the usual softmax:
+    at ``e^{EXP_LO}``), far below either dtype's resolution. A lane with a diagonal
+    score further below keeps the shift of the usual softmax, its column's maximum,
+    for every column; where a head has such a lane its lower triangle of scores is
+    first copied onto the upper one and every exponential computed and summed in the
+    same order, so each lane's values are the same whatever the other lanes hold.
+    """
+    T = P.shape[0]
+    dt = P.dtype.type
+    lo = dt(EXP_LO)
+    gap = dt(EXP_LO / 2)
+    m, total, low = mt[0], mt[1], mt[2]
+    TW = T * w
+    for b0 in range(0, n, TW):
+        for l in range(w):
+            m[b0 + l] = P[0, b0 + l]
+            low[b0 + l] = P[0, b0 + l]
+        for i in range(1, T):
+            for l in range(w):
+                x = P[i, b0 + i * w + l]
+                m[b0 + l] = x if x > m[b0 + l] else m[b0 + l]
+                low[b0 + l] = x if x < low[b0 + l] else low[b0 + l]
+        every_lane = True
+        for l in range(w):
+            ok = low[b0 + l] - m[b0 + l] >= gap  # False for a NaN
+            low[b0 + l] = dt(1.0) if ok else dt(0.0)
+            every_lane &= ok
+        for i in range(1, T):
+            for l in range(w):
+                m[b0 + i * w + l] = m[b0 + l]
+        sh = m[b0 : b0 + TW]
+        tot = total[b0 : b0 + TW]
+        for c in range(TW):
+            tot[c] = dt(0.0)
+        if every_lane:
+            for j in range(T - 1, -1, -1):
+                run = P[j, b0 : b0 + (j + 1) * w]
+                for i in range((j + 1) * w):
+                    run[i] = exp_horner(run[i] - sh[i], dt, lo, short)
+                mirror_row(P, b0, w, j)
+                row = P[j, b0 : b0 + TW]
+                for c in range(TW):
+                    tot[c] += row[c]
+        else:
+            for j in range(1, T):
+                mirror_row(P, b0, w, j)
+            for c in range(TW):
+                if low[b0 + c % w] == dt(0.0):
+                    x = P[0, b0 + c]
+                    for j in range(1, T):
+                        y = P[j, b0 + c]
+                        x = y if y > x else x
+                    sh[c] = x
+            for j in range(T - 1, -1, -1):
+                row = P[j, b0 : b0 + TW]
+                for c in range(TW):
+                    e = exp_horner(row[c] - sh[c], dt, lo, short)
+                    row[c] = e
+                    tot[c] += e
 
 
 @_ijit

@@ -14,8 +14,9 @@ Intrinsics (all take arrays through their flat, C-order element offset):
   elements;
 * :func:`vsplat` — a vector with every lane equal to a scalar;
 * :func:`vfma` — lane-wise ``a·b + c`` with one rounding (``llvm.fma``; also scalar);
-* :func:`vadd`, :func:`vmul`, :func:`vcount_gt` — lane-wise IEEE ``a + b``, ``a·b``
-  and ``acc + [a > b]`` (the token geometry's cosines and counts);
+* :func:`vadd`, :func:`vmul`, :func:`vdiv`, :func:`vsqrt`, :func:`vcount_gt` —
+  lane-wise IEEE ``a + b``, ``a·b``, ``a/b``, ``√a`` and ``acc + [a > b]`` (the token
+  geometry's norms, cosines and counts);
 * :func:`lanes` — the lane count for an array's dtype (a compile-time constant).
 
 :func:`gemm` / :func:`gemm_ld` are the micro-kernels of the row layout: ``out (+)= X @ W``
@@ -265,6 +266,24 @@ def _binop(name):
 vadd = _binop("fadd")
 #: Lane-wise ``a·b`` of two vectors, correctly rounded.
 vmul = _binop("fmul")
+#: Lane-wise ``a/b`` of two vectors, correctly rounded.
+vdiv = _binop("fdiv")
+
+
+@intrinsic
+def vsqrt(typingctx, a):
+    """Lane-wise ``√a`` (``llvm.sqrt``: correctly rounded, NaN below 0)."""
+    if not isinstance(a, VecType):
+        return None
+
+    name = f"llvm.sqrt.v{a.count}f{a.dtype.bitwidth}"
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(a)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty]), name)
+        return builder.call(fn, args)
+
+    return a(a), codegen
 
 
 @intrinsic

@@ -61,12 +61,16 @@ Settings = namedtuple(
         "per_layer",
         "beta",
         "damping",
+        "symmetric",
     ],
 )
 Settings.__doc__ = """The model's scalars: ``n_heads``, ``activation`` (a code of
 ``methods.ACTIVATIONS``) as int64; ``causal``, ``attention``, ``ffn``, ``linear`` (which
 terms are on) and ``per_layer`` (layer n uses weight set n, else set 0) as bool;
-``beta`` and ``damping`` (γ) in the state dtype."""
+``beta`` and ``damping`` (γ) in the state dtype; ``symmetric`` (bool): every weight
+set has ``W_q = W_k`` and ``b_q = b_k`` and the model is not causal, so each head's
+scores are a symmetric matrix and the softmax shares half of its exponentials
+(:func:`symmetric_scores`, ``maths.symmetric_exps``)."""
 
 Block = namedtuple(
     "Block",
@@ -255,8 +259,22 @@ def pack_params(params):
         per_layer=params.n_sets is not None and params.n_sets > 1,
         beta=dt.type(params.beta),
         damping=dt.type(params.damping),
+        symmetric=symmetric_scores(wqkv, block.bqkv, bool(params.causal)),
     )
     return Model(weights, settings, block)
+
+
+def symmetric_scores(wqkv, bqkv, causal):
+    """Whether every head's attention scores are a symmetric matrix by construction:
+    not causal, and ``W_q = W_k``, ``b_q = b_k`` (exactly) in every weight set of the
+    packed ``wqkv (L, d, 3d)`` and ``bqkv (L, 3d)`` (or ``(L, 0)``: no bias). Then
+    ``S_h = s·Q_h Q_hᵀ`` is positive semi-definite for any state."""
+    d = wqkv.shape[1]
+    if causal or wqkv.shape[2] != 3 * d or d == 0:
+        return False
+    same_w = np.array_equal(wqkv[:, :, :d], wqkv[:, :, d : 2 * d])
+    same_b = bqkv.shape[1] == 0 or np.array_equal(bqkv[:, :d], bqkv[:, d : 2 * d])
+    return bool(same_w and same_b)
 
 
 def pack_block(params, layered):

@@ -80,7 +80,7 @@ def unit_tokens(T, d, L, gs):
     (:func:`~tfkernels.kernels.simd.vsqrt`, :func:`~tfkernels.kernels.simd.vdiv`: the
     same correctly rounded operations; the scalar loops ran the square roots and
     divisions one lane at a time)."""
-    Xs, U, n2 = gs.Xs, gs.U, gs.acc[0]
+    Xs, U = gs.Xs, gs.U
     if L == 1:
         for t in range(T):
             s = Xs[t, 0] * Xs[t, 0]
@@ -91,6 +91,7 @@ def unit_tokens(T, d, L, gs):
             for k in range(d):
                 U[t, k] = Xs[t, k] / s
         return
+    n2 = gs.acc[0]
     z = vzero(U)
     W = lanes(U)
     dL = d * L

@@ -611,32 +611,32 @@ def softmax_body(P, n, causal, symmetric, mt, width, short):
             m[i] = P[0, i]
             total[i] = dt(0.0)
             q[i] = dt((i // width) % T)
-    if not causal and not symmetric:
-        # no mask: the same values as the masked loops below, without the selects
-        for j in range(1, T):
-            for i in range(n):
-                x = P[j, i]
-                m[i] = x if x > m[i] else m[i]
-        for j in range(T):
-            for i in range(n):
-                e = exp_horner(P[j, i] - m[i], dt, lo, short)
-                P[j, i] = e
-                total[i] += e
-    elif causal:
-        # Full-length rows with the causal mask as a select: a loop starting at j ran
-        # 4x slower (short, misaligned trip counts); masked entries are computed, unused.
-        for j in range(1, T):
-            jf = dt(j)
-            for i in range(n):
-                x = P[j, i]
-                m[i] = x if (x > m[i]) & (q[i] >= jf) else m[i]
-        for j in range(T):
-            jf = dt(j)
-            for i in range(n):
-                e = exp_horner(P[j, i] - m[i], dt, lo, short)
-                e = e if q[i] >= jf else dt(0.0)
-                P[j, i] = e
-                total[i] += e
+        if not causal:  # no mask: the same values as the masked loops, without the selects
+            for j in range(1, T):
+                for i in range(n):
+                    x = P[j, i]
+                    m[i] = x if x > m[i] else m[i]
+            for j in range(T):
+                for i in range(n):
+                    e = exp_horner(P[j, i] - m[i], dt, lo, short)
+                    P[j, i] = e
+                    total[i] += e
+        else:
+            # Full-length rows with the causal mask as a select: a loop starting at j
+            # ran 4x slower (short, misaligned trip counts); masked entries are
+            # computed, unused.
+            for j in range(1, T):
+                jf = dt(j)
+                for i in range(n):
+                    x = P[j, i]
+                    m[i] = x if (x > m[i]) & (q[i] >= jf) else m[i]
+            for j in range(T):
+                jf = dt(j)
+                for i in range(n):
+                    e = exp_horner(P[j, i] - m[i], dt, lo, short)
+                    e = e if q[i] >= jf else dt(0.0)
+                    P[j, i] = e
+                    total[i] += e
     for i in range(n):
         m[i] = dt(1.0) / total[i]
     for j in range(T):

@@ -270,7 +270,7 @@ def symmetric_scores(wqkv, bqkv, causal):
     packed ``wqkv (L, d, 3d)`` and ``bqkv (L, 3d)`` (or ``(L, 0)``: no bias). Then
     ``S_h = s·Q_h Q_hᵀ`` is positive semi-definite for any state."""
     d = wqkv.shape[1]
-    if causal or wqkv.shape[2] != 3 * d or d == 0:
+    if causal or d == 0:  # d = 0: attention off, its weights empty
         return False
     same_w = np.array_equal(wqkv[:, :, :d], wqkv[:, :, d : 2 * d])
     same_b = bqkv.shape[1] == 0 or np.array_equal(bqkv[:, :d], bqkv[:, d : 2 * d])
